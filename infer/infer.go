@@ -1,0 +1,102 @@
+// Package infer defines the inference engine interfaces that the rest of
+// SignalForge Serve is written against, plus the named-feature Predictor that
+// turns rows of named market features (rsi_14, macd, …) into model inputs.
+//
+// Engines live in sub-packages (infer/ort for ONNX Runtime); this package has
+// no cgo. Every engine must pass the conformance suite in infer/infertest.
+//
+//	eng, _ := ort.New(ort.Config{})
+//	sess, _ := eng.LoadFile(ctx, "model.onnx", infer.Options{})
+//	p, _ := infer.NewPredictor(sess, infer.PredictorConfig{})
+//	preds, _ := p.Predict(ctx, []infer.Row{{"rsi_14": {65}, "macd": {0.5}}})
+package infer
+
+import (
+	"context"
+	"errors"
+
+	"github.com/signalforge/signalforge/tensor"
+)
+
+// FeaturesMetadataKey is the ONNX metadata_props key under which a model
+// lists its ordered feature names, comma-separated.
+const FeaturesMetadataKey = "signalforge.features"
+
+// Engine loads models into sessions.
+type Engine interface {
+	// Name identifies the engine ("onnxruntime").
+	Name() string
+	// LoadFile loads a model from a file.
+	LoadFile(ctx context.Context, path string, opts Options) (Session, error)
+	// LoadBytes loads a model from its serialized bytes.
+	LoadBytes(ctx context.Context, model []byte, opts Options) (Session, error)
+	// Close releases the engine. Sessions must be closed first.
+	Close() error
+}
+
+// Session is one loaded model. Run is safe for concurrent use.
+type Session interface {
+	// Inputs describes the model inputs in the order Run expects them.
+	Inputs() []IOInfo
+	// Outputs describes the model outputs in the order Run returns them.
+	Outputs() []IOInfo
+	// Metadata returns the model's custom metadata (ONNX metadata_props).
+	Metadata() map[string]string
+	// Run executes the model. A cancelled or expired ctx stops a running
+	// inference and Run returns ctx.Err().
+	Run(ctx context.Context, inputs []tensor.Tensor) ([]tensor.Tensor, error)
+	// Close frees the session. It is safe to call more than once.
+	Close() error
+}
+
+// IOInfo describes one model input or output.
+type IOInfo struct {
+	Name  string
+	DType tensor.DType
+	// Shape has -1 for a dynamic dimension.
+	Shape tensor.Shape
+	// DimNames holds the symbolic name of each dimension ("" if none).
+	DimNames []string
+	// BatchAxis is the index of the dynamic batch axis, or -1 if the
+	// model has a fixed batch size. SignalForge models use axis 0.
+	BatchAxis int
+}
+
+// GraphOptLevel selects the engine's graph optimizations.
+type GraphOptLevel int
+
+// Graph optimization levels. The zero value means "all", the fastest.
+const (
+	OptAll GraphOptLevel = iota
+	OptDisabled
+	OptBasic
+	OptExtended
+)
+
+// Options configure a session. The zero value is a good default.
+type Options struct {
+	// IntraOpThreads is the number of threads one Run may use. If zero, 1:
+	// on small models concurrent single-threaded runs beat multi-threaded
+	// ones (measured on 2 cores).
+	IntraOpThreads int
+	// InterOpThreads is the number of threads for parallel graph branches.
+	// If zero, 1.
+	InterOpThreads int
+	// GraphOptimization is the optimization level. If zero, OptAll.
+	GraphOptimization GraphOptLevel
+	// OptimizedModelPath, if set, is where the engine writes the model
+	// after graph optimization (to inspect fusions).
+	OptimizedModelPath string
+	// WarmupBatchSizes lists batch sizes to run once with zero inputs at load
+	// time, so the first real request does not pay for lazy initialisation.
+	// Empty means no warm-up.
+	WarmupBatchSizes []int
+}
+
+// Errors shared by engines.
+var (
+	// ErrClosed is returned by Run on a closed session.
+	ErrClosed = errors.New("infer: session closed")
+	// ErrInput is wrapped by errors about the caller's input tensors.
+	ErrInput = errors.New("infer: invalid input")
+)
