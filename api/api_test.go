@@ -1,0 +1,104 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"math"
+	"testing"
+)
+
+func TestDecodePredictRequest(t *testing.T) {
+	tests := []struct {
+		name    string
+		body    string
+		want    Features
+		wantErr string
+	}{
+		{"scalars", `{"features":{"rsi_14":65,"macd":0.5}}`, Features{"rsi_14": Scalar(65), "macd": Scalar(0.5)}, ""},
+		{"sequence", `{"features":{"rsi_14":[1,2.5]}}`, Features{"rsi_14": Sequence(1, 2.5)}, ""},
+		{"nan string", `{"features":{"macd":"NaN"}}`, Features{"macd": Scalar(math.NaN())}, ""},
+		{"string", `{"features":{"macd":"high"}}`, nil, `feature "macd": invalid feature value: want a number, got the string "high"`},
+		{"bool", `{"features":{"macd":true}}`, nil, `feature "macd": invalid feature value: want a number, got a boolean`},
+		{"null", `{"features":{"macd":null}}`, nil, `feature "macd": invalid feature value: want a number, got null`},
+		{"nested", `{"features":{"macd":[[1]]}}`, nil, `feature "macd": invalid feature value: time step 0: want a number, got a nested array`},
+		{"not object", `{"features":[1,2]}`, nil, `invalid feature value: features must be an object of name → number or array of numbers`},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var req PredictRequest
+			err := json.Unmarshal([]byte(tt.body), &req)
+			if tt.wantErr != "" {
+				if err == nil || err.Error() != tt.wantErr {
+					t.Fatalf("error = %v, want %q", err, tt.wantErr)
+				}
+				if !errors.Is(err, ErrValue) {
+					t.Fatalf("error %v does not wrap ErrValue", err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			rows := req.Rows()
+			if len(rows) != 1 {
+				t.Fatalf("rows = %d, want 1", len(rows))
+			}
+			for k, want := range tt.want {
+				got := rows[0][k]
+				if got.Seq != want.Seq || len(got.Values) != len(want.Values) {
+					t.Fatalf("%s = %+v, want %+v", k, got, want)
+				}
+				for i := range want.Values {
+					if g, w := got.Values[i], want.Values[i]; g != w && !(math.IsNaN(g) && math.IsNaN(w)) {
+						t.Fatalf("%s[%d] = %v, want %v", k, i, g, w)
+					}
+				}
+			}
+		})
+	}
+}
+
+func TestValueRoundTrip(t *testing.T) {
+	in := Features{"a": Scalar(1.5), "b": Sequence(1, 2, 3)}
+	b, err := json.Marshal(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(b) != `{"a":1.5,"b":[1,2,3]}` {
+		t.Fatalf("marshal = %s", b)
+	}
+	var out Features
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	if !out["b"].Seq || out["a"].Seq || out["a"].Values[0] != 1.5 {
+		t.Fatalf("round trip = %+v", out)
+	}
+}
+
+func FuzzPredictRequest(f *testing.F) {
+	f.Add([]byte(`{"request_id":"r","ticker":"AAPL","horizon":5,"features":{"rsi_14":65.0,"macd":0.5}}`))
+	f.Add([]byte(`{"instances":[{"a":[1,2,3]},{"a":"NaN"}]}`))
+	f.Add([]byte(`{"features":{"a":[`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var req PredictRequest
+		if err := json.Unmarshal(b, &req); err != nil {
+			return
+		}
+		// Whatever decodes must encode again.
+		if _, err := json.Marshal(&req); err != nil {
+			// NaN cannot be marshalled as a JSON number; that is the
+			// only allowed failure.
+			for _, row := range req.Rows() {
+				for _, v := range row {
+					for _, x := range v.Values {
+						if math.IsNaN(x) || math.IsInf(x, 0) {
+							return
+						}
+					}
+				}
+			}
+			t.Fatalf("re-encode %q: %v", b, err)
+		}
+	})
+}
