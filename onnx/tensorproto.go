@@ -12,7 +12,8 @@ import (
 )
 
 // ErrUnsupportedType is returned (wrapped, with the type's name) when a
-// tensor's element type is not one of float32, int64, int8 and uint8.
+// tensor's element type is not one of float32, int64, int8, uint8 and
+// int32.
 var ErrUnsupportedType = errors.New("onnx: unsupported element type")
 
 // ElemType returns the ONNX element type for a tensor dtype, or
@@ -27,6 +28,8 @@ func ElemType(d tensor.DType) TensorProto_DataType {
 		return TensorProto_INT8
 	case tensor.Uint8:
 		return TensorProto_UINT8
+	case tensor.Int32:
+		return TensorProto_INT32
 	}
 	return TensorProto_UNDEFINED
 }
@@ -43,6 +46,8 @@ func DTypeOf(t TensorProto_DataType) tensor.DType {
 		return tensor.Int8
 	case TensorProto_UINT8:
 		return tensor.Uint8
+	case TensorProto_INT32:
+		return tensor.Int32
 	}
 	return tensor.Invalid
 }
@@ -102,9 +107,10 @@ func numElements(dims []int64) (int64, error) {
 // ToTensor converts an ONNX TensorProto into a tensor.Tensor. It reads both
 // encodings found in ONNX files: little-endian raw_data, and the typed
 // repeated fields (float_data for float32, int64_data for int64, int32_data
-// for int8 and uint8). The result never aliases tp's memory.
+// for int32, int8 and uint8). The result never aliases tp's memory.
 //
-// Element types other than float32, int64, int8 and uint8 give an error
+// Element types other than float32, int64, int8, uint8 and int32 give an
+// error
 // wrapping ErrUnsupportedType that names the type; so do tensors stored
 // as external data or in segments.
 func ToTensor(tp *TensorProto) (tensor.Tensor, error) {
@@ -116,7 +122,7 @@ func ToTensor(tp *TensorProto) (tensor.Tensor, error) {
 	}
 	dt := DTypeOf(et)
 	if dt == tensor.Invalid {
-		return tensor.Tensor{}, fmt.Errorf("%w: %s has element type %s (supported: float32, int64, int8, uint8)", ErrUnsupportedType, where, TypeName(et))
+		return tensor.Tensor{}, fmt.Errorf("%w: %s has element type %s (supported: float32, int64, int8, uint8, int32)", ErrUnsupportedType, where, TypeName(et))
 	}
 	if tp.GetDataLocation() == TensorProto_EXTERNAL {
 		return tensor.Tensor{}, fmt.Errorf("onnx: %s is stored as external data, which is not supported", where)
@@ -147,6 +153,12 @@ func ToTensor(tp *TensorProto) (tensor.Tensor, error) {
 				out[i] = int64(binary.LittleEndian.Uint64(raw[8*i:]))
 			}
 			return tensor.New(shape, out)
+		case tensor.Int32:
+			out := make([]int32, n)
+			for i := range out {
+				out[i] = int32(binary.LittleEndian.Uint32(raw[4*i:]))
+			}
+			return tensor.New(shape, out)
 		case tensor.Int8:
 			out := make([]int8, n)
 			for i := range out {
@@ -174,6 +186,11 @@ func ToTensor(tp *TensorProto) (tensor.Tensor, error) {
 			return tensor.Tensor{}, err
 		}
 		return tensor.New(shape, append([]int64(nil), tp.GetInt64Data()...))
+	case tensor.Int32:
+		if err := count(len(tp.GetInt32Data()), "int32_data"); err != nil {
+			return tensor.Tensor{}, err
+		}
+		return tensor.New(shape, append([]int32(nil), tp.GetInt32Data()...))
 	case tensor.Int8:
 		src := tp.GetInt32Data()
 		if err := count(len(src), "int32_data"); err != nil {
@@ -235,6 +252,11 @@ func FromTensor(name string, t tensor.Tensor) (*TensorProto, error) {
 		}
 	case []uint8:
 		raw = append(make([]byte, 0, len(d)), d...)
+	case []int32:
+		raw = make([]byte, 4*len(d))
+		for i, v := range d {
+			binary.LittleEndian.PutUint32(raw[4*i:], uint32(v))
+		}
 	default:
 		return nil, fmt.Errorf("%w: tensor %q has dtype %v", ErrUnsupportedType, name, t.DType())
 	}

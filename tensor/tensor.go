@@ -1,6 +1,7 @@
 // Package tensor holds the dense tensors that flow between the server, the
-// batcher and the inference engines: float32, int64, int8 and uint8 data in
-// row-major order with a shape whose first axis is the batch axis.
+// batcher and the inference engines: float32, int64, int8 and uint8 data
+// (plus int32, the accumulator type of ONNX integer ops such as
+// MatMulInteger) in row-major order with a shape whose first axis is the batch axis.
 //
 // A Tensor is a small value (a shape and a slice header); copying it does not
 // copy the data. Split returns views that share the parent's backing array, so
@@ -14,6 +15,7 @@ package tensor
 import (
 	"errors"
 	"fmt"
+	"math"
 	"strconv"
 	"strings"
 )
@@ -28,6 +30,9 @@ const (
 	Int64
 	Int8
 	Uint8
+	// Int32 is the output of ONNX integer-arithmetic ops (MatMulInteger,
+	// ConvInteger) and the type of quantized biases.
+	Int32
 )
 
 // String returns the ONNX-style name of the type ("float32", "int64", ...).
@@ -41,6 +46,8 @@ func (d DType) String() string {
 		return "int8"
 	case Uint8:
 		return "uint8"
+	case Int32:
+		return "int32"
 	}
 	return "invalid(" + strconv.Itoa(int(d)) + ")"
 }
@@ -54,13 +61,15 @@ func (d DType) Size() int {
 		return 8
 	case Int8, Uint8:
 		return 1
+	case Int32:
+		return 4
 	}
 	return 0
 }
 
 // Elem is the set of Go element types a Tensor can hold.
 type Elem interface {
-	float32 | int64 | int8 | uint8
+	float32 | int64 | int8 | uint8 | int32
 }
 
 // DTypeOf returns the DType of the Go element type T.
@@ -75,6 +84,8 @@ func DTypeOf[T Elem]() DType {
 		return Int8
 	case uint8:
 		return Uint8
+	case int32:
+		return Int32
 	}
 	panic("unreachable")
 }
@@ -84,11 +95,22 @@ func DTypeOf[T Elem]() DType {
 type Shape []int64
 
 // NumElements returns the product of the dimensions (1 for a scalar shape).
-// It returns -1 if any dimension is negative.
+// It returns -1 if any dimension is negative or if the product overflows
+// int64 (so a hostile shape such as [2^32,2^32] cannot wrap around to a
+// small count and pass validation).
 func (s Shape) NumElements() int64 {
 	n := int64(1)
 	for _, d := range s {
 		if d < 0 {
+			return -1
+		}
+		if d != 0 && n > math.MaxInt64/d {
+			// Overflow, unless a later dimension is 0.
+			for _, z := range s {
+				if z == 0 {
+					return 0
+				}
+			}
 			return -1
 		}
 		n *= d
@@ -150,7 +172,7 @@ var (
 type Tensor struct {
 	dtype DType
 	shape Shape
-	data  any // []float32, []int64, []int8 or []uint8
+	data  any // []float32, []int64, []int8, []uint8 or []int32
 }
 
 // New returns a tensor of the given shape over data, without copying data.
@@ -158,7 +180,7 @@ type Tensor struct {
 func New[T Elem](shape Shape, data []T) (Tensor, error) {
 	n := shape.NumElements()
 	if n < 0 {
-		return Tensor{}, fmt.Errorf("%w: negative dimension in %v", ErrShape, shape)
+		return Tensor{}, fmt.Errorf("%w: negative dimension or too many elements in %v", ErrShape, shape)
 	}
 	if int64(len(data)) != n {
 		return Tensor{}, fmt.Errorf("%w: shape %v needs %d elements, have %d", ErrShape, shape, n, len(data))
@@ -179,7 +201,7 @@ func Must[T Elem](shape Shape, data []T) Tensor {
 func Zeros(dtype DType, shape Shape) (Tensor, error) {
 	n := shape.NumElements()
 	if n < 0 {
-		return Tensor{}, fmt.Errorf("%w: negative dimension in %v", ErrShape, shape)
+		return Tensor{}, fmt.Errorf("%w: negative dimension or too many elements in %v", ErrShape, shape)
 	}
 	var data any
 	switch dtype {
@@ -191,6 +213,8 @@ func Zeros(dtype DType, shape Shape) (Tensor, error) {
 		data = make([]int8, n)
 	case Uint8:
 		data = make([]uint8, n)
+	case Int32:
+		data = make([]int32, n)
 	default:
 		return Tensor{}, fmt.Errorf("%w: unsupported dtype %v", ErrDType, dtype)
 	}
@@ -218,7 +242,8 @@ func (t Tensor) NumElements() int { return int(t.shape.NumElements()) }
 // Valid reports whether t was made by a constructor of this package.
 func (t Tensor) Valid() bool { return t.dtype != Invalid }
 
-// Raw returns the backing slice ([]float32, []int64, []int8 or []uint8).
+// Raw returns the backing slice ([]float32, []int64, []int8, []uint8 or
+// []int32).
 func (t Tensor) Raw() any { return t.data }
 
 // Data returns the backing slice of t if its element type is T. It returns
@@ -267,6 +292,8 @@ func (t Tensor) Slice(lo, hi int) (Tensor, error) {
 	case []int8:
 		data = d[lo*rs : hi*rs : hi*rs]
 	case []uint8:
+		data = d[lo*rs : hi*rs : hi*rs]
+	case []int32:
 		data = d[lo*rs : hi*rs : hi*rs]
 	default:
 		return Tensor{}, fmt.Errorf("%w: invalid tensor", ErrDType)
@@ -317,6 +344,9 @@ func Concat(parts []Tensor) (Tensor, error) {
 	}
 	rows := int64(0)
 	for i, p := range parts {
+		if len(p.shape) == 0 {
+			return Tensor{}, fmt.Errorf("%w: part %d is a scalar, cannot concatenate scalars", ErrShape, i)
+		}
 		if p.dtype != first.dtype {
 			return Tensor{}, fmt.Errorf("%w: part %d is %v, part 0 is %v", ErrDType, i, p.dtype, first.dtype)
 		}
@@ -336,6 +366,8 @@ func Concat(parts []Tensor) (Tensor, error) {
 		return Tensor{dtype: Int8, shape: shape, data: concatData[int8](parts, shape)}, nil
 	case Uint8:
 		return Tensor{dtype: Uint8, shape: shape, data: concatData[uint8](parts, shape)}, nil
+	case Int32:
+		return Tensor{dtype: Int32, shape: shape, data: concatData[int32](parts, shape)}, nil
 	}
 	return Tensor{}, fmt.Errorf("%w: invalid tensor", ErrDType)
 }
