@@ -33,7 +33,7 @@ func TestToTensorRoundTrip(t *testing.T) {
 		tensor.Must(tensor.Shape{2, 2}, []int8{-128, -1, 0, 127}),
 		tensor.Must(tensor.Shape{4}, []uint8{0, 1, 128, 255}),
 		tensor.Must(tensor.Shape{1, 2}, []int32{math.MinInt32, math.MaxInt32}),
-		tensor.Must(tensor.Shape{}, []float32{42}),       // scalar
+		tensor.Must(tensor.Shape{}, []float32{42}),      // scalar
 		tensor.Must(tensor.Shape{0, 5}, []float32(nil)), // empty batch
 	} {
 		t.Run(tc.DType().String()+tc.Shape().String(), func(t *testing.T) {
