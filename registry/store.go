@@ -1,0 +1,54 @@
+package registry
+
+import "context"
+
+// Store persists models, artifacts and the audit log. The registry keeps all
+// rules (names, lifecycle, traffic) and asks the Store only for atomic,
+// durable storage, so a shared backend — PostgreSQL for models and events
+// (one row per model locked with SELECT … FOR UPDATE, an events table with
+// a sequence, NOTIFY on commit) and object storage for artifacts — can sit
+// behind the same interface. FileStore is the local implementation;
+// registrytest.Run is the conformance suite every Store must pass.
+//
+// Stores are safe for concurrent use, also by several processes sharing the
+// same backing storage (that is what "Update is atomic" means).
+type Store interface {
+	// PutArtifact stores data under its sha256 and returns the artifact
+	// (with Path set when the store has local files). It is idempotent,
+	// and a stored artifact is complete and durable when it returns:
+	// a version is only committed after its artifact.
+	PutArtifact(ctx context.Context, data []byte) (Artifact, error)
+	// ReadArtifact returns the bytes stored under sha256, or an error
+	// wrapping ErrNotFound.
+	ReadArtifact(ctx context.Context, sha256 string) ([]byte, error)
+	// ArtifactPath returns a local file holding the artifact's bytes (a
+	// remote store would download to a local cache), or an error wrapping
+	// ErrNotFound.
+	ArtifactPath(ctx context.Context, sha256 string) (string, error)
+
+	// Model returns a copy of the named model, or an error wrapping
+	// ErrNotFound if it has no versions.
+	Model(ctx context.Context, name string) (Model, error)
+	// Models returns copies of all models, sorted by name.
+	Models(ctx context.Context) ([]Model, error)
+	// Update runs fn on a copy of the named model (with no versions if it
+	// is new) while holding an exclusive lock on it that other goroutines
+	// and processes respect. If fn returns an error, nothing changes and
+	// Update returns that error. Otherwise the modified model and the
+	// events fn returned are committed together, atomically and durably:
+	// after a crash at any point either both are visible or neither is.
+	// The store assigns the events' Seq numbers. fn may be called only
+	// once; it must not call the Store.
+	Update(ctx context.Context, name string, fn func(m *Model) ([]Event, error)) error
+
+	// Events returns committed events with Seq > after, in Seq order,
+	// only those of the named model unless name is "".
+	Events(ctx context.Context, name string, after uint64) ([]Event, error)
+	// Seq returns the Seq of the last committed event (0 if none). It is
+	// cheap (the registry's Watch polls it to see other processes'
+	// changes).
+	Seq(ctx context.Context) (uint64, error)
+
+	// Close releases the store. It is safe to call more than once.
+	Close() error
+}
