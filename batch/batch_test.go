@@ -1,0 +1,856 @@
+package batch
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"runtime"
+	"slices"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"testing/synctest"
+	"time"
+
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/tensor"
+)
+
+// fakeModel is a RunFunc for logic tests: output 0 is input 0 times 2, so
+// every caller can check it got exactly its own rows back; output 1 holds
+// the batch's row count in every row.
+type fakeModel struct {
+	delay time.Duration   // time one run takes (fake time under synctest)
+	gate  chan struct{}   // if non-nil, each run waits for it or ctx
+	fail  func(v float32) // called with each input value; may panic
+	err   func(v float32) error
+
+	mu      sync.Mutex
+	batches []fakeBatch
+	running atomic.Int32
+	maxRun  atomic.Int32
+}
+
+type fakeBatch struct {
+	rows  int
+	at    time.Time // when the run started
+	shape tensor.Shape
+	vals  []float32
+}
+
+func (m *fakeModel) run(ctx context.Context, in []tensor.Tensor) ([]tensor.Tensor, error) {
+	n := m.running.Add(1)
+	defer m.running.Add(-1)
+	for {
+		cur := m.maxRun.Load()
+		if n <= cur || m.maxRun.CompareAndSwap(cur, n) {
+			break
+		}
+	}
+	x := in[0]
+	m.mu.Lock()
+	m.batches = append(m.batches, fakeBatch{rows: x.Len(), at: time.Now(), shape: x.Shape().Clone(), vals: slices.Clone(x.Float32s())})
+	m.mu.Unlock()
+	if m.gate != nil {
+		select {
+		case <-m.gate:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if m.delay > 0 {
+		time.Sleep(m.delay)
+	}
+	for _, v := range x.Float32s() {
+		if m.fail != nil {
+			m.fail(v)
+		}
+		if m.err != nil {
+			if err := m.err(v); err != nil {
+				return nil, err
+			}
+		}
+	}
+	y := make([]float32, x.NumElements())
+	for i, v := range x.Float32s() {
+		y[i] = 2 * v
+	}
+	sizes := make([]int64, x.Len())
+	for i := range sizes {
+		sizes[i] = int64(x.Len())
+	}
+	return []tensor.Tensor{
+		tensor.Must(x.Shape().Clone(), y),
+		tensor.Must(tensor.Shape{int64(x.Len())}, sizes),
+	}, nil
+}
+
+func (m *fakeModel) seen() []fakeBatch {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return slices.Clone(m.batches)
+}
+
+func (m *fakeModel) sizes() []int {
+	var s []int
+	for _, b := range m.seen() {
+		s = append(s, b.rows)
+	}
+	return s
+}
+
+// rowsOf returns a [rows, cols] float32 input whose values start at base.
+func rowsOf(rows, cols int, base float32) []tensor.Tensor {
+	d := make([]float32, rows*cols)
+	for i := range d {
+		d[i] = base + float32(i)
+	}
+	return []tensor.Tensor{tensor.Must(tensor.Shape{int64(rows), int64(cols)}, d)}
+}
+
+// checkDoubled fails unless out[0] is in[0] times 2.
+func checkDoubled(t *testing.T, in, out []tensor.Tensor) {
+	t.Helper()
+	if len(out) != 2 {
+		t.Fatalf("got %d outputs, want 2", len(out))
+	}
+	if !out[0].Shape().Equal(in[0].Shape()) {
+		t.Fatalf("output shape %v, want %v", out[0].Shape(), in[0].Shape())
+	}
+	for i, v := range in[0].Float32s() {
+		if got := out[0].Float32s()[i]; got != 2*v {
+			t.Fatalf("output[%d] = %v, want %v (another request's row?)", i, got, 2*v)
+		}
+	}
+	if out[1].Len() != in[0].Len() {
+		t.Fatalf("output 1 has %d rows, want %d", out[1].Len(), in[0].Len())
+	}
+}
+
+type reply struct {
+	out []tensor.Tensor
+	err error
+	at  time.Time
+}
+
+// async runs Predict in a goroutine and returns where its reply arrives.
+func async(ctx context.Context, b *Batcher, in []tensor.Tensor) <-chan reply {
+	ch := make(chan reply, 1)
+	go func() {
+		out, err := b.Predict(ctx, in)
+		ch <- reply{out, err, time.Now()}
+	}()
+	return ch
+}
+
+func mustNew(t *testing.T, cfg Config, run RunFunc) *Batcher {
+	t.Helper()
+	b, err := New(cfg, run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := b.Close(context.Background()); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+	})
+	return b
+}
+
+func TestWindowMeasuredFromOldestArrival(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 8, Window: 10 * time.Millisecond, MaxInFlight: 1}, m.run)
+		start := time.Now()
+		inA, inB := rowsOf(1, 3, 1), rowsOf(1, 3, 100)
+		a := async(t.Context(), b, inA)
+		time.Sleep(6 * time.Millisecond)
+		bb := async(t.Context(), b, inB)
+		time.Sleep(3 * time.Millisecond)
+		synctest.Wait()
+		if n := len(m.seen()); n != 0 {
+			t.Fatalf("%d batches ran 9ms after the first arrival, want 0 (window 10ms)", n)
+		}
+		ra, rb := <-a, <-bb
+		if ra.err != nil || rb.err != nil {
+			t.Fatal(ra.err, rb.err)
+		}
+		checkDoubled(t, inA, ra.out)
+		checkDoubled(t, inB, rb.out)
+		seen := m.seen()
+		if len(seen) != 1 || seen[0].rows != 2 {
+			t.Fatalf("batches %v, want one of 2 rows", m.sizes())
+		}
+		// The window runs from A's arrival, not B's (which would be 16ms).
+		if got := seen[0].at.Sub(start); got != 10*time.Millisecond {
+			t.Fatalf("batch left %v after the oldest arrival, want 10ms", got)
+		}
+		st := b.Stats()
+		if w := st.QueueWait; w.Max != 10*time.Millisecond || w.Avg != 7*time.Millisecond || !near(w.P50, 4*time.Millisecond) {
+			t.Errorf("queue wait %+v, want max 10ms, avg 7ms, p50 ≈4ms", w)
+		}
+	})
+}
+
+func TestSizeTriggeredDispatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: time.Hour, MaxInFlight: 2}, m.run)
+		start := time.Now()
+		var replies []<-chan reply
+		var ins [][]tensor.Tensor
+		for i := range 5 {
+			in := rowsOf(1, 2, float32(10*i))
+			ins = append(ins, in)
+			replies = append(replies, async(t.Context(), b, in))
+		}
+		synctest.Wait()
+		seen := m.seen()
+		if len(seen) != 1 || seen[0].rows != 4 || !seen[0].at.Equal(start) {
+			t.Fatalf("after 5 arrivals: batches %v, want one of 4 rows at once", m.sizes())
+		}
+		for i, ch := range replies {
+			r := <-ch
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			checkDoubled(t, ins[i], r.out)
+		}
+		seen = m.seen()
+		if len(seen) != 2 || seen[1].rows != 1 || seen[1].at.Sub(start) != time.Hour {
+			t.Fatalf("batches %v, want [4 1] with the lone row after the 1h window", m.sizes())
+		}
+		st := b.Stats()
+		if st.Batches != 2 || st.Requests != 5 || st.Rows != 5 || st.AvgBatchSize != 2.5 ||
+			st.BatchSizes[4] != 1 || st.BatchSizes[1] != 1 {
+			t.Errorf("stats %+v", st)
+		}
+	})
+}
+
+func TestMultiRowRequestsCountAllRows(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: 10 * time.Millisecond, MaxInFlight: 1}, m.run)
+		start := time.Now()
+		inA, inB := rowsOf(3, 2, 0), rowsOf(2, 2, 50)
+		a := async(t.Context(), b, inA)
+		synctest.Wait()
+		time.Sleep(time.Millisecond)
+		bb := async(t.Context(), b, inB)
+		ra, rb := <-a, <-bb
+		if ra.err != nil || rb.err != nil {
+			t.Fatal(ra.err, rb.err)
+		}
+		checkDoubled(t, inA, ra.out)
+		checkDoubled(t, inB, rb.out)
+		seen := m.seen()
+		// 5 rows queued >= 4: A leaves at once (B does not fit beside it),
+		// B then waits its own window from its own arrival.
+		if len(seen) != 2 || seen[0].rows != 3 || seen[1].rows != 2 {
+			t.Fatalf("batches %v, want [3 2]", m.sizes())
+		}
+		if seen[0].at.Sub(start) != time.Millisecond || seen[1].at.Sub(start) != 11*time.Millisecond {
+			t.Fatalf("batches at %v and %v, want 1ms and 11ms", seen[0].at.Sub(start), seen[1].at.Sub(start))
+		}
+	})
+}
+
+func TestLargeRequestIsSplit(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: time.Millisecond, MaxInFlight: 2}, m.run)
+		in := rowsOf(10, 3, 0)
+		out, err := b.Predict(t.Context(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDoubled(t, in, out)
+		got := m.sizes()
+		sort.Ints(got)
+		if !slices.Equal(got, []int{2, 4, 4}) {
+			t.Fatalf("batches %v, want chunks of 4, 4 and 2 rows", got)
+		}
+		if st := b.Stats(); st.Requests != 1 || st.Rows != 10 || st.BatchedRows != 10 {
+			t.Errorf("stats %+v", st)
+		}
+	})
+}
+
+func TestIncompatibleShapesAreNotMixed(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 8, Window: 5 * time.Millisecond, MaxInFlight: 2}, m.run)
+		ins := [][]tensor.Tensor{rowsOf(1, 3, 0), rowsOf(1, 5, 10), rowsOf(2, 3, 20), rowsOf(1, 5, 30)}
+		var replies []<-chan reply
+		for _, in := range ins {
+			replies = append(replies, async(t.Context(), b, in))
+		}
+		for i, ch := range replies {
+			r := <-ch
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			checkDoubled(t, ins[i], r.out)
+		}
+		byWidth := map[int64]int{}
+		for _, bt := range m.seen() {
+			byWidth[bt.shape[1]] += bt.rows
+		}
+		if len(m.seen()) != 2 || byWidth[3] != 3 || byWidth[5] != 2 {
+			t.Fatalf("batches %+v, want one of 3 rows of width 3 and one of 2 rows of width 5", m.seen())
+		}
+
+		// A different number of inputs or dtype is another group too.
+		two := append(rowsOf(1, 3, 0), tensor.Must(tensor.Shape{1}, []int64{7}))
+		if _, err := b.Predict(t.Context(), two); err != nil {
+			t.Fatal(err)
+		}
+		if last := m.seen()[len(m.seen())-1]; last.rows != 1 {
+			t.Fatalf("two-input request batched as %d rows", last.rows)
+		}
+	})
+}
+
+func TestInvalidInputs(t *testing.T) {
+	m := &fakeModel{}
+	b := mustNew(t, Config{MaxBatchSize: 4, MaxQueue: 8}, m.run)
+	for name, in := range map[string][]tensor.Tensor{
+		"none":          nil,
+		"zero tensor":   {{}},
+		"scalar":        {tensor.Must(tensor.Shape{}, []float32{1})},
+		"no rows":       {tensor.Must(tensor.Shape{0, 3}, []float32{})},
+		"rows disagree": {tensor.Must(tensor.Shape{2, 1}, []float32{1, 2}), tensor.Must(tensor.Shape{1, 1}, []float32{1})},
+		"too large":     rowsOf(9, 1, 0),
+	} {
+		if _, err := b.Predict(context.Background(), in); !errors.Is(err, infer.ErrInput) {
+			t.Errorf("%s: err = %v, want infer.ErrInput", name, err)
+		}
+	}
+	if _, err := b.Predict(context.Background(), rowsOf(9, 1, 0)); !errors.Is(err, ErrTooLarge) {
+		t.Errorf("9 rows with MaxQueue 8: err = %v, want ErrTooLarge", err)
+	}
+	if len(m.seen()) != 0 {
+		t.Errorf("the model ran on invalid input")
+	}
+}
+
+func TestConfig(t *testing.T) {
+	b := mustNew(t, Config{}, (&fakeModel{}).run)
+	cfg := b.Config()
+	if cfg.MaxBatchSize != 32 || cfg.Window != DefaultWindow || cfg.MaxQueue != 32*32 ||
+		cfg.MaxInFlight != runtime.GOMAXPROCS(0) || cfg.Logger == nil {
+		t.Errorf("defaults: %+v", cfg)
+	}
+	for _, bad := range []Config{
+		{MaxBatchSize: -1},
+		{Window: -time.Second},
+		{MaxBatchSize: 8, MaxQueue: 4},
+		{MaxInFlight: -2},
+	} {
+		if _, err := New(bad, (&fakeModel{}).run); err == nil {
+			t.Errorf("New(%+v) accepted", bad)
+		}
+	}
+	if _, err := New(Config{}, nil); err == nil {
+		t.Error("New with nil RunFunc accepted")
+	}
+}
+
+// warm runs one batch of the given duration so the batcher has an
+// execution time estimate.
+func warm(t *testing.T, b *Batcher, m *fakeModel, d time.Duration) {
+	t.Helper()
+	m.delay = d
+	for i := range b.Config().MaxBatchSize {
+		async(t.Context(), b, rowsOf(1, 1, float32(i)))
+	}
+	synctest.Wait()
+	time.Sleep(d)
+	synctest.Wait()
+	if est := time.Duration(b.estimate.Load()); est != d {
+		t.Fatalf("estimate %v after one %v batch", est, d)
+	}
+	m.delay = 0
+}
+
+func TestDeadlineDispatchesEarly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: 10 * time.Millisecond, MaxInFlight: 1}, m.run)
+		warm(t, b, m, 2*time.Millisecond)
+		m.delay = time.Millisecond
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(t.Context(), 6*time.Millisecond)
+		defer cancel()
+		in := rowsOf(1, 2, 5)
+		out, err := b.Predict(ctx, in)
+		if err != nil {
+			t.Fatalf("request with 6ms left, 2ms batches, 10ms window: %v", err)
+		}
+		checkDoubled(t, in, out)
+		last := m.seen()[len(m.seen())-1]
+		if got := last.at.Sub(start); got != 4*time.Millisecond {
+			t.Fatalf("dispatched after %v, want 4ms (deadline 6ms - estimate 2ms)", got)
+		}
+	})
+}
+
+func TestHopelessDeadlineDroppedBeforeExecution(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: 10 * time.Millisecond, MaxInFlight: 1}, m.run)
+		warm(t, b, m, 2*time.Millisecond)
+		runs := len(m.seen())
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(t.Context(), time.Millisecond)
+		defer cancel()
+		_, err := b.Predict(ctx, rowsOf(1, 2, 5))
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("err = %v, want DeadlineExceeded", err)
+		}
+		if time.Since(start) != 0 {
+			t.Errorf("hopeless request answered after %v, want at once", time.Since(start))
+		}
+		if len(m.seen()) != runs {
+			t.Error("the model ran for a request that could not meet its deadline")
+		}
+		if st := b.Stats(); st.Expired != 1 || st.QueueDepth != 0 {
+			t.Errorf("stats %+v, want 1 expired and an empty queue", st)
+		}
+	})
+}
+
+func TestExpiredWhileQueuedLeavesQueue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{gate: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 1, Window: time.Millisecond, MaxInFlight: 1}, m.run)
+		first := async(t.Context(), b, rowsOf(1, 1, 1))
+		synctest.Wait() // first is running, holding the only slot
+		ctx, cancel := context.WithTimeout(t.Context(), 3*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := b.Predict(ctx, rowsOf(1, 1, 2))
+		if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) != 3*time.Millisecond {
+			t.Fatalf("err = %v after %v, want DeadlineExceeded after 3ms", err, time.Since(start))
+		}
+		synctest.Wait()
+		if st := b.Stats(); st.Expired != 1 || st.QueueDepth != 0 {
+			t.Errorf("stats %+v, want 1 expired, queue empty", st)
+		}
+		close(m.gate)
+		if r := <-first; r.err != nil {
+			t.Fatal(r.err)
+		}
+		synctest.Wait()
+		if n := len(m.seen()); n != 1 {
+			t.Errorf("%d model runs, want 1 (the expired request must not run)", n)
+		}
+	})
+}
+
+func TestCancelledRequestTakesNoCapacity(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{gate: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: time.Hour, MaxInFlight: 1}, m.run)
+		start := time.Now()
+		x := async(t.Context(), b, rowsOf(4, 1, 0)) // full: runs at once, blocks
+		synctest.Wait()
+		ctxA, cancelA := context.WithCancel(t.Context())
+		a := async(ctxA, b, rowsOf(3, 1, 100))
+		synctest.Wait()
+		inB, inC := rowsOf(1, 1, 200), rowsOf(3, 1, 300)
+		rb := async(t.Context(), b, inB)
+		synctest.Wait()
+		rc := async(t.Context(), b, inC)
+		synctest.Wait()
+		cancelA()
+		if r := <-a; !errors.Is(r.err, context.Canceled) {
+			t.Fatalf("cancelled request: err = %v", r.err)
+		}
+		synctest.Wait()
+		if st := b.Stats(); st.Cancelled != 1 || st.QueueDepth != 4 {
+			t.Fatalf("stats %+v, want 1 cancelled and 4 rows queued", st)
+		}
+		close(m.gate)
+		for _, r := range []reply{<-x, <-rb, <-rc} {
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+		}
+		// Without A's 3 rows, B and C fill a batch of 4 and leave at once.
+		if !slices.Equal(m.sizes(), []int{4, 4}) {
+			t.Fatalf("batches %v, want [4 4]", m.sizes())
+		}
+		if d := time.Since(start); d != 0 {
+			t.Errorf("took %v, want no window wait", d)
+		}
+	})
+}
+
+func TestQueueFull(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{gate: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 2, MaxQueue: 4, Window: time.Millisecond, MaxInFlight: 1}, m.run)
+		var pending []<-chan reply
+		pending = append(pending, async(t.Context(), b, rowsOf(2, 1, 0)))
+		synctest.Wait() // running
+		pending = append(pending, async(t.Context(), b, rowsOf(2, 1, 10)), async(t.Context(), b, rowsOf(2, 1, 20)))
+		synctest.Wait() // 4 rows queued
+		start := time.Now()
+		_, err := b.Predict(t.Context(), rowsOf(1, 1, 30))
+		var qf *QueueFullError
+		if !errors.Is(err, ErrQueueFull) || !errors.As(err, &qf) || time.Since(start) != 0 {
+			t.Fatalf("err = %v after %v, want an immediate *QueueFullError", err, time.Since(start))
+		}
+		if qf.Queued != 4 || qf.Limit != 4 || qf.Rows != 1 || qf.RetryAfter < time.Millisecond {
+			t.Errorf("QueueFullError %+v", qf)
+		}
+		if st := b.Stats(); st.Rejected != 1 || st.QueueDepth != 4 {
+			t.Errorf("stats %+v", st)
+		}
+		close(m.gate)
+		for _, ch := range pending {
+			if r := <-ch; r.err != nil {
+				t.Fatal(r.err)
+			}
+		}
+		// Room again.
+		if _, err := b.Predict(t.Context(), rowsOf(1, 1, 30)); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+func TestModelErrorFailsExactlyItsBatch(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		errModel := errors.New("model says no")
+		m := &fakeModel{err: func(v float32) error {
+			if v < 0 {
+				return errModel
+			}
+			return nil
+		}}
+		b := mustNew(t, Config{MaxBatchSize: 2, Window: time.Hour, MaxInFlight: 1}, m.run)
+		r1, r2 := async(t.Context(), b, rowsOf(1, 1, -1)), async(t.Context(), b, rowsOf(1, 1, 1))
+		synctest.Wait()
+		in3, in4 := rowsOf(1, 1, 3), rowsOf(1, 1, 4)
+		r3, r4 := async(t.Context(), b, in3), async(t.Context(), b, in4)
+		for _, ch := range []<-chan reply{r1, r2} {
+			if r := <-ch; !errors.Is(r.err, errModel) {
+				t.Errorf("request in the failing batch: err = %v, want the model's error", r.err)
+			}
+		}
+		for i, ch := range []<-chan reply{r3, r4} {
+			r := <-ch
+			if r.err != nil {
+				t.Fatalf("request in the next batch: %v", r.err)
+			}
+			checkDoubled(t, [][]tensor.Tensor{in3, in4}[i], r.out)
+		}
+		if st := b.Stats(); st.Failed != 1 || st.Batches != 2 {
+			t.Errorf("stats %+v", st)
+		}
+	})
+}
+
+func TestModelPanicIsRecovered(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{fail: func(v float32) {
+			if v == 13 {
+				panic("unlucky row")
+			}
+		}}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: time.Millisecond, MaxInFlight: 1}, m.run)
+		if _, err := b.Predict(t.Context(), rowsOf(1, 1, 13)); !errors.Is(err, ErrPanic) {
+			t.Fatalf("err = %v, want ErrPanic", err)
+		}
+		in := rowsOf(2, 1, 1)
+		out, err := b.Predict(t.Context(), in)
+		if err != nil {
+			t.Fatalf("after a panic: %v", err)
+		}
+		checkDoubled(t, in, out)
+		if st := b.Stats(); st.Panics != 1 || st.Failed != 1 || st.Batches != 2 {
+			t.Errorf("stats %+v", st)
+		}
+	})
+}
+
+func TestBadModelOutputsFailTheBatch(t *testing.T) {
+	b := mustNew(t, Config{MaxBatchSize: 4, Window: time.Millisecond}, func(ctx context.Context, in []tensor.Tensor) ([]tensor.Tensor, error) {
+		return []tensor.Tensor{tensor.Must(tensor.Shape{1}, []float32{0})}, nil
+	})
+	if _, err := b.Predict(context.Background(), rowsOf(2, 1, 0)); err == nil {
+		t.Fatal("a model returning 1 row for a batch of 2 was accepted")
+	}
+}
+
+func TestSplitRequestFailsIfAChunkFails(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{err: func(v float32) error {
+			if v == 6 {
+				return errors.New("bad row")
+			}
+			return nil
+		}}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: time.Millisecond, MaxInFlight: 1}, m.run)
+		if _, err := b.Predict(t.Context(), rowsOf(12, 1, 0)); err == nil {
+			t.Fatal("split request with a failing chunk succeeded")
+		}
+		synctest.Wait()
+		if st := b.Stats(); st.QueueDepth != 0 {
+			t.Errorf("queue depth %d after a failed split request", st.QueueDepth)
+		}
+	})
+}
+
+func TestCloseDrainsQueue(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{gate: make(chan struct{})}
+		b, err := New(Config{MaxBatchSize: 2, Window: time.Hour, MaxInFlight: 1}, m.run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		start := time.Now()
+		var pending []<-chan reply
+		var ins [][]tensor.Tensor
+		for i := range 5 {
+			in := rowsOf(1, 1, float32(i))
+			ins = append(ins, in)
+			pending = append(pending, async(t.Context(), b, in))
+			synctest.Wait()
+		}
+		closed := make(chan error, 1)
+		go func() { closed <- b.Close(t.Context()) }()
+		synctest.Wait()
+		if _, err := b.Predict(t.Context(), rowsOf(1, 1, 9)); !errors.Is(err, ErrClosed) {
+			t.Fatalf("Predict during Close: err = %v, want ErrClosed", err)
+		}
+		select {
+		case err := <-closed:
+			t.Fatalf("Close returned %v with work queued", err)
+		default:
+		}
+		close(m.gate)
+		for i, ch := range pending {
+			r := <-ch
+			if r.err != nil {
+				t.Fatalf("queued request %d: %v", i, r.err)
+			}
+			checkDoubled(t, ins[i], r.out)
+		}
+		if err := <-closed; err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d != 0 {
+			t.Errorf("drain took %v; the window must not delay Close", d)
+		}
+		if err := b.Close(t.Context()); err != nil {
+			t.Errorf("second Close: %v", err)
+		}
+		if _, err := b.Predict(t.Context(), rowsOf(1, 1, 9)); !errors.Is(err, ErrClosed) {
+			t.Errorf("Predict after Close: err = %v", err)
+		}
+		if st := b.Stats(); st.Requests != 5 || st.BatchedRows != 5 {
+			t.Errorf("stats after Close %+v", st)
+		}
+		// synctest.Test fails if any goroutine of the Batcher is left.
+	})
+}
+
+func TestCloseGivesUpAtDeadline(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{gate: make(chan struct{})} // never opened: runs end only by ctx
+		b, err := New(Config{MaxBatchSize: 1, Window: time.Hour, MaxInFlight: 1}, m.run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		running := async(t.Context(), b, rowsOf(1, 1, 0))
+		synctest.Wait()
+		queued := async(t.Context(), b, rowsOf(1, 1, 1))
+		synctest.Wait()
+		ctx, cancel := context.WithTimeout(t.Context(), 5*time.Millisecond)
+		defer cancel()
+		if err := b.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Close: %v, want DeadlineExceeded", err)
+		}
+		if r := <-running; !errors.Is(r.err, context.Canceled) {
+			t.Errorf("running request: err = %v, want its model call cancelled", r.err)
+		}
+		if r := <-queued; !errors.Is(r.err, ErrClosed) {
+			t.Errorf("queued request: err = %v, want ErrClosed", r.err)
+		}
+	})
+}
+
+func TestCloseUnderLoadSynctest(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{delay: 500 * time.Microsecond}
+		b, err := New(Config{MaxBatchSize: 8, Window: time.Millisecond, MaxInFlight: 2, MaxQueue: 64}, m.run)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var wg sync.WaitGroup
+		var ok, closed, full atomic.Int64
+		for g := range 100 {
+			wg.Go(func() {
+				for i := 0; ; i++ {
+					in := rowsOf(1+i%3, 2, float32(g*1000+i))
+					out, err := b.Predict(context.Background(), in)
+					switch {
+					case err == nil:
+						checkDoubled(t, in, out)
+						ok.Add(1)
+					case errors.Is(err, ErrClosed):
+						closed.Add(1)
+						return
+					case errors.Is(err, ErrQueueFull):
+						full.Add(1)
+						time.Sleep(time.Millisecond)
+					default:
+						t.Errorf("unexpected error %v", err)
+						return
+					}
+				}
+			})
+		}
+		time.Sleep(20 * time.Millisecond)
+		if err := b.Close(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		wg.Wait()
+		st := b.Stats()
+		if ok.Load() == 0 || closed.Load() != 100 || st.Requests != ok.Load() || st.QueueDepth != 0 || st.InFlight != 0 {
+			t.Errorf("ok %d closed %d full %d; stats %+v", ok.Load(), closed.Load(), full.Load(), st)
+		}
+		if int(m.maxRun.Load()) > 2 {
+			t.Errorf("%d batches ran at once, MaxInFlight is 2", m.maxRun.Load())
+		}
+		for _, bt := range m.seen() {
+			if bt.rows > 8 {
+				t.Fatalf("batch of %d rows, MaxBatchSize is 8", bt.rows)
+			}
+		}
+	})
+}
+
+// TestRaceManyGoroutines runs in real time for the race detector: hundreds
+// of callers, mixed sizes and shapes, random cancellations, then Close.
+func TestRaceManyGoroutines(t *testing.T) {
+	before := runtime.NumGoroutine()
+	m := &fakeModel{}
+	b, err := New(Config{MaxBatchSize: 16, Window: 200 * time.Microsecond, MaxInFlight: 2, MaxQueue: 256}, m.run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const callers, each = 300, 20
+	var wg sync.WaitGroup
+	var ok, cancelled, full atomic.Int64
+	for g := range callers {
+		wg.Go(func() {
+			rng := rand.New(rand.NewPCG(uint64(g), 1))
+			for i := range each {
+				in := rowsOf(1+rng.IntN(20), 2+g%2, float32(g*100000+i*100))
+				ctx, cancel := context.WithCancel(context.Background())
+				if rng.IntN(10) == 0 {
+					go cancel()
+				}
+				out, err := b.Predict(ctx, in)
+				cancel()
+				switch {
+				case err == nil:
+					checkDoubled(t, in, out)
+					ok.Add(1)
+				case errors.Is(err, context.Canceled):
+					cancelled.Add(1)
+				case errors.Is(err, ErrQueueFull):
+					full.Add(1)
+				default:
+					t.Errorf("unexpected error %v", err)
+				}
+			}
+		})
+	}
+	go func() {
+		for range 50 {
+			_ = b.Stats()
+			runtime.Gosched()
+		}
+	}()
+	wg.Wait()
+	if err := b.Close(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	st := b.Stats()
+	t.Logf("ok %d cancelled %d full %d; batches %d avg %.1f", ok.Load(), cancelled.Load(), full.Load(), st.Batches, st.AvgBatchSize)
+	if ok.Load()+cancelled.Load()+full.Load() != callers*each {
+		t.Errorf("outcomes do not add up")
+	}
+	if st.QueueDepth != 0 || st.InFlight != 0 || st.Rejected != full.Load() {
+		t.Errorf("stats %+v", st)
+	}
+	for _, bt := range m.seen() {
+		if bt.rows > 16 {
+			t.Fatalf("batch of %d rows, MaxBatchSize is 16", bt.rows)
+		}
+	}
+	checkGoroutines(t, before)
+}
+
+// checkGoroutines fails if more goroutines run than before (a leak). The
+// batcher's own goroutines have finished when Close returns, but may not
+// have been reaped yet, so it allows them a moment.
+func checkGoroutines(t *testing.T, before int) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		n := runtime.NumGoroutine()
+		if n <= before {
+			return
+		}
+		if time.Now().After(deadline) {
+			buf := make([]byte, 1<<16)
+			t.Fatalf("%d goroutines after Close, %d before:\n%s", n, before, buf[:runtime.Stack(buf, true)])
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// near reports whether got is within the histogram's 1/16 of want.
+func near(got, want time.Duration) bool {
+	d := got - want
+	return d <= want/16 && -d <= want/16
+}
+
+func TestHistQuantiles(t *testing.T) {
+	var h hist
+	rng := rand.New(rand.NewPCG(1, 2))
+	var exact []time.Duration
+	for range 10000 {
+		d := time.Duration(rng.ExpFloat64() * float64(time.Millisecond))
+		h.record(d)
+		exact = append(exact, d)
+	}
+	slices.Sort(exact)
+	for _, q := range []float64{0.5, 0.95, 0.99} {
+		want := exact[int(q*float64(len(exact)))-1]
+		got := h.quantile(q)
+		if rel := float64(got-want) / float64(want); rel > 0.07 || rel < -0.07 {
+			t.Errorf("p%v = %v, exact %v (%.1f%% off)", q*100, got, want, 100*rel)
+		}
+	}
+	if h.quantile(1) != exact[len(exact)-1] {
+		t.Errorf("p100 %v, max %v", h.quantile(1), exact[len(exact)-1])
+	}
+	for _, d := range []time.Duration{0, 1, 15, 16, 17, 1000, time.Second, 1<<62 + 5} {
+		i := histBucket(d)
+		if i < 0 || i >= histBuckets {
+			t.Fatalf("bucket %d for %v", i, d)
+		}
+		if mid := histMid(i); float64(mid) < float64(d)*0.93 || float64(mid) > float64(d)*1.07+1 {
+			t.Errorf("bucket of %v has middle %v", d, mid)
+		}
+	}
+}
