@@ -53,6 +53,9 @@ func (q *Quantizer) calibrate(ctx context.Context, model *onnx.ModelProto, sel [
 		if err != nil {
 			return err
 		}
+		for i, info := range sess.Inputs() {
+			vals[info.Name] = in[i] // graph inputs are activations too
+		}
 		for _, a := range acts {
 			t, ok := vals[a]
 			if !ok || t.DType() != tensor.Float32 {
@@ -176,6 +179,10 @@ func (h *histogram) percentile(p float64) float32 {
 // KL(P‖Q) where P is the clipped reference distribution (outliers folded
 // into the last bin) and Q is P quantized to levels bins and expanded back
 // (the TensorRT calibration algorithm).
+//
+// Bin 0 is left out of the comparison: values near zero (all of a ReLU's
+// negative half) are represented well at any threshold, and their mass would
+// otherwise pull the threshold far too low for post-ReLU activations.
 func (h *histogram) entropy(levels int) float32 {
 	nb := len(h.bins)
 	if h.top == 0 || nb <= levels {
@@ -189,11 +196,17 @@ func (h *histogram) entropy(levels int) float32 {
 	best, bestKL := nb, math.Inf(1)
 	p := make([]float64, nb)
 	qd := make([]float64, nb)
+	// Try about 256 thresholds: finer steps do not change the result
+	// measurably and the search is quadratic in the bins.
+	stride := max(1, (nb-levels)/256)
 	for i := levels; i <= nb; i++ {
 		copy(p, h.bins[:i])
 		p[i-1] += tail // values beyond the threshold clip to it
 		if i < nb {
 			tail -= h.bins[i]
+		}
+		if (i-levels)%stride != 0 && i != nb {
+			continue
 		}
 		// Q: merge bins[:i] into levels chunks, spread each chunk's mass
 		// evenly over the chunk's non-empty bins.
@@ -214,7 +227,7 @@ func (h *histogram) entropy(levels int) float32 {
 				}
 			}
 		}
-		kl := klDiv(p[:i], qd[:i])
+		kl := klDiv(p[1:i], qd[1:i])
 		if kl < bestKL {
 			best, bestKL = i, kl
 		}

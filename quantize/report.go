@@ -2,7 +2,6 @@ package quantize
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -39,7 +38,8 @@ type NodeMetrics struct {
 	Node, OpType string
 	// LocalSQNR estimates the noise this node adds itself, removing the
 	// noise already present in its inputs: −10·log10(NSR_out − NSR_in),
-	// where NSR = 10^(−SQNR/10). The gate excludes the lowest first.
+	// where NSR = 10^(−SQNR/10). A diagnostic: it assumes noise and signal
+	// pass through the node alike (QuantizeWithBudget measures isolation).
 	LocalSQNR float64
 }
 
@@ -208,22 +208,28 @@ type Budget struct {
 	MaxError float64
 	// MinSQNR is the lowest allowed output SQNR in dB.
 	MinSQNR float64
+	// MinSignAgreement is the lowest allowed fraction of output elements
+	// whose sign matches fp32 (the forecast's direction).
+	MinSignAgreement float64
 }
 
 // Met reports whether r is within b.
 func (b Budget) Met(r *Report) bool {
-	maxErr, sqnr, _ := r.Worst()
-	return (b.MaxError <= 0 || maxErr <= b.MaxError) && (b.MinSQNR == 0 || sqnr >= b.MinSQNR)
+	maxErr, sqnr, sign := r.Worst()
+	return (b.MaxError <= 0 || maxErr <= b.MaxError) && (b.MinSQNR == 0 || sqnr >= b.MinSQNR) &&
+		sign >= b.MinSignAgreement
 }
 
 // GateStep is one iteration of QuantizeWithBudget.
 type GateStep struct {
 	// Excluded is the node excluded before this step ("" for the first).
 	Excluded string
-	// LocalSQNR of that node when it was excluded.
-	LocalSQNR float64
-	MaxError  float64
-	SQNR      float64
+	// IsolatedSQNR is the output SQNR of the model with only that node
+	// quantized: how much damage the node does on its own.
+	IsolatedSQNR float64
+	// MaxError and SQNR are the worst output values after this step.
+	MaxError float64
+	SQNR     float64
 }
 
 // GateResult is the outcome of QuantizeWithBudget.
@@ -234,12 +240,18 @@ type GateResult struct {
 }
 
 // QuantizeWithBudget quantizes model and evaluates it on eval (calib if nil).
-// While the budget is exceeded it excludes the quantized node with the worst
-// local SQNR and tries again, reusing the calibration. It returns ErrBudget
-// (with the last attempt's result) when excluding every node still misses
-// the budget, or when only fp32 would meet it.
+// If the budget is exceeded it measures each quantized node's damage in
+// isolation (the output SQNR with only that node quantized, reusing the
+// calibration) and excludes nodes worst first, re-evaluating after each,
+// until the budget holds. It returns ErrBudget, with the last attempt, when
+// only the fp32 model would meet the budget.
+//
+// The isolated measure is used rather than each node's output SQNR in the
+// full int8 model because that one also carries the noise of every node
+// upstream, and can look healthy when a large, later-discarded channel
+// dominates it while the rest of the tensor is ruined.
 func (q *Quantizer) QuantizeWithBudget(ctx context.Context, model *onnx.ModelProto, calib, eval Dataset, b Budget) (*GateResult, error) {
-	if b.MaxError <= 0 && b.MinSQNR == 0 {
+	if b.MaxError <= 0 && b.MinSQNR == 0 && b.MinSignAgreement <= 0 {
 		return nil, fmt.Errorf("%w: empty budget", ErrConfig)
 	}
 	if eval == nil {
@@ -248,35 +260,62 @@ func (q *Quantizer) QuantizeWithBudget(ctx context.Context, model *onnx.ModelPro
 	if eval == nil {
 		return nil, fmt.Errorf("%w: the accuracy gate needs evaluation data", ErrConfig)
 	}
-	exclude := slices.Clone(q.cfg.Exclude)
-	var ranges map[string]Range
 	gate := &GateResult{}
-	last := GateStep{}
-	for {
+	try := func(exclude []string, ranges map[string]Range) (*Result, *Report, error) {
 		res, err := q.quantize(ctx, model, calib, exclude, ranges)
-		if errors.Is(err, ErrNothing) && gate.Result != nil {
-			return gate, fmt.Errorf("%w: every node excluded and the budget is still missed", ErrBudget)
-		}
 		if err != nil {
-			return gate, err
+			return nil, nil, err
 		}
-		ranges = res.Ranges
 		rep, err := q.Evaluate(ctx, model, res, eval)
+		return res, rep, err
+	}
+	exclude := slices.Clone(q.cfg.Exclude)
+	res, rep, err := try(exclude, nil)
+	if err != nil {
+		return nil, err
+	}
+	ranges := res.Ranges
+	step := GateStep{}
+	step.MaxError, step.SQNR, _ = rep.Worst()
+	gate.Result, gate.Report, gate.Steps = res, rep, []GateStep{step}
+	if b.Met(rep) {
+		return gate, nil
+	}
+	// Rank the nodes by their isolated damage.
+	type cand struct {
+		name string
+		sqnr float64
+	}
+	var cands []cand
+	for _, n := range res.Nodes {
+		others := slices.Clone(exclude)
+		for _, o := range res.Nodes {
+			if o.Name != n.Name {
+				others = append(others, o.Name)
+			}
+		}
+		_, r, err := try(others, ranges)
+		if err != nil {
+			return gate, fmt.Errorf("isolating %s: %w", n.Name, err)
+		}
+		_, s, _ := r.Worst()
+		cands = append(cands, cand{n.Name, s})
+	}
+	sort.SliceStable(cands, func(i, j int) bool { return cands[i].sqnr < cands[j].sqnr })
+	for _, c := range cands[:len(cands)-1] {
+		exclude = append(exclude, c.name)
+		res, rep, err := try(exclude, ranges)
 		if err != nil {
 			return gate, err
 		}
+		step := GateStep{Excluded: c.name, IsolatedSQNR: c.sqnr}
+		step.MaxError, step.SQNR, _ = rep.Worst()
 		gate.Result, gate.Report = res, rep
-		last.MaxError, last.SQNR, _ = rep.Worst()
-		gate.Steps = append(gate.Steps, last)
+		gate.Steps = append(gate.Steps, step)
 		if b.Met(rep) {
 			return gate, nil
 		}
-		nodes := slices.Clone(rep.Nodes)
-		sort.SliceStable(nodes, func(i, j int) bool { return nodes[i].LocalSQNR < nodes[j].LocalSQNR })
-		if len(nodes) <= 1 {
-			return gate, fmt.Errorf("%w: %d node(s) left and the budget is missed (max error %.4g, SQNR %.1f dB); keep the fp32 model", ErrBudget, len(nodes), last.MaxError, last.SQNR)
-		}
-		exclude = append(exclude, nodes[0].Node)
-		last = GateStep{Excluded: nodes[0].Node, LocalSQNR: nodes[0].LocalSQNR}
 	}
+	last := gate.Steps[len(gate.Steps)-1]
+	return gate, fmt.Errorf("%w: with one node left int8 still misses it (max error %.4g, SQNR %.1f dB); keep the fp32 model", ErrBudget, last.MaxError, last.SQNR)
 }

@@ -80,11 +80,14 @@ def main():
     export(skew, torch.randn(1, 16), "skewed.onnx", names(16), batch)
 
     # Built to fail an accuracy budget: the middle layer has one weight 2000x
-    # larger than the rest, so per-tensor int8 rounds the others to zero.
+    # larger than the rest, so per-tensor int8 rounds the others to zero. It
+    # is negative on a post-ReLU input, so its channel is always cut by the
+    # next ReLU: only the weight's quantization hurts, not any activation
+    # range, and excluding that one node must fix the model.
     torch.manual_seed(4)
     bad = mlp([16, 32, 32, 1])
     with torch.no_grad():
-        bad[2].weight[0, 0] = 2000.0 * bad[2].weight.abs().max()
+        bad[2].weight[0, 0] = -2000.0 * bad[2].weight.abs().max()
     export(bad, torch.randn(1, 16), "gate_fail.onnx", names(16), batch)
 
     # LSTM(16->64) over 32 time steps + Linear head on the last step.

@@ -1,0 +1,226 @@
+package quantize_test
+
+import (
+	"context"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/onnx"
+	"github.com/signalforge/signalforge/quantize"
+	"github.com/signalforge/signalforge/tensor"
+)
+
+func report(t *testing.T, rep *quantize.Report) string {
+	var sb strings.Builder
+	rep.WriteText(&sb)
+	return sb.String()
+}
+
+func TestStatic(t *testing.T) {
+	eng := newEngine(t)
+	ctx := context.Background()
+	cases := []struct {
+		fixture string
+		shape   []int64
+		cfg     quantize.Config
+		minSQNR float64 // documented bound on held-out data
+	}{
+		{"mlp_100_50_10.onnx", []int64{100}, quantize.Config{}, 25},
+		{"mlp_100_50_10.onnx", []int64{100}, quantize.Config{PerChannel: true, Symmetric: true}, 25},
+		{"mlp_100_50_10.onnx", []int64{100}, quantize.Config{Calibration: quantize.Percentile}, 25},
+		{"mlp_100_50_10.onnx", []int64{100}, quantize.Config{Calibration: quantize.Entropy}, 25},
+		{"mlp_small.onnx", []int64{8}, quantize.Config{Calibration: quantize.Entropy, PerChannel: true}, 25},
+		// The LSTM stays fp32 in static mode (no QDQ LSTM kernel); its head is quantized.
+		{"lstm.onnx", []int64{32, 16}, quantize.Config{}, 25},
+	}
+	for _, c := range cases {
+		c.cfg.Engine, c.cfg.Mode = eng, quantize.Static
+		name := strings.TrimSuffix(c.fixture, ".onnx") + "/" + c.cfg.Calibration.String()
+		if c.cfg.PerChannel {
+			name += "/per-channel"
+		}
+		if c.cfg.Symmetric {
+			name += "/symmetric"
+		}
+		t.Run(name, func(t *testing.T) {
+			m := loadFixture(t, c.fixture)
+			q := mustNew(t, c.cfg)
+			res, err := q.Quantize(ctx, m, quantize.Tensors(normal(1, 512, c.shape...)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := q.Evaluate(ctx, m, res, quantize.Tensors(normal(2, 256, c.shape...)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("%s\n%s", name, report(t, rep))
+			_, sqnr, sign := rep.Worst()
+			if sqnr < c.minSQNR {
+				t.Errorf("output SQNR %.1f dB, want >= %.0f", sqnr, c.minSQNR)
+			}
+			if sign < 0.95 {
+				t.Errorf("sign agreement %.3f, want >= 0.95", sign)
+			}
+			if res.Lineage.CalibrationSHA256 == "" || !strings.HasPrefix(res.Lineage.Method, "static/") {
+				t.Errorf("lineage %+v", res.Lineage)
+			}
+			t.Logf("optimized: %v", optimizedOps(t, eng, res.Model))
+		})
+	}
+}
+
+// On a layer whose output channels differ by 4^j in scale, one per-tensor
+// weight scale rounds the small channels to nothing; per-channel does not.
+func TestPerChannelBeatsPerTensorOnSkewedChannels(t *testing.T) {
+	eng := newEngine(t)
+	ctx := context.Background()
+	m := loadFixture(t, "skewed.onnx")
+	for _, mode := range []quantize.Mode{quantize.Dynamic, quantize.Static} {
+		t.Run(mode.String(), func(t *testing.T) {
+			calib, eval := quantize.Tensors(normal(1, 256, 16)), quantize.Tensors(normal(2, 256, 16))
+			var worst [2]float64 // worst per-channel relative error, per-tensor and per-channel
+			for i, pc := range []bool{false, true} {
+				q := mustNew(t, quantize.Config{Engine: eng, Mode: mode, PerChannel: pc})
+				res, err := q.Quantize(ctx, m, calib)
+				if err != nil {
+					t.Fatal(err)
+				}
+				worst[i] = worstChannelRelError(t, eng, m, res.Model, normal(2, 256, 16))
+				rep, err := q.Evaluate(ctx, m, res, eval)
+				if err != nil {
+					t.Fatal(err)
+				}
+				t.Logf("per-channel=%v: worst channel rel err %.4g\n%s", pc, worst[i], report(t, rep))
+			}
+			if !(worst[1] <= worst[0]) {
+				t.Errorf("per-channel worst channel rel err %.4g > per-tensor %.4g", worst[1], worst[0])
+			}
+			if worst[1] > 0.05 || worst[0] < 0.2 {
+				t.Errorf("want per-channel <= 5%% and per-tensor >= 20%% worst channel error; got %.3g, %.3g", worst[1], worst[0])
+			}
+		})
+	}
+}
+
+// Calibration data with rare huge outliers: MinMax stretches the input
+// range for them and loses resolution on the ordinary rows; Percentile and
+// Entropy clip and win on held-out ordinary data.
+func TestClippingBeatsMinMaxWithOutliers(t *testing.T) {
+	eng := newEngine(t)
+	ctx := context.Background()
+	m := loadFixture(t, "mlp_100_50_10.onnx")
+	calib := normal(1, 2000, 100)
+	v := calib.Float32s()
+	for i := 0; i < len(v); i += 4999 { // 0.02% of values, at 200σ
+		v[i] = 200
+	}
+	eval := quantize.Tensors(normal(2, 512, 100))
+	sqnr := map[quantize.Method]float64{}
+	for _, meth := range []quantize.Method{quantize.MinMax, quantize.Percentile, quantize.Entropy} {
+		q := mustNew(t, quantize.Config{Engine: eng, Mode: quantize.Static, Calibration: meth, Percentile: 99.9})
+		res, err := q.Quantize(ctx, m, quantize.Tensors(calib))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rep, err := q.Evaluate(ctx, m, res, eval)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, sqnr[meth], _ = rep.Worst()
+		t.Logf("%s: input range %+v\n%s", meth, res.Ranges["input"], report(t, rep))
+	}
+	for _, meth := range []quantize.Method{quantize.Percentile, quantize.Entropy} {
+		if sqnr[meth] < sqnr[quantize.MinMax]+6 {
+			t.Errorf("%s SQNR %.1f dB, want at least 6 dB over MinMax's %.1f", meth, sqnr[meth], sqnr[quantize.MinMax])
+		}
+	}
+}
+
+// gate_fail.onnx has one weight 2000× the others in its middle layer: per
+// tensor int8 zeroes the rest of that layer. The gate must find that node
+// (and only it) and meet the budget.
+func TestGateExcludesWorstNode(t *testing.T) {
+	eng := newEngine(t)
+	ctx := context.Background()
+	m := loadFixture(t, "gate_fail.onnx")
+	calib, eval := quantize.Tensors(normal(1, 256, 16)), quantize.Tensors(normal(2, 256, 16))
+	for _, mode := range []quantize.Mode{quantize.Dynamic, quantize.Static} {
+		t.Run(mode.String(), func(t *testing.T) {
+			q := mustNew(t, quantize.Config{Engine: eng, Mode: mode})
+			plain, err := q.Quantize(ctx, m, calib)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep, err := q.Evaluate(ctx, m, plain, eval)
+			if err != nil {
+				t.Fatal(err)
+			}
+			// Output SQNR stays high (the large outputs dominate it) while
+			// small outputs flip sign: the budget is on absolute error.
+			budget := quantize.Budget{MaxError: 0.05}
+			if budget.Met(rep) {
+				t.Fatalf("fixture meets the budget without the gate:\n%s", report(t, rep))
+			}
+			g, err := q.QuantizeWithBudget(ctx, m, calib, eval, budget)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Logf("steps %+v\n%s", g.Steps, report(t, g.Report))
+			if !budget.Met(g.Report) {
+				t.Errorf("gate returned a model outside the budget")
+			}
+			if len(g.Excluded) != 1 || g.Excluded[0] != "/2/Gemm" {
+				t.Errorf("excluded %v, want [/2/Gemm]", g.Excluded)
+			}
+			if len(g.Nodes) != 2 {
+				t.Errorf("quantized %d nodes, want the other 2", len(g.Nodes))
+			}
+			// An impossible budget: stop and say so.
+			_, err = q.QuantizeWithBudget(ctx, m, calib, eval, quantize.Budget{MaxError: 1e-9})
+			if !errors.Is(err, quantize.ErrBudget) {
+				t.Errorf("impossible budget: err %v, want ErrBudget", err)
+			}
+		})
+	}
+}
+
+// worstChannelRelError runs both models on x and returns the largest
+// per-output-channel relative L2 error.
+func worstChannelRelError(t *testing.T, eng infer.Engine, fp32, int8 *onnx.ModelProto, x tensor.Tensor) float64 {
+	t.Helper()
+	run := func(m *onnx.ModelProto) tensor.Tensor {
+		b, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := eng.LoadBytes(context.Background(), b, infer.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		out, err := s.Run(context.Background(), []tensor.Tensor{x})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return out[0]
+	}
+	f, q := run(fp32), run(int8)
+	ch := int(f.Shape()[1])
+	fv, qv := f.Float32s(), q.Float32s()
+	worst := 0.0
+	for c := range ch {
+		var s2, e2 float64
+		for i := c; i < len(fv); i += ch {
+			s2 += float64(fv[i]) * float64(fv[i])
+			e := float64(qv[i] - fv[i])
+			e2 += e * e
+		}
+		worst = max(worst, math.Sqrt(e2/s2))
+	}
+	return worst
+}
