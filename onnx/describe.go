@@ -246,7 +246,7 @@ func (i *Info) WriteTo(w io.Writer) (int64, error) {
 	for _, op := range ops {
 		p("%s\t%d\n", op, i.OpTypes[op])
 	}
-	p("(%d nodes)\t\n", i.Nodes)
+	p("total\t%d\n", i.Nodes)
 	if len(i.Metadata) > 0 {
 		p("\nMETADATA\tVALUE\n")
 		for _, k := range slices.Sorted(maps.Keys(i.Metadata)) {
