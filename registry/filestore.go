@@ -145,6 +145,9 @@ func (s *FileStore) Dir() string { return s.dir }
 // acquire takes the in-process semaphore and the flock, honouring ctx. The
 // returned func releases both.
 func (s *FileStore) acquire(ctx context.Context) (release func(), err error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	select {
 	case s.sem <- struct{}{}:
 	case <-ctx.Done():

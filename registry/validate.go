@@ -6,8 +6,6 @@ import (
 	"slices"
 	"strings"
 
-	"google.golang.org/protobuf/proto"
-
 	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/tensor"
@@ -66,17 +64,12 @@ func EngineValidator(eng infer.Engine) Validator {
 // lenient (many byte strings decode as some message), so these checks are
 // what tells "not ONNX" apart from "ONNX the engine rejects".
 func InspectONNX(model []byte) (ModelInfo, error) {
-	if len(model) == 0 {
-		return ModelInfo{}, fmt.Errorf("%w: empty file", ErrInvalidArtifact)
-	}
-	var mp onnx.ModelProto
-	if err := proto.Unmarshal(model, &mp); err != nil {
-		return ModelInfo{}, fmt.Errorf("%w: not an ONNX model: %v", ErrInvalidArtifact, err)
+	mp, err := onnx.Parse(model)
+	if err != nil {
+		return ModelInfo{}, fmt.Errorf("%w: %w", ErrInvalidArtifact, err)
 	}
 	g := mp.GetGraph()
 	switch {
-	case mp.GetIrVersion() <= 0:
-		return ModelInfo{}, fmt.Errorf("%w: not an ONNX model (no ir_version)", ErrInvalidArtifact)
 	case len(mp.GetOpsetImport()) == 0:
 		return ModelInfo{}, fmt.Errorf("%w: not an ONNX model (no opset_import)", ErrInvalidArtifact)
 	case g == nil || len(g.GetNode()) == 0:
