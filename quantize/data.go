@@ -16,6 +16,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 
@@ -323,6 +324,7 @@ func ReadCSV(r io.Reader, features []string, nFeatures int, fn func([]float32) e
 	if err != nil {
 		return fmt.Errorf("%w: %v", ErrData, err)
 	}
+	header = slices.Clone(header) // ReuseRecord: the next Read overwrites it
 	cols, err := columns(header, features, nFeatures)
 	if err != nil {
 		return err
@@ -522,6 +524,9 @@ func ReadNPY(r io.Reader, fn func(shape []int64, row []float32) error) error {
 		if rowLen > 1<<26 {
 			return fmt.Errorf("%w: .npy rows of more than 2^26 values", ErrData)
 		}
+	}
+	if rowLen == 0 {
+		return fmt.Errorf("%w: .npy array has empty rows", ErrData)
 	}
 	raw := make([]byte, rowLen*int64(size))
 	row := make([]float32, rowLen)
