@@ -31,17 +31,21 @@ func (d Decision) String() string {
 // Judge compares a canary's metrics with its baseline's. The zero value
 // uses the defaults documented on each field.
 //
-// The error-rate test is a one-sided two-proportion z-test with pooled
-// variance (H0: canary rate ≤ baseline rate). We chose it because it is
-// closed-form, cheap enough to run every interval on every model, and its
-// inputs — two counts per side — are exactly what the sliding window
-// keeps. Its normal approximation needs a few expected errors per side;
-// the MinSamples guard and a strict Alpha cover that. Because Autopilot
-// looks at the same canary again every interval, the default Alpha is
-// 0.001: over 50 looks the chance of a false rollback of an equal canary
-// stays under 5% (Bonferroni). A sequential test (mSPRT) would allow
-// unlimited peeking exactly, at the price of a mixing prior nobody here
-// could tune; the Beta-Binomial posterior needs numeric integration.
+// The error-rate test is Fisher's exact test, one-sided (H0: the canary's
+// error rate is not higher than the baseline's). We chose it over the
+// two-proportion z-test after measuring the z-test here: its normal
+// approximation is badly wrong at canary traffic levels — 2 errors in 20
+// against a 1.25% baseline gives z = 3.39 (p = 0.00035, "roll back") while
+// the exact conditional probability is 0.03 — and false rollbacks at low
+// traffic are exactly what users of Flagger-style thresholds complain
+// about. Fisher's test is exact at any count, needs only the two pairs of
+// counts the sliding window keeps, and its tail is summed with a
+// recurrence in microseconds. (The pooled z statistic is still reported
+// for readers used to it.) Because Autopilot looks at the same canary
+// again every interval, the default Alpha is 0.001: over 50 looks the
+// chance of a false rollback of an equal canary stays under 5%
+// (Bonferroni). A sequential test (mSPRT) would allow unlimited peeking
+// exactly, at the price of a mixing prior nobody here could tune.
 //
 // "Healthy" needs more than "not significantly worse": the canary must be
 // shown non-inferior. The one-sided upper confidence bound (level
@@ -122,8 +126,8 @@ type Verdict struct {
 	Canary, Baseline Metrics
 	// RateDiff is canary error rate − baseline error rate (fractions).
 	RateDiff float64
-	// Z and PValue are the one-sided two-proportion test's statistic and
-	// p-value (PValue 1 when not computed).
+	// PValue is the one-sided Fisher exact test's p-value (1 when not
+	// computed); Z is the pooled two-proportion z statistic, for reference.
 	Z, PValue float64
 	// UpperBound is the Agresti–Caffo upper confidence bound on RateDiff.
 	UpperBound float64
@@ -156,11 +160,10 @@ func (j Judge) Compare(canary, baseline Metrics) Verdict {
 	pc, pb := xc/nc, xb/nb
 	v.RateDiff = pc - pb
 
-	// One-sided two-proportion z-test, pooled variance.
+	v.PValue = fisherGreater(canary.Errors, canary.Count, baseline.Errors, baseline.Count)
 	p := (xc + xb) / (nc + nb)
 	if se := math.Sqrt(p * (1 - p) * (1/nc + 1/nb)); se > 0 {
 		v.Z = v.RateDiff / se
-		v.PValue = 0.5 * math.Erfc(v.Z/math.Sqrt2)
 	}
 	// Agresti–Caffo upper bound on the difference.
 	ac, ab := (xc+1)/(nc+2), (xb+1)/(nb+2)
@@ -197,6 +200,51 @@ func (j Judge) Compare(canary, baseline Metrics) Verdict {
 			100*pc, 100*pb, 100*v.UpperBound, 100*j.Margin)
 		return v
 	}
+}
+
+// fisherGreater is the one-sided Fisher exact test: the probability, with
+// the margins fixed, that the canary gets at least xc of the xc+xb errors
+// when both versions fail alike. X is hypergeometric (N = nc+nb requests,
+// K = xc+xb errors, nc drawn); the tail is summed from P(X = xc) upwards
+// with p(k+1)/p(k) = (K-k)(nc-k) / ((k+1)(N-K-nc+k+1)).
+func fisherGreater(xc, nc, xb, nb int64) float64 {
+	n, k, draw := nc+nb, xc+xb, nc
+	if xc <= 0 || k == 0 {
+		return 1
+	}
+	lo, hi := max(0, draw-(n-k)), min(k, draw)
+	logChoose := func(a, b int64) float64 {
+		x, _ := math.Lgamma(float64(a + 1))
+		y, _ := math.Lgamma(float64(b + 1))
+		z, _ := math.Lgamma(float64(a - b + 1))
+		return x - y - z
+	}
+	prob := func(x int64) float64 {
+		return math.Exp(logChoose(k, x) + logChoose(n-k, draw-x) - logChoose(n, draw))
+	}
+	// Sum the tail that lies away from the mode, where terms shrink
+	// monotonically: the upper tail from xc when xc is above the mean,
+	// else 1 − the lower tail from xc−1 (so an underflowing first term is
+	// harmless either way).
+	if float64(xc) > float64(k)*float64(draw)/float64(n) {
+		term := prob(xc)
+		sum := term
+		for i := xc; i < hi && term > sum*1e-17; i++ {
+			term *= float64(k-i) * float64(draw-i) / (float64(i+1) * float64(n-k-draw+i+1))
+			sum += term
+		}
+		return min(sum, 1)
+	}
+	if xc-1 < lo {
+		return 1
+	}
+	term := prob(xc - 1)
+	sum := term
+	for i := xc - 1; i > lo && term > sum*1e-17; i-- {
+		term *= float64(i) * float64(n-k-draw+i) / (float64(k-i+1) * float64(draw-i+1))
+		sum += term
+	}
+	return max(0, 1-sum)
 }
 
 // Judge compares model:canary with model:baseline over the sliding window.

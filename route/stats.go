@@ -192,11 +192,17 @@ func (r *Router) statsForLocked(model, version string) *versionStats {
 	return vs
 }
 
-// Record counts one request served by model:version with its latency;
-// a non-nil err counts it as an error. Record is cheap (one uncontended
-// lock per version) and does not allocate once the version has been seen.
-// Invalid names are ignored.
+// Record counts one request served by model:version that ended now with
+// the given latency; a non-nil err counts it as an error. It does not
+// allocate once the version has been seen. Invalid names are ignored.
 func (r *Router) Record(model, version string, latency time.Duration, err error) {
+	r.RecordAt(model, version, time.Now(), latency, err)
+}
+
+// RecordAt is Record for a request that ended at end. Servers that already
+// read the clock to measure latency pass that reading and save Record's
+// own time.Now (half of Record's cost on our VMs).
+func (r *Router) RecordAt(model, version string, end time.Time, latency time.Duration, err error) {
 	vs := r.stats.Load().models[model][version]
 	if vs == nil {
 		if !validName(model) || !validName(version) {
@@ -206,7 +212,7 @@ func (r *Router) Record(model, version string, latency time.Duration, err error)
 		vs = r.statsForLocked(model, version)
 		r.mu.Unlock()
 	}
-	vs.record(time.Now().UnixNano(), latency, err != nil)
+	vs.record(end.UnixNano(), latency, err != nil)
 }
 
 // VersionStats returns a snapshot of model:version's statistics.
