@@ -77,3 +77,47 @@ func FuzzParse(f *testing.F) {
 		}
 	})
 }
+
+// FuzzParseTensor does the same for the TensorProto files of the backend
+// test data and for ToTensor.
+//
+//	go test ./onnx -run '^$' -fuzz FuzzParseTensor -fuzztime 1m
+func FuzzParseTensor(f *testing.F) {
+	for _, p := range []string{
+		"test_gemm_default_no_bias/test_data_set_0/input_0.pb",
+		"test_quantizelinear/test_data_set_0/input_1.pb",
+		"test_matmulinteger/test_data_set_0/output_0.pb",
+		"test_cast_FLOAT_to_STRING/test_data_set_0/output_0.pb",
+		"test_gather_0/test_data_set_0/input_1.pb",
+	} {
+		data, err := os.ReadFile(filepath.Join(nodeTestData, p))
+		if err != nil {
+			f.Fatalf("%v (libonnx-testdata is required: run `make deps-test`)", err)
+		}
+		f.Add(data)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		tp, err := onnx.ParseTensor(data)
+		if err != nil {
+			return
+		}
+		x, err := onnx.ToTensor(tp)
+		runtime.ReadMemStats(&after)
+		if used := after.TotalAlloc - before.TotalAlloc; used > 64*uint64(len(data))+1<<20 {
+			t.Fatalf("%d input bytes made ParseTensor and ToTensor allocate %d bytes", len(data), used)
+		}
+		if err != nil {
+			return
+		}
+		back, err := onnx.FromTensor(tp.GetName(), x)
+		if err != nil {
+			t.Fatalf("FromTensor of a decoded tensor: %v", err)
+		}
+		y, err := onnx.ToTensor(back)
+		if err != nil || !y.Shape().Equal(x.Shape()) || y.DType() != x.DType() || !sameData(x.Raw(), y.Raw()) {
+			t.Fatalf("re-encoding changed the tensor (err %v)", err)
+		}
+	})
+}
