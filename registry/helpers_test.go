@@ -19,15 +19,19 @@ import (
 // noMeta, none).
 func onnxModel(t testing.TB, seed uint64, features ...string) []byte {
 	t.Helper()
-	m, err := onnxtest.NewMLP(onnxtest.MLPConfig{Sizes: []int{len(features), 2}, Seed: seed, Features: features})
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, err := m.Bytes()
+	b, err := modelBytes(seed, features...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return b
+}
+
+func modelBytes(seed uint64, features ...string) ([]byte, error) {
+	m, err := onnxtest.NewMLP(onnxtest.MLPConfig{Sizes: []int{len(features), 2}, Seed: seed, Features: features})
+	if err != nil {
+		return nil, err
+	}
+	return m.Bytes()
 }
 
 func openReg(t testing.TB, dir string) *registry.Registry {
