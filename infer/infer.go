@@ -53,12 +53,14 @@ type Session interface {
 type IOInfo struct {
 	Name  string
 	DType tensor.DType
-	// Shape has -1 for a dynamic dimension.
+	// Shape has -1 for a dynamic dimension. It is nil when the model does
+	// not declare the rank (a scalar has an empty, non-nil Shape).
 	Shape tensor.Shape
 	// DimNames holds the symbolic name of each dimension ("" if none).
 	DimNames []string
 	// BatchAxis is the index of the dynamic batch axis, or -1 if the
-	// model has a fixed batch size. SignalForge models use axis 0.
+	// model has a fixed batch size. SignalForge models use axis 0; see
+	// the BatchAxis function for how engines pick it.
 	BatchAxis int
 }
 
@@ -89,7 +91,7 @@ type Options struct {
 	OptimizedModelPath string
 	// WarmupBatchSizes lists batch sizes to run once with zero inputs at load
 	// time, so the first real request does not pay for lazy initialisation.
-	// Empty means no warm-up.
+	// Empty means no warm-up. A failing warm-up fails the load. See Warmup.
 	WarmupBatchSizes []int
 }
 
