@@ -258,9 +258,10 @@ func getMeta(m *onnx.ModelProto, key string) string {
 	return ""
 }
 
-// withOutputs returns a copy of m that also outputs the named tensors
-// (without type information; ONNX Runtime infers it). Names that already are
-// graph outputs or graph inputs are skipped.
+// withOutputs returns a copy of m that also outputs the named tensors,
+// declared float32 of unknown shape (every tensor this package taps is a
+// float activation). Names that already are graph outputs or graph inputs
+// are skipped.
 func withOutputs(m *onnx.ModelProto, names []string) *onnx.ModelProto {
 	c := proto.Clone(m).(*onnx.ModelProto)
 	have := map[string]bool{}
@@ -273,7 +274,9 @@ func withOutputs(m *onnx.ModelProto, names []string) *onnx.ModelProto {
 	for _, n := range names {
 		if !have[n] {
 			have[n] = true
-			c.Graph.Output = append(c.Graph.Output, &onnx.ValueInfoProto{Name: proto.String(n)})
+			c.Graph.Output = append(c.Graph.Output, &onnx.ValueInfoProto{Name: proto.String(n), Type: &onnx.TypeProto{
+				Value: &onnx.TypeProto_TensorType{TensorType: &onnx.TypeProto_Tensor{ElemType: proto.Int32(int32(onnx.TensorProto_FLOAT))}},
+			}})
 		}
 	}
 	return c
