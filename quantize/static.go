@@ -156,9 +156,10 @@ func (q *Quantizer) staticWeights(gr *graph, n *onnx.NodeProto, xScale float32) 
 	}
 	bqn := gr.addInit(int32Tensor(gr.unique(bname+"_quantized"), bt.Dims, bq))
 	bsn := gr.addInit(floatTensor(gr.unique(bname+"_scale"), sdims, bs))
-	bzp := gr.addInit(int32Tensor(gr.unique(bname+"_zero_point"), sdims, make([]int32, len(bs))))
 	bd := gr.unique(bname + "_dequantized")
-	nodes = append(nodes, node("DequantizeLinear", gr.unique(bname+"_DequantizeLinear"), []string{bqn, bsn, bzp}, []string{bd}, attrs...))
+	// No zero point: it defaults to 0, and an int32 one per channel would
+	// cost as much as the bias itself.
+	nodes = append(nodes, node("DequantizeLinear", gr.unique(bname+"_DequantizeLinear"), []string{bqn, bsn}, []string{bd}, attrs...))
 	n.Input[2] = bd
 	gr.removeInitIfUnused(bname)
 	return nodes, nil
