@@ -46,7 +46,8 @@ type ShadowConfig[In any] struct {
 type ShadowStats struct {
 	Model, Version string
 	// Offered counts Offer calls; Sampled those picked by Rate; Dropped
-	// those discarded because the queue was full or the shadow closed.
+	// those discarded because the queue was full or Close came first
+	// (including a run Close cancelled).
 	Offered, Sampled, Dropped int64
 	// Compared counts requests where both answers had the same length;
 	// Mismatched those where the lengths differed.
@@ -178,6 +179,10 @@ func (s *Shadow[In]) worker(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case j := <-s.queue:
+			if ctx.Err() != nil { // select picked the job over Done
+				s.dropped.Add(1)
+				return
+			}
 			s.runJob(ctx, j)
 		}
 	}
@@ -191,7 +196,8 @@ func (s *Shadow[In]) runJob(ctx context.Context, j shadowJob[In]) {
 	lat := time.Since(start)
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
-			return // closing: not the shadow's fault
+			s.dropped.Add(1) // cancelled by Close: not the shadow's fault
+			return
 		}
 		s.cfg.Logger.Debug("route: shadow run failed", "model", s.cfg.Model, "version", s.cfg.Version, "err", err)
 	}
