@@ -94,6 +94,11 @@ func OpenFileStore(dir string) (*FileStore, error) {
 	if dir == "" {
 		return nil, errors.New("registry: file store: empty directory")
 	}
+	// Artifact paths handed out must stay valid after a chdir.
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("registry: file store: %w", err)
+	}
 	for _, d := range []string{dir, filepath.Join(dir, artifactDir, "sha256"), filepath.Join(dir, tmpDir)} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			return nil, fmt.Errorf("registry: file store: %w", err)

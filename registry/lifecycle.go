@@ -80,7 +80,7 @@ func promote(m *Model, version string, pct float64) (detail string, err error) {
 	}
 	switch v.Status {
 	case StatusProduction:
-		return "", &TransitionError{ref, v.Status, StatusProduction, "already in production (use SetTraffic to change its share)"}
+		return "", &TransitionError{ref, v.Status, StatusProduction, "already in production (set its traffic instead)"}
 	case StatusArchived:
 		return "", &TransitionError{ref, v.Status, StatusProduction, "archived versions never serve again; register it as a new version"}
 	}
@@ -106,7 +106,7 @@ func takeTraffic(m *Model, v *Version, to Status, force bool) (detail string, er
 		return "", nil
 	}
 	if !force {
-		return "", &TransitionError{ref, v.Status, to, fmt.Sprintf("it serves %s%% of traffic; move its traffic first (SetTraffic, SetSplit) or force", FormatPercent(v.Traffic))}
+		return "", &TransitionError{ref, v.Status, to, fmt.Sprintf("it serves %s%% of traffic; move its traffic to other versions first, or force", FormatPercent(v.Traffic))}
 	}
 	total, others := othersTotal(m, v.Version)
 	if total <= eps {
@@ -114,7 +114,7 @@ func takeTraffic(m *Model, v *Version, to Status, force bool) (detail string, er
 			return "", &TransitionError{ref, v.Status, to, "no other production version has traffic to scale up; set a split first"}
 		}
 		v.Traffic = 0
-		return fmt.Sprintf("forced: %s took %s%% of traffic and nothing serves the model now", ref, FormatPercent(100)), nil
+		return fmt.Sprintf("forced: %s had all the traffic; nothing serves the model now", ref), nil
 	}
 	was := v.Traffic
 	give(m, v.Version, 0)
@@ -282,7 +282,7 @@ func (r *Registry) Rollback(ctx context.Context, name string, toSeq uint64) (Spl
 		if toSeq != 0 {
 			return nil, fmt.Errorf("%w: event %d of model %q", ErrNotFound, toSeq, name)
 		}
-		return nil, fmt.Errorf("%w: model %q has no traffic change to roll back", ErrNotFound, name)
+		return nil, fmt.Errorf("%w: no traffic change of model %q to roll back", ErrNotFound, name)
 	}
 	return r.changeModel(ctx, name, func(m *Model, ev *Event) error {
 		ev.Action = ActionRollback

@@ -2,10 +2,597 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"maps"
+	"os"
+	"slices"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/signalforge/signalforge/infer/ort"
+	"github.com/signalforge/signalforge/registry"
 )
 
-// cmdModels is filled in by its issue; until then it says so.
+// modelsEnvRegistry names the environment variable holding the default
+// registry folder (the same default `signalforge serve` uses).
+const modelsEnvRegistry = "SIGNALFORGE_REGISTRY"
+
+// modelsDefaultDir is the registry folder when neither --registry nor
+// $SIGNALFORGE_REGISTRY is set, as the seed's ModelRegistry("models/").
+const modelsDefaultDir = "models"
+
+type modelsSub struct {
+	name, synopsis, summary string
+	run                     func(ctx context.Context, e *env, mc *modelsCmd, args []string) error
+}
+
+func modelsSubs() []modelsSub {
+	return []modelsSub{
+		{"register", "[flags] MODEL.onnx", "validate an ONNX model (it must load in ONNX Runtime) and register it as a new version", modelsRegister},
+		{"list", "[flags] [NAME]", "list models and versions with status, traffic, metrics and tags", modelsList},
+		{"show", "[flags] NAME:VERSION", "show one version: features, inputs, metrics, lineage, artifact", modelsShow},
+		{"promote", "--traffic PCT [flags] NAME:VERSION", "move a staging version to production with a share of traffic", modelsPromote},
+		{"traffic", "[flags] NAME:VERSION PCT | NAME VERSION=PCT,... | --rollback [--to SEQ] NAME", "set one version's traffic, a whole split, or roll back to the previous split", modelsTraffic},
+		{"archive", "[--force] [flags] NAME:VERSION", "archive a version (one still serving needs --force)", modelsArchive},
+		{"history", "[flags] NAME", "the audit log of a model: who changed what, and which version served what share when", modelsHistory},
+	}
+}
+
+// modelsCmd holds the flags every subcommand shares.
+type modelsCmd struct {
+	dir     string
+	json    bool
+	actor   string
+	noCheck bool // register only
+}
+
+func (mc *modelsCmd) commonFlags(e *env, fs *flag.FlagSet) {
+	def := e.getenv(modelsEnvRegistry)
+	if def == "" {
+		def = modelsDefaultDir
+	}
+	fs.StringVar(&mc.dir, "registry", def, "registry folder (default $"+modelsEnvRegistry+", else "+modelsDefaultDir+")")
+	fs.BoolVar(&mc.json, "json", false, "print JSON instead of a table")
+	fs.StringVar(&mc.actor, "actor", e.getenv("USER"), "who makes the change, for the audit log (default $USER)")
+}
+
+func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.Registry, context.Context, error) {
+	r, err := registry.Open(ctx, registry.Config{Dir: mc.dir, Validator: v})
+	if err != nil {
+		return nil, ctx, err
+	}
+	if mc.actor != "" {
+		ctx = registry.WithActor(ctx, mc.actor)
+	}
+	return r, ctx, nil
+}
+
+// cmdModels dispatches `signalforge models <sub>`.
 func cmdModels(ctx context.Context, e *env, args []string) error {
-	return errors.New("models: not built yet")
+	subs := modelsSubs()
+	usage := func(w io.Writer) {
+		fmt.Fprintln(w, "Usage: signalforge models <command> [flags]\n\nCommands:")
+		for _, s := range subs {
+			fmt.Fprintf(w, "  %-9s %s\n", s.name, s.summary)
+		}
+		fmt.Fprintln(w, "\nRun `signalforge models <command> -h` for a command's flags. Traffic is in percent (5 = 5%).")
+	}
+	if len(args) == 0 {
+		usage(e.stderr)
+		return errUsage
+	}
+	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(e.stdout)
+		return nil
+	}
+	for _, s := range subs {
+		if s.name == args[0] {
+			return s.run(ctx, e, &modelsCmd{}, args[1:])
+		}
+	}
+	fmt.Fprintf(e.stderr, "signalforge models: unknown command %q\n\n", args[0])
+	usage(e.stderr)
+	return errUsage
+}
+
+// modelsParse parses flags that may come before, between or after the
+// positional arguments ("promote m:v2 --traffic 5" works) and checks the
+// number of positional arguments.
+func modelsParse(fs *flag.FlagSet, args []string, minPos, maxPos int) ([]string, error) {
+	var pos []string
+	for {
+		if err := parseFlags(fs, args); err != nil {
+			return nil, err
+		}
+		args = fs.Args()
+		if len(args) == 0 {
+			break
+		}
+		pos = append(pos, args[0])
+		args = args[1:]
+	}
+	if len(pos) < minPos || len(pos) > maxPos {
+		fmt.Fprintf(fs.Output(), "%s: wrong number of arguments\n", fs.Name())
+		fs.Usage()
+		return nil, errUsage
+	}
+	return pos, nil
+}
+
+func modelsFlagSet(e *env, mc *modelsCmd, sub string) *flag.FlagSet {
+	for _, s := range modelsSubs() {
+		if s.name == sub {
+			fs := newFlagSet(e, "models "+sub, s.synopsis)
+			mc.commonFlags(e, fs)
+			return fs
+		}
+	}
+	panic("unknown models subcommand " + sub)
+}
+
+// kvStrings is a repeatable key=value flag.
+type kvStrings map[string]string
+
+func (m kvStrings) String() string { return fmt.Sprint(map[string]string(m)) }
+func (m kvStrings) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=value, have %q", s)
+	}
+	m[k] = v
+	return nil
+}
+
+// kvFloats is a repeatable key=number flag.
+type kvFloats map[string]float64
+
+func (m kvFloats) String() string { return fmt.Sprint(map[string]float64(m)) }
+func (m kvFloats) Set(s string) error {
+	k, v, ok := strings.Cut(s, "=")
+	if !ok || k == "" {
+		return fmt.Errorf("want key=number, have %q", s)
+	}
+	f, err := strconv.ParseFloat(v, 64)
+	if err != nil {
+		return fmt.Errorf("%q: %v", s, err)
+	}
+	m[k] = f
+	return nil
+}
+
+func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
+	fs := modelsFlagSet(e, mc, "register")
+	var req registry.RegisterRequest
+	metrics, tags := kvFloats{}, kvStrings{}
+	conv, quant, bench := kvStrings{}, kvStrings{}, kvFloats{}
+	var features, status string
+	fs.StringVar(&req.Name, "name", "", "model name (required)")
+	fs.StringVar(&req.Version, "version", "", "version (default: the next of v1, v2, …)")
+	fs.StringVar(&features, "features", "", "comma-separated input feature names, in order (default: the model's "+"signalforge.features metadata)")
+	fs.Var(metrics, "metric", "an evaluation metric, key=number (repeatable)")
+	fs.Var(tags, "tag", "a tag, key=value (repeatable)")
+	fs.StringVar(&req.Description, "description", "", "free text")
+	fs.StringVar(&status, "status", "staging", "initial status: staging or production")
+	fs.Float64Var(&req.Traffic, "traffic", 0, "traffic percentage when --status production")
+	fs.StringVar(&req.Lineage.Parent, "parent", "", "lineage: the version this one derives from")
+	fs.StringVar(&req.Lineage.SourceCheckpoint, "source", "", "lineage: the training checkpoint (its sha256 is computed if the file exists)")
+	fs.StringVar(&req.Lineage.SourceSHA256, "source-sha256", "", "lineage: the checkpoint's sha256")
+	fs.Var(conv, "conversion", "lineage: a conversion parameter, key=value (repeatable)")
+	fs.Var(quant, "quantization", "lineage: a quantization parameter, key=value (repeatable)")
+	fs.StringVar(&req.Lineage.CalibrationSHA256, "calibration-sha256", "", "lineage: sha256 of the calibration set")
+	fs.Var(bench, "bench", "lineage: a benchmark result, key=number (repeatable)")
+	fs.BoolVar(&mc.noCheck, "skip-engine-check", false, "only check that the file parses as ONNX; do not load it in ONNX Runtime")
+	pos, err := modelsParse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if req.Name == "" {
+		fmt.Fprintln(e.stderr, "signalforge models register: --name is required")
+		fs.Usage()
+		return errUsage
+	}
+	// Refuse bad names before paying for the engine.
+	if err := registry.ValidateName(req.Name); err != nil {
+		return fmt.Errorf("model name: %w", err)
+	}
+	if req.Version != "" {
+		if err := registry.ValidateName(req.Version); err != nil {
+			return fmt.Errorf("version: %w", err)
+		}
+	}
+	req.ONNXPath = pos[0]
+	req.Status = registry.Status(status)
+	if features != "" {
+		for _, f := range strings.Split(features, ",") {
+			req.Features = append(req.Features, strings.TrimSpace(f))
+		}
+	}
+	req.Metrics, req.Tags = metrics, tags
+	req.Lineage.Conversion, req.Lineage.Quantization, req.Lineage.Benchmarks = conv, quant, bench
+	if src := req.Lineage.SourceCheckpoint; src != "" && req.Lineage.SourceSHA256 == "" {
+		if sum, err := modelsFileSHA256(src); err == nil {
+			req.Lineage.SourceSHA256 = sum
+		} else if !errors.Is(err, os.ErrNotExist) {
+			return err
+		}
+	}
+	var v registry.Validator
+	if !mc.noCheck {
+		val, closeEngine, err := modelsEngineValidator(e)
+		if err != nil {
+			return err
+		}
+		defer closeEngine()
+		v = val
+	}
+	r, ctx, err := mc.open(ctx, v)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	ver, err := r.Register(ctx, req)
+	if err != nil {
+		return err
+	}
+	if mc.json {
+		return modelsJSON(e.stdout, ver)
+	}
+	fmt.Fprintf(e.stdout, "registered %s (%s", ver.Ref(), ver.Status)
+	if ver.Status == registry.StatusProduction {
+		fmt.Fprintf(e.stdout, ", %s%% of traffic", registry.FormatPercent(ver.Traffic))
+	}
+	fmt.Fprintf(e.stdout, ")\nfeatures: %s\nartifact: %s\n", strings.Join(ver.Features, ", "), ver.Artifact.Path)
+	return nil
+}
+
+func modelsFileSHA256(path string) (string, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	h := sha256.New()
+	if _, err := io.Copy(h, f); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(h.Sum(nil)), nil
+}
+
+func modelsList(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
+	fs := modelsFlagSet(e, mc, "list")
+	prod := fs.Bool("production", false, "only production versions")
+	all := fs.Bool("all", false, "include archived versions")
+	tag := fs.String("tag", "", "only versions with this tag: key or key=value")
+	pos, err := modelsParse(fs, args, 0, 1)
+	if err != nil {
+		return err
+	}
+	r, ctx, err := mc.open(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	var vs []registry.Version
+	if len(pos) == 1 {
+		if vs, err = r.Versions(ctx, pos[0]); err != nil {
+			return err
+		}
+	} else {
+		ms, err := r.Models(ctx)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			vs = append(vs, m.Versions...)
+		}
+	}
+	tk, tv, _ := strings.Cut(*tag, "=")
+	vs = slices.DeleteFunc(vs, func(v registry.Version) bool {
+		switch {
+		case *prod && v.Status != registry.StatusProduction:
+			return true
+		case !*all && !*prod && *tag == "" && len(pos) == 0 && v.Status == registry.StatusArchived:
+			return true
+		case *tag != "":
+			got, ok := v.Tags[tk]
+			return !ok || tv != "" && got != tv
+		}
+		return false
+	})
+	if vs == nil {
+		vs = []registry.Version{}
+	}
+	if mc.json {
+		return modelsJSON(e.stdout, vs)
+	}
+	if len(vs) == 0 {
+		fmt.Fprintf(e.stdout, "no versions in %s\n", mc.dir)
+		return nil
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "MODEL\tVERSION\tSTATUS\tTRAFFIC\tFEATURES\tMETRICS\tTAGS\tCREATED")
+	for _, v := range vs {
+		traffic := "-"
+		if v.Status == registry.StatusProduction {
+			traffic = registry.FormatPercent(v.Traffic) + "%"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Version, v.Status, traffic,
+			modelsClip(strings.Join(v.Features, ","), 32), modelsFloats(v.Metrics), modelsStrings(v.Tags), v.CreatedAt.Local().Format("2006-01-02 15:04"))
+	}
+	return tw.Flush()
+}
+
+func modelsClip(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	return s[:n-1] + "…"
+}
+
+func modelsFloats(m map[string]float64) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, k+"="+strconv.FormatFloat(m[k], 'g', 6, 64))
+	}
+	return modelsDash(strings.Join(parts, " "))
+}
+
+func modelsStrings(m map[string]string) string {
+	var parts []string
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		parts = append(parts, k+"="+m[k])
+	}
+	return modelsDash(strings.Join(parts, " "))
+}
+
+func modelsDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+func modelsJSON(w io.Writer, v any) error {
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func modelsShow(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
+	fs := modelsFlagSet(e, mc, "show")
+	pos, err := modelsParse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	ref, err := registry.ParseRef(pos[0])
+	if err != nil {
+		return err
+	}
+	r, ctx, err := mc.open(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	v, err := r.Get(ctx, ref)
+	if err != nil {
+		return err
+	}
+	if mc.json {
+		return modelsJSON(e.stdout, v)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	row := func(k, v string) {
+		if v != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
+		}
+	}
+	row("model", v.Ref().String())
+	row("status", string(v.Status))
+	if v.Status == registry.StatusProduction {
+		row("traffic", registry.FormatPercent(v.Traffic)+"%")
+	}
+	row("features", strings.Join(v.Features, ", "))
+	for _, in := range v.Inputs {
+		row("input", fmt.Sprintf("%s %s %v", in.Name, in.DType, in.Shape))
+	}
+	row("metrics", modelsFloats(v.Metrics))
+	row("tags", modelsStrings(v.Tags))
+	row("description", v.Description)
+	row("created", v.CreatedAt.Local().Format(time.RFC3339)+modelsBy(v.CreatedBy))
+	row("updated", v.UpdatedAt.Local().Format(time.RFC3339))
+	row("artifact", v.Artifact.Path)
+	row("sha256", v.Artifact.SHA256)
+	row("size", strconv.FormatInt(v.Artifact.Size, 10)+" bytes")
+	l := v.Lineage
+	row("parent", l.Parent)
+	row("source", l.SourceCheckpoint)
+	row("source sha256", l.SourceSHA256)
+	if len(l.Conversion) > 0 {
+		row("conversion", modelsStrings(l.Conversion))
+	}
+	if len(l.Quantization) > 0 {
+		row("quantization", modelsStrings(l.Quantization))
+	}
+	row("calibration sha256", l.CalibrationSHA256)
+	if len(l.Benchmarks) > 0 {
+		row("benchmarks", modelsFloats(l.Benchmarks))
+	}
+	return tw.Flush()
+}
+
+func modelsBy(actor string) string {
+	if actor == "" {
+		return ""
+	}
+	return " by " + actor
+}
+
+// modelsPrintSplit prints the outcome of a traffic change.
+func modelsPrintSplit(e *env, mc *modelsCmd, what, name string, s registry.Split) error {
+	if mc.json {
+		return modelsJSON(e.stdout, map[string]any{"model": name, "split": s})
+	}
+	fmt.Fprintf(e.stdout, "%s\n%s traffic: %s\n", what, name, s)
+	return nil
+}
+
+func modelsPromote(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
+	fs := modelsFlagSet(e, mc, "promote")
+	pct := fs.Float64("traffic", -1, "percentage of the model's traffic, 0–100 (required; the first serving version gets 100)")
+	pos, err := modelsParse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	if *pct < 0 {
+		fmt.Fprintln(e.stderr, "signalforge models promote: --traffic is required")
+		fs.Usage()
+		return errUsage
+	}
+	ref, err := registry.ParseRef(pos[0])
+	if err != nil {
+		return err
+	}
+	r, ctx, err := mc.open(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	s, err := r.Promote(ctx, ref, *pct)
+	if err != nil {
+		return err
+	}
+	return modelsPrintSplit(e, mc, "promoted "+ref.String()+" to production", ref.Name, s)
+}
+
+func modelsTraffic(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
+	fs := modelsFlagSet(e, mc, "traffic")
+	rollback := fs.Bool("rollback", false, "go back to the split before the model's last traffic change")
+	to := fs.Uint64("to", 0, "with --rollback: restore the split right after this audit-log event (see history)")
+	pos, err := modelsParse(fs, args, 1, 2)
+	if err != nil {
+		return err
+	}
+	if *rollback {
+		if len(pos) != 1 {
+			fmt.Fprintln(e.stderr, "signalforge models traffic: --rollback takes just the model name")
+			return errUsage
+		}
+		r, ctx, err := mc.open(ctx, nil)
+		if err != nil {
+			return err
+		}
+		defer r.Close()
+		s, err := r.Rollback(ctx, pos[0], *to)
+		if err != nil {
+			return err
+		}
+		return modelsPrintSplit(e, mc, "rolled back", pos[0], s)
+	}
+	if len(pos) != 2 {
+		fs.Usage()
+		return errUsage
+	}
+	r, ctx, err := mc.open(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	if strings.Contains(pos[0], ":") { // NAME:VERSION PCT
+		ref, err := registry.ParseRef(pos[0])
+		if err != nil {
+			return err
+		}
+		pct, err := strconv.ParseFloat(strings.TrimSuffix(pos[1], "%"), 64)
+		if err != nil {
+			return fmt.Errorf("traffic %q is not a percentage", pos[1])
+		}
+		s, err := r.SetTraffic(ctx, ref, pct)
+		if err != nil {
+			return err
+		}
+		return modelsPrintSplit(e, mc, "set "+ref.String()+" to "+registry.FormatPercent(pct)+"%", ref.Name, s)
+	}
+	split := registry.Split{} // NAME v1=50,v2=50
+	for _, part := range strings.Split(pos[1], ",") {
+		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+		pct, err := strconv.ParseFloat(strings.TrimSuffix(v, "%"), 64)
+		if !ok || err != nil {
+			return fmt.Errorf("split %q: want VERSION=PCT,…", pos[1])
+		}
+		split[k] = pct
+	}
+	s, err := r.SetSplit(ctx, pos[0], split)
+	if err != nil {
+		return err
+	}
+	return modelsPrintSplit(e, mc, "split set", pos[0], s)
+}
+
+func modelsArchive(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
+	fs := modelsFlagSet(e, mc, "archive")
+	force := fs.Bool("force", false, "archive even if it serves traffic; its share is rescaled onto the other production versions")
+	pos, err := modelsParse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	ref, err := registry.ParseRef(pos[0])
+	if err != nil {
+		return err
+	}
+	r, ctx, err := mc.open(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	s, err := r.Archive(ctx, ref, *force)
+	if err != nil {
+		return err
+	}
+	return modelsPrintSplit(e, mc, "archived "+ref.String(), ref.Name, s)
+}
+
+func modelsHistory(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
+	fs := modelsFlagSet(e, mc, "history")
+	pos, err := modelsParse(fs, args, 1, 1)
+	if err != nil {
+		return err
+	}
+	r, ctx, err := mc.open(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	h, err := r.History(ctx, pos[0])
+	if err != nil {
+		return err
+	}
+	if mc.json {
+		return modelsJSON(e.stdout, h)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tVERSION\tTRAFFIC AFTER\tDETAIL")
+	for _, ev := range h {
+		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Seq, ev.Time.Local().Format("2006-01-02 15:04:05"),
+			modelsDash(ev.Actor), ev.Action, modelsDash(ev.Version), ev.SplitAfter, modelsDash(ev.Detail))
+	}
+	return tw.Flush()
+}
+
+// modelsEngineValidator opens the ONNX Runtime engine (the library is found
+// as ort.FindLibrary describes, reading the environment through e) and
+// returns a Validator over it and a func to close the engine.
+func modelsEngineValidator(e *env) (registry.Validator, func() error, error) {
+	eng, err := ort.New(ort.Config{Getenv: e.getenv})
+	if err != nil {
+		return nil, nil, fmt.Errorf("%w (or pass --skip-engine-check to register without loading the model in ONNX Runtime)", err)
+	}
+	return registry.EngineValidator(eng), eng.Close, nil
 }

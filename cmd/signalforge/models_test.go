@@ -1,0 +1,163 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/signalforge/signalforge/onnx"
+	"github.com/signalforge/signalforge/onnx/onnxtest"
+	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/tensor"
+)
+
+// modelsRun runs `signalforge models args…` against the registry in dir.
+// The engine check uses the real ONNX Runtime (found in the project's
+// .deps folder, as `make test` installs it).
+func modelsRun(t *testing.T, dir string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	var out, errb bytes.Buffer
+	e := &env{stdout: &out, stderr: &errb, getenv: func(k string) string {
+		if k == modelsEnvRegistry {
+			return dir
+		}
+		if k == "USER" {
+			return "tester"
+		}
+		return os.Getenv(k)
+	}}
+	code = run(context.Background(), e, append([]string{"models"}, args...))
+	return code, out.String(), errb.String()
+}
+
+func modelsWriteMLP(t *testing.T, dir, name string, seed uint64) string {
+	t.Helper()
+	m, err := onnxtest.NewMLP(onnxtest.MLPConfig{Sizes: []int{2, 4, 1}, Seed: seed, Features: []string{"rsi_14", "macd"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, name)
+	if err := m.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+func TestModelsCLI(t *testing.T) {
+	dir := t.TempDir()
+	reg := filepath.Join(dir, "reg")
+	a := modelsWriteMLP(t, dir, "a.onnx", 1)
+	b := modelsWriteMLP(t, dir, "b.onnx", 2)
+	ok := func(want string, args ...string) string {
+		t.Helper()
+		code, out, errs := modelsRun(t, reg, args...)
+		if code != 0 || !strings.Contains(out, want) {
+			t.Fatalf("models %q: exit %d\nstdout: %s\nstderr: %s\nwant stdout containing %q", args, code, out, errs, want)
+		}
+		return out
+	}
+	fail := func(wantCode int, want string, args ...string) {
+		t.Helper()
+		code, out, errs := modelsRun(t, reg, args...)
+		if code != wantCode || !strings.Contains(errs, want) {
+			t.Fatalf("models %q: exit %d (want %d)\nstdout: %s\nstderr: %s\nwant stderr containing %q", args, code, wantCode, out, errs, want)
+		}
+	}
+	ok("registered lstm_model:v1 (staging)", "register", "--name", "lstm_model", "--metric", "val_mae=0.021", "--tag", "team=quant", a)
+	ok("registered lstm_model:v2", "register", b, "--name", "lstm_model", "--features", "rsi_14,macd", "--parent", "v1",
+		"--source", a, "--conversion", "opset=17", "--bench", "p50_us=2.6")
+	ok("lstm_model traffic: v1=100%", "promote", "lstm_model:v1", "--traffic", "5")
+	ok("lstm_model traffic: v1=95% v2=5%", "promote", "--traffic", "5", "lstm_model:v2")
+	ok("v1=50% v2=50%", "traffic", "lstm_model:v2", "50")
+	out := ok("lstm_model  v1       production  50%", "list")
+	if !strings.Contains(out, "val_mae=0.021") || !strings.Contains(out, "team=quant") {
+		t.Fatalf("list lacks metrics or tags:\n%s", out)
+	}
+	show := ok("parent:", "show", "lstm_model:v2")
+	norm := strings.Join(strings.Fields(show), " ")
+	for _, want := range []string{"traffic: 50%", "features: rsi_14, macd", "input: x float32 [-1 2]", "conversion: opset=17", "benchmarks: p50_us=2.6", "source sha256: e", "by tester"} {
+		if !strings.Contains(norm, want) {
+			t.Errorf("show lacks %q:\n%s", want, show)
+		}
+	}
+	fail(1, "serves 50% of traffic", "archive", "lstm_model:v1")
+	ok("v1=80% v2=20%", "traffic", "lstm_model", "v1=80,v2=20")
+	fail(1, "must total 100%", "traffic", "lstm_model", "v1=80,v2=30")
+	ok("rolled back", "traffic", "--rollback", "lstm_model")
+	ok("lstm_model traffic: v2=100%", "archive", "--force", "lstm_model:v1")
+	hist := ok("SEQ", "history", "lstm_model")
+	for _, want := range []string{"register", "promote", "set-traffic", "set-split", "rollback", "archive", "tester", "v1=95% v2=5%"} {
+		if !strings.Contains(hist, want) {
+			t.Errorf("history lacks %q:\n%s", want, hist)
+		}
+	}
+
+	// --json gives the registry's types.
+	var vs []registry.Version
+	if err := json.Unmarshal([]byte(ok("[", "list", "--all", "--json")), &vs); err != nil || len(vs) != 2 {
+		t.Fatalf("list --json: %v, %d versions", err, len(vs))
+	}
+	if vs[0].Status != registry.StatusArchived || vs[1].Traffic != 100 || vs[1].Lineage.Parent != "v1" {
+		t.Fatalf("list --json = %+v", vs)
+	}
+	if _, err := os.Stat(vs[1].Artifact.Path); err != nil || !filepath.IsAbs(vs[1].Artifact.Path) {
+		t.Fatalf("artifact path %q: %v; want an existing absolute path", vs[1].Artifact.Path, err)
+	}
+	var evs []registry.Event
+	if err := json.Unmarshal([]byte(ok("[", "history", "--json", "lstm_model")), &evs); err != nil || len(evs) != 8 {
+		t.Fatalf("history --json: %v, %d events", err, len(evs))
+	}
+	if got := ok("lstm_model", "list"); strings.Contains(got, "archived") {
+		t.Fatalf("list shows archived versions without --all:\n%s", got)
+	}
+	ok("v2", "list", "--production")
+	ok("lstm_model  v1", "list", "--tag", "team=quant")
+
+	// Mistakes: clear errors, exit 1 for bad input, 2 for bad usage.
+	fail(1, "not found: version lstm_model:v9", "show", "lstm_model:v9")
+	fail(1, "invalid name", "show", "../x:v1")
+	fail(1, "invalid name", "register", "--name", "../x", a)
+	fail(1, "features do not match", "register", "--name", "lstm_model", "--features", "rsi_14,volume", a)
+	fail(2, "--traffic is required", "promote", "lstm_model:v2")
+	fail(2, "wrong number of arguments", "show")
+	fail(2, "unknown command", "frobnicate")
+	fail(1, "cannot go from archived to production", "promote", "--traffic", "5", "lstm_model:v1")
+}
+
+// TestModelsRegisterLoadsInONNXRuntime: a file that parses as ONNX but that
+// ONNX Runtime cannot load is refused, and the registry stays empty.
+func TestModelsRegisterLoadsInONNXRuntime(t *testing.T) {
+	dir := t.TempDir()
+	reg := filepath.Join(dir, "reg")
+	bld := onnx.NewBuilder("bad", onnx.Opset(17))
+	x := bld.Input("x", tensor.Float32, onnx.Dim("batch"), onnx.Dim(2))
+	y := bld.Node("NoSuchOperator", []string{x}, onnx.Outputs("y"))
+	bld.Output(y, tensor.Float32, onnx.Dim("batch"), onnx.Dim(2))
+	bld.SetMetadata("signalforge.features", "rsi_14,macd")
+	m, err := bld.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(dir, "bad.onnx")
+	if err := onnx.Save(path, m); err != nil {
+		t.Fatal(err)
+	}
+	code, _, errs := modelsRun(t, reg, "register", "--name", "m", path)
+	if code != 1 || !strings.Contains(errs, "invalid artifact") || !strings.Contains(errs, "onnxruntime") {
+		t.Fatalf("register of a model ONNX Runtime cannot load: exit %d, %s", code, errs)
+	}
+	code, out, _ := modelsRun(t, reg, "list", "--json")
+	if code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("the registry is not empty after a refused register: %s", out)
+	}
+	// The same file passes the parse-only check, which is why the engine
+	// check is the default.
+	code, out, errs = modelsRun(t, reg, "register", "--name", "m", "--skip-engine-check", path)
+	if code != 0 || !strings.Contains(out, "registered m:v1") {
+		t.Fatalf("--skip-engine-check: exit %d, %s %s", code, out, errs)
+	}
+}
