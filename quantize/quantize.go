@@ -151,6 +151,11 @@ type Config struct {
 	// 0; otherwise they are uint8 with a calibrated zero point
 	// (asymmetric), which suits post-ReLU activations. Weights are always
 	// symmetric int8 (ONNX Runtime's fast kernels want that).
+	//
+	// Prefer asymmetric for ReLU networks: a symmetric range wastes half
+	// its levels on a ReLU's empty negative side, and ONNX Runtime cannot
+	// fold the Relu into QuantizeLinear (zero point 0 is not int8's lowest
+	// value), which leaves the Gemm before it unfused (checked in tests).
 	Symmetric bool
 	// Calibration is the static calibration method. If zero, MinMax.
 	Calibration Method

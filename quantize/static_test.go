@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math"
+	"slices"
 	"strings"
 	"testing"
 
@@ -69,7 +70,15 @@ func TestStatic(t *testing.T) {
 			if res.Lineage.CalibrationSHA256 == "" || !strings.HasPrefix(res.Lineage.Method, "static/") {
 				t.Errorf("lineage %+v", res.Lineage)
 			}
-			t.Logf("optimized: %v", optimizedOps(t, eng, res.Model))
+			ops := optimizedOps(t, eng, res.Model)
+			t.Logf("optimized: %v", ops)
+			// With uint8 asymmetric activations ONNX Runtime folds each
+			// Relu into the following QuantizeLinear and fuses every
+			// QDQ Gemm into QGemm. (Symmetric int8 activations keep the
+			// Relu, which blocks that fusion for the layer before it.)
+			if !c.cfg.Symmetric && (slices.Contains(ops, "Gemm") || slices.Contains(ops, "FusedGemm") || !slices.Contains(ops, "QGemm")) {
+				t.Errorf("optimized graph %v: QDQ Gemm not fused into QGemm", ops)
+			}
 		})
 	}
 }
@@ -223,4 +232,58 @@ func worstChannelRelError(t *testing.T, eng infer.Engine, fp32, int8 *onnx.Model
 		worst = max(worst, math.Sqrt(e2/s2))
 	}
 	return worst
+}
+
+func TestSelectionAndMetadata(t *testing.T) {
+	eng := newEngine(t)
+	ctx := context.Background()
+	m := loadFixture(t, "lstm.onnx")
+	calib := quantize.Tensors(normal(1, 64, 32, 16))
+
+	// Op-type selection: only the LSTM.
+	res, err := mustNew(t, quantize.Config{Engine: eng, OpTypes: []string{"LSTM"}, Parent: "lstm_model:v2.0"}).Quantize(ctx, m, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Nodes) != 1 || res.Nodes[0].OpType != "LSTM" {
+		t.Fatalf("quantized %+v, want the LSTM only", res.Nodes)
+	}
+	meta := onnx.Metadata(res.Model)
+	for k, want := range map[string]string{
+		"signalforge.quantize.mode":   "dynamic",
+		"signalforge.quantize.nodes":  "/lstm/LSTM",
+		"signalforge.quantize.parent": "lstm_model:v2.0",
+		"signalforge.features":        meta["signalforge.features"],
+	} {
+		if meta[k] != want || want == "" {
+			t.Errorf("metadata %s = %q, want %q", k, meta[k], want)
+		}
+	}
+
+	// Exclusion by node name, static: the head stays fp32, nothing left.
+	_, err = mustNew(t, quantize.Config{Engine: eng, Mode: quantize.Static, Exclude: []string{"/head/Gemm"}}).Quantize(ctx, m, calib)
+	if !errors.Is(err, quantize.ErrNothing) {
+		t.Errorf("err %v, want ErrNothing", err)
+	}
+	res, err = mustNew(t, quantize.Config{Engine: eng, Mode: quantize.Static, Calibration: quantize.Percentile, Percentile: 99.9}).Quantize(ctx, m, calib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	meta = onnx.Metadata(res.Model)
+	if meta["signalforge.quantize.calibration"] != "percentile" || meta["signalforge.quantize.percentile"] != "99.9" ||
+		meta["signalforge.quantize.calibration_sha256"] != calib.Hash() || res.Lineage.CalibrationSHA256 != calib.Hash() {
+		t.Errorf("metadata %v, lineage %+v", meta, res.Lineage)
+	}
+
+	// Invalid configurations are errors, not surprises.
+	for _, cfg := range []quantize.Config{
+		{Mode: quantize.Static},     // no engine
+		{OpTypes: []string{"Conv"}}, // Conv is static only
+		{Engine: eng, Mode: quantize.Static, OpTypes: []string{"LSTM"}}, // no QDQ LSTM
+		{Percentile: 20},
+	} {
+		if _, err := quantize.New(cfg); !errors.Is(err, quantize.ErrConfig) {
+			t.Errorf("New(%+v) err %v, want ErrConfig", cfg, err)
+		}
+	}
 }
