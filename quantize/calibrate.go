@@ -28,7 +28,11 @@ func (q *Quantizer) calibrate(ctx context.Context, model *onnx.ModelProto, sel [
 	var acts []string
 	seen := map[string]bool{}
 	for _, n := range sel {
-		for _, a := range activationInputs(gr, n) {
+		taps := activationInputs(gr, n)
+		if dst, _ := q.convOutput(gr, n); dst != "" {
+			taps = append(taps, dst)
+		}
+		for _, a := range taps {
 			if !seen[a] {
 				seen[a] = true
 				acts = append(acts, a)

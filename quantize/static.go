@@ -3,6 +3,7 @@ package quantize
 import (
 	"fmt"
 	"math"
+	"slices"
 
 	"github.com/signalforge/signalforge/onnx"
 )
@@ -23,7 +24,11 @@ func (q *Quantizer) rewriteStatic(gr *graph, sel []*onnx.NodeProto, ranges map[s
 	dq := map[string]string{}      // activation → its dequantized name
 	scales := map[string]float32{} // activation → scale
 	var out []*onnx.NodeProto
+	drop := map[*onnx.NodeProto]bool{} // Relus folded into a QuantizeLinear
 	for _, n := range gr.g.Node {
+		if drop[n] {
+			continue
+		}
 		if !isSel[n] {
 			out = append(out, n)
 			continue
@@ -58,7 +63,29 @@ func (q *Quantizer) rewriteStatic(gr *graph, sel []*onnx.NodeProto, ranges map[s
 			out = append(out, nodes...)
 		}
 		out = append(out, n)
-		res.Nodes = append(res.Nodes, QuantizedNode{Name: n.GetName(), OpType: n.GetOpType(), Output: n.Output[0], Activations: acts})
+		qn := QuantizedNode{Name: n.GetName(), OpType: n.GetOpType(), Output: n.Output[0], Activations: acts}
+		if dst, relu := q.convOutput(gr, n); dst != "" {
+			// Conv → Q → DQ (→ consumers): ONNX Runtime fuses
+			// DQ → Conv → Q into QLinearConv. A following Relu is
+			// folded: uint8 with zero point 0 clamps at 0 itself.
+			r, ok := ranges[dst]
+			if !ok {
+				return fmt.Errorf("%w: no calibrated range for %q", ErrData, dst)
+			}
+			s, zpName, scaleName := q.activationParams(gr, dst, r)
+			f := gr.unique(n.Output[0] + "_float")
+			n.Output[0] = f
+			qt := gr.unique(dst + "_quantized")
+			out = append(out,
+				node("QuantizeLinear", gr.unique(dst+"_QuantizeLinear"), []string{f, scaleName, zpName}, []string{qt}),
+				node("DequantizeLinear", gr.unique(dst+"_DequantizeLinear"), []string{qt, scaleName, zpName}, []string{dst}))
+			if relu != nil {
+				drop[relu] = true
+			}
+			dq[dst], scales[dst] = dst, s // already dequantized for later nodes
+			qn.Output = dst
+		}
+		res.Nodes = append(res.Nodes, qn)
 	}
 	gr.g.Node = out
 	return nil
@@ -163,4 +190,27 @@ func (q *Quantizer) staticWeights(gr *graph, n *onnx.NodeProto, xScale float32) 
 	n.Input[2] = bd
 	gr.removeInitIfUnused(bname)
 	return nodes, nil
+}
+
+// convOutput says whether a selected Conv's output gets a QDQ pair, and on
+// which tensor: the output of a sole following Relu (which is then folded
+// away; only with asymmetric activations, whose zero point 0 clamps like a
+// Relu), else the Conv's own output. It returns "" for other ops.
+func (q *Quantizer) convOutput(gr *graph, n *onnx.NodeProto) (dst string, relu *onnx.NodeProto) {
+	if n.GetOpType() != "Conv" {
+		return "", nil
+	}
+	out := n.Output[0]
+	if q.cfg.Symmetric || gr.consumers(out) != 1 {
+		return out, nil
+	}
+	for _, c := range gr.g.Node {
+		if slices.Contains(c.Input, out) {
+			if c.GetOpType() == "Relu" && c.GetDomain() == "" {
+				return c.Output[0], c
+			}
+			break
+		}
+	}
+	return out, nil
 }

@@ -36,6 +36,8 @@ func TestStatic(t *testing.T) {
 		{"mlp_100_50_10.onnx", []int64{100}, quantize.Config{Calibration: quantize.Percentile}, 25},
 		{"mlp_100_50_10.onnx", []int64{100}, quantize.Config{Calibration: quantize.Entropy}, 25},
 		{"mlp_small.onnx", []int64{8}, quantize.Config{Calibration: quantize.Entropy, PerChannel: true}, 25},
+		{"conv.onnx", []int64{32, 16}, quantize.Config{}, 25},
+		{"conv.onnx", []int64{32, 16}, quantize.Config{PerChannel: true, Calibration: quantize.Entropy}, 25},
 		// The LSTM stays fp32 in static mode (no QDQ LSTM kernel); its head is quantized.
 		{"lstm.onnx", []int64{32, 16}, quantize.Config{}, 25},
 	}
@@ -78,6 +80,9 @@ func TestStatic(t *testing.T) {
 			// Relu, which blocks that fusion for the layer before it.)
 			if !c.cfg.Symmetric && (slices.Contains(ops, "Gemm") || slices.Contains(ops, "FusedGemm") || !slices.Contains(ops, "QGemm")) {
 				t.Errorf("optimized graph %v: QDQ Gemm not fused into QGemm", ops)
+			}
+			if c.fixture == "conv.onnx" && (!slices.Contains(ops, "QLinearConv") || slices.Contains(ops, "Conv") || slices.Contains(ops, "FusedConv") || slices.Contains(ops, "Relu")) {
+				t.Errorf("optimized graph %v: QDQ Conv (+Relu) not fused into QLinearConv", ops)
 			}
 		})
 	}

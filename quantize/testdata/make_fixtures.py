@@ -6,8 +6,12 @@ Run from the repository root:  /usr/bin/python3 quantize/testdata/make_fixtures.
 Every model takes float32 input with a dynamic batch axis 0 and lists its
 feature names in metadata_props["signalforge.features"]. Seeds are fixed so the
 files are reproducible on one torch version.
+
+With --big DIR it also writes the benchmark-only models that are too large
+to commit: DIR/mlp_512_1024_1024_1.onnx (4.2 MB).
 """
 import os
+import sys
 
 import onnx
 import torch
@@ -58,6 +62,19 @@ class LSTMForecaster(nn.Module):
         return self.head(out[:, -1, :])
 
 
+class ConvForecaster(nn.Module):
+    """Conv1d over time on [batch, steps, features], ReLU, mean, Linear."""
+
+    def __init__(self, n_in, channels):
+        super().__init__()
+        self.conv = nn.Conv1d(n_in, channels, kernel_size=3, padding=1)
+        self.head = nn.Linear(channels, 1)
+
+    def forward(self, x):
+        h = torch.relu(self.conv(x.transpose(1, 2)))
+        return self.head(h.mean(dim=2))
+
+
 def main():
     batch = {"input": {0: "batch"}, "output": {0: "batch"}}
 
@@ -93,6 +110,16 @@ def main():
     # LSTM(16->64) over 32 time steps + Linear head on the last step.
     torch.manual_seed(5)
     export(LSTMForecaster(16, 64), torch.randn(1, 32, 16), "lstm.onnx", names(16), batch)
+
+    # A temporal convolution, for static QDQ around Conv.
+    torch.manual_seed(6)
+    export(ConvForecaster(16, 16), torch.randn(1, 32, 16), "conv.onnx", names(16), batch)
+
+    if len(sys.argv) == 3 and sys.argv[1] == "--big":
+        global OUT
+        OUT = sys.argv[2]
+        torch.manual_seed(7)
+        export(mlp([512, 1024, 1024, 1]), torch.randn(1, 512), "mlp_512_1024_1024_1.onnx", names(512), batch)
 
 
 if __name__ == "__main__":
