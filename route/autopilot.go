@@ -201,23 +201,43 @@ func (a *Autopilot) Close() error {
 	return nil
 }
 
-// do runs fn on the loop goroutine and waits for it.
-func (a *Autopilot) do(ctx context.Context, fn func(map[string]*canary) error) error {
-	res := make(chan error, 1)
-	req := func(plans map[string]*canary) { res <- fn(plans) }
+// call runs fn on the loop goroutine and waits for its result, which
+// travels back on a buffered channel so that a caller giving up on ctx
+// shares nothing with fn.
+func call[T any](ctx context.Context, a *Autopilot, fn func(map[string]*canary) (T, error)) (T, error) {
+	type result struct {
+		v   T
+		err error
+	}
+	var zero T
+	if err := ctx.Err(); err != nil {
+		return zero, err
+	}
+	res := make(chan result, 1)
+	req := func(plans map[string]*canary) {
+		v, err := fn(plans)
+		res <- result{v, err}
+	}
 	select {
 	case a.reqs <- req:
 	case <-ctx.Done():
-		return ctx.Err()
+		return zero, ctx.Err()
 	case <-a.stopped:
-		return ErrClosed
+		return zero, ErrClosed
 	}
 	select {
-	case err := <-res:
-		return err
+	case r := <-res:
+		return r.v, r.err
 	case <-ctx.Done():
-		return ctx.Err()
+		return zero, ctx.Err()
 	}
+}
+
+func (a *Autopilot) do(ctx context.Context, fn func(map[string]*canary) error) error {
+	_, err := call(ctx, a, func(plans map[string]*canary) (struct{}, error) {
+		return struct{}{}, fn(plans)
+	})
+	return err
 }
 
 // Start runs plan p, replacing any plan for the same model. The model must
@@ -264,20 +284,18 @@ func (a *Autopilot) Stop(ctx context.Context, model string) error {
 
 // Status returns the model's plan, also after it ended (until replaced).
 func (a *Autopilot) Status(ctx context.Context, model string) (CanaryStatus, error) {
-	var st CanaryStatus
-	err := a.do(ctx, func(plans map[string]*canary) error {
+	return call(ctx, a, func(plans map[string]*canary) (CanaryStatus, error) {
 		c, ok := plans[model]
 		if !ok {
 			c, ok = a.finished[model]
 		}
 		if !ok {
-			return fmt.Errorf("%w: no plan for %s", ErrUnknownModel, model)
+			return CanaryStatus{}, fmt.Errorf("%w: no plan for %s", ErrUnknownModel, model)
 		}
-		st = c.st
+		st := c.st
 		st.Plan.Steps = slices.Clone(st.Plan.Steps)
-		return nil
+		return st, nil
 	})
-	return st, err
 }
 
 func (a *Autopilot) run(ctx context.Context) {

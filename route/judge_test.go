@@ -167,6 +167,7 @@ func TestJudgeRollsBackWorseCanary(t *testing.T) {
 }
 
 func TestJudgeEqualRatesHealthy(t *testing.T) {
+	skipUnderRace(t)
 	// Equal 1% rates. Every seed looks 20 times (every 250 canary
 	// requests up to 5000): count false rollbacks and final verdicts.
 	falseRollbacks, healthy := 0, 0

@@ -119,6 +119,7 @@ func countShares(t *testing.T, r *Router, model string, ids []string) map[string
 }
 
 func TestRouteDistribution(t *testing.T) {
+	skipUnderRace(t)
 	ids := randomIDs(1, 100_000)
 	for _, split := range []Split{
 		{"v1.0": 0.8, "v2.0": 0.2},
@@ -150,6 +151,7 @@ func TestRouteDistribution(t *testing.T) {
 }
 
 func TestRouteSticky(t *testing.T) {
+	skipUnderRace(t)
 	ids := randomIDs(2, 10_000)
 	r := newRouter(t, Config{})
 	mustSplit(t, r, "lstm_model", Split{"v1.0": 0.8, "v2.0": 0.2})
@@ -219,6 +221,7 @@ func mergeKeys(a, b Split) map[string]bool {
 }
 
 func TestMinimalMovement(t *testing.T) {
+	skipUnderRace(t)
 	ids := randomIDs(3, 100_000)
 	tests := []struct {
 		name string
@@ -266,6 +269,7 @@ func TestMovementIsOneWay(t *testing.T) {
 // Different models (or salts) must be independent experiments: being in
 // one model's 20% says nothing about another's.
 func TestSaltIndependence(t *testing.T) {
+	skipUnderRace(t)
 	ids := randomIDs(5, 100_000)
 	r := newRouter(t, Config{})
 	salted := newRouter(t, Config{Salt: "experiment-2"})
@@ -447,4 +451,10 @@ func BenchmarkRoute(b *testing.B) {
 			}
 		})
 	})
+}
+
+func skipUnderRace(t *testing.T) {
+	if raceEnabled {
+		t.Skip("large single-goroutine statistical test; covered by the run without -race")
+	}
 }

@@ -121,6 +121,7 @@ func TestShadowDropsWhenFull(t *testing.T) {
 }
 
 func TestShadowSampling(t *testing.T) {
+	skipUnderRace(t)
 	synctest.Test(t, func(t *testing.T) {
 		sh, err := NewShadow(ShadowConfig[int]{Rate: 0.25, QueueSize: 1,
 			Run: func(ctx context.Context, in int) ([]float32, error) { return nil, nil }})
