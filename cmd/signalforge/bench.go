@@ -2,10 +2,163 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/infer/ort"
+	"github.com/signalforge/signalforge/onnx/onnxtest"
 )
 
-// cmdBench is filled in by its issue; until then it says so.
+// benchReport is the --json output of `signalforge bench`.
+type benchReport struct {
+	Model          string         `json:"model"`
+	Runtime        string         `json:"runtime"`
+	Library        string         `json:"library"`
+	IntraOpThreads int            `json:"intra_op_threads"`
+	Inputs         []string       `json:"inputs"`
+	Results        []infer.Timing `json:"results"`
+}
+
 func cmdBench(ctx context.Context, e *env, args []string) error {
-	return errors.New("bench: not built yet")
+	fs := newFlagSet(e, "bench", "[flags] [MODEL.onnx]\n\nTimes one Run call at a time per batch size, after a warm-up, and prints the median\nand p99 latency per call and the samples per second. Without MODEL (or with --demo) it\nbuilds a demo 100-50-10 MLP with random weights.")
+	batches := fs.String("batch", "1,8,32,128", "comma-separated batch sizes")
+	threads := fs.Int("threads", 1, "intra-op threads per run")
+	duration := fs.Duration("duration", 2*time.Second, "measuring time per batch size")
+	asJSON := fs.Bool("json", false, "print JSON instead of a table")
+	demo := fs.Bool("demo", false, "benchmark the built-in demo MLP (100-50-10)")
+	lib := fs.String("ort-lib", "", "ONNX Runtime library (default: $SIGNALFORGE_ORT_LIB, the project's .deps, system paths)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	sizes, err := parseBatches(*batches)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "signalforge bench: --batch: %v\n", err)
+		return errUsage
+	}
+	if *threads < 1 || *duration <= 0 {
+		fmt.Fprintln(e.stderr, "signalforge bench: --threads must be at least 1 and --duration positive")
+		return errUsage
+	}
+	var path, label string
+	switch {
+	case fs.NArg() > 1 || (*demo && fs.NArg() > 0):
+		fmt.Fprintln(e.stderr, "signalforge bench: give one MODEL.onnx, or --demo")
+		return errUsage
+	case fs.NArg() == 1:
+		path = fs.Arg(0)
+		label = path
+	default:
+		dir, err := os.MkdirTemp("", "signalforge-bench-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		path = filepath.Join(dir, "demo-mlp.onnx")
+		if err := onnxtest.MustMLP(1, 100, 50, 10).Save(path); err != nil {
+			return err
+		}
+		label = "demo MLP 100-50-10 (random weights)"
+	}
+
+	eng, err := ort.New(ort.Config{LibraryPath: *lib, Getenv: e.getenv})
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+	sess, err := eng.LoadFile(ctx, path, infer.Options{IntraOpThreads: *threads})
+	if err != nil {
+		return err
+	}
+	defer sess.Close()
+
+	rep := benchReport{
+		Model:          label,
+		Runtime:        "ONNX Runtime " + eng.RuntimeVersion(),
+		Library:        eng.LibraryPath(),
+		IntraOpThreads: *threads,
+	}
+	fixed := -1
+	for _, in := range sess.Inputs() {
+		rep.Inputs = append(rep.Inputs, fmt.Sprintf("%s %v %s", in.Name, in.DType, in.ShapeString()))
+		if in.BatchAxis < 0 && in.Shape != nil && len(in.Shape) > 0 {
+			fixed = int(in.Shape[0])
+		}
+	}
+	if fixed > 0 {
+		sizes = []int{fixed}
+		fmt.Fprintf(e.stderr, "signalforge bench: the model has a fixed batch size; measuring batch %d only\n", fixed)
+	}
+	progress := len(sizes) > 1 && time.Duration(len(sizes))*(*duration) >= 3*time.Second
+	for i, b := range sizes {
+		if progress {
+			fmt.Fprintf(e.stderr, "bench: batch %d (%d/%d), %v ...\n", b, i+1, len(sizes), *duration)
+		}
+		in, err := infer.RandomInputs(sess.Inputs(), b, uint64(b))
+		if err != nil {
+			return err
+		}
+		// Warm-up: the first runs at a new shape allocate inside the runtime.
+		tm, err := infer.Measure(ctx, sess, in, b, infer.MeasureConfig{Duration: *duration, Warmup: 50})
+		if err != nil {
+			if errors.Is(err, context.Canceled) {
+				return fmt.Errorf("interrupted")
+			}
+			return fmt.Errorf("batch %d: %w", b, err)
+		}
+		rep.Results = append(rep.Results, tm)
+	}
+	if *asJSON {
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(rep)
+	}
+	printBench(e.stdout, rep)
+	return nil
+}
+
+func parseBatches(s string) ([]int, error) {
+	var out []int
+	for f := range strings.SplitSeq(s, ",") {
+		n, err := strconv.Atoi(strings.TrimSpace(f))
+		if err != nil || n < 1 {
+			return nil, fmt.Errorf("%q is not a positive batch size", f)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+func printBench(w io.Writer, r benchReport) {
+	fmt.Fprintf(w, "model    %s\ninputs   %s\nruntime  %s, %d intra-op thread(s), one call at a time\n\n",
+		r.Model, strings.Join(r.Inputs, "; "), r.Runtime, r.IntraOpThreads)
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "batch\tcalls\tmedian µs\tp99 µs\tµs/sample\tsamples/s\t")
+	us := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e3, 'f', 1, 64) }
+	for _, t := range r.Results {
+		fmt.Fprintf(tw, "%d\t%d\t%s\t%s\t%s\t%s\t\n", t.Batch, t.Calls, us(t.Median), us(t.P99),
+			strconv.FormatFloat(float64(t.Median)/1e3/float64(t.Batch), 'f', 2, 64), thousands(int64(t.SamplesPerSec)))
+	}
+	tw.Flush()
+}
+
+// thousands formats n with comma separators: 1234567 → 1,234,567.
+func thousands(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	var b strings.Builder
+	for i, c := range s {
+		if i > 0 && (len(s)-i)%3 == 0 {
+			b.WriteByte(',')
+		}
+		b.WriteRune(c)
+	}
+	return b.String()
 }
