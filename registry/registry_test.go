@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/tensor"
 )
 
 var feats = []string{"rsi_14", "macd"}
@@ -96,7 +97,6 @@ func TestRegister(t *testing.T) {
 	if len(prod) != 1 || prod[0].Version != "v8" {
 		t.Fatalf("Production = %+v", prod)
 	}
-	// Several inputs: one feature per input, named like the inputs.
 	checkConsistent(t, dir)
 }
 
@@ -110,6 +110,8 @@ func TestMatchFeatures(t *testing.T) {
 	two := one(-1, 1)
 	two.Inputs = append(two.Inputs, two.Inputs[0])
 	two.Inputs[0].Name, two.Inputs[1].Name = "rsi_14", "macd"
+	ints := one(-1, 2)
+	ints.Inputs[0].DType = tensor.Int64
 	meta := one(-1, 2)
 	meta.Metadata = map[string]string{"signalforge.features": "rsi_14, macd"}
 	for _, tc := range []struct {
@@ -128,9 +130,10 @@ func TestMatchFeatures(t *testing.T) {
 		{"undeclared and no metadata", nil, one(-1, 2), "error"},
 		{"duplicate", []string{"a", "a"}, one(-1, 2), "error"},
 		{"empty name", []string{"a", ""}, one(-1, 2), "error"},
-		{"one input per feature", nil, two, "rsi_14,macd"},
-		{"inputs as a set", []string{"macd", "rsi_14"}, two, "macd,rsi_14"},
-		{"unknown input", []string{"rsi_14", "volume"}, two, "error"},
+		{"two inputs", []string{"rsi_14", "macd"}, two, "error"},
+		{"int64 input", []string{"a", "b"}, ints, "error"},
+		{"rank 1", []string{"a"}, one(-1), "error"},
+		{"rank 4", []string{"a", "b"}, one(-1, 3, 3, 2), "error"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			got, err := registry.MatchFeatures(tc.declared, tc.info)

@@ -128,18 +128,17 @@ func dtypeOf(t int32) tensor.DType {
 }
 
 // MatchFeatures checks declared feature names against a model and returns
-// the version's feature list. The rules, in order:
+// the version's feature list. The rules are those of infer.NewPredictor,
+// which serves the version, so that a registered version can be served:
 //
+//   - The model has one float32 input of shape [batch, F] (an MLP) or
+//     [batch, time, F] (an LSTM), F the features along its last axis.
 //   - Names must be non-empty and unique.
 //   - If the model lists its features in metadata (infer.FeaturesMetadataKey),
 //     the declared list must equal it, order included; with none declared the
-//     metadata's list is used.
-//   - A model with one input takes the features along its last axis
-//     ([batch, F] for an MLP, [batch, time, F] for an LSTM): if F is static
-//     the number of features must be F. With no features declared and no
-//     metadata, registration fails: the names cannot be guessed.
-//   - A model with several inputs takes one feature per input: the features
-//     are the input names (declared ones must be exactly that set).
+//     metadata's list is used. With neither, registration fails: the names
+//     cannot be guessed.
+//   - If F is static, the number of features must be F.
 //
 // Errors wrap ErrFeatures and name the offending features.
 func MatchFeatures(declared []string, info ModelInfo) ([]string, error) {
@@ -153,6 +152,20 @@ func MatchFeatures(declared []string, info ModelInfo) ([]string, error) {
 		}
 		seen[f] = true
 	}
+	if len(info.Inputs) != 1 {
+		var names []string
+		for _, in := range info.Inputs {
+			names = append(names, in.Name)
+		}
+		return nil, fmt.Errorf("%w: the model has %d inputs %q; SignalForge serves models with one float32 input of shape [batch, features] or [batch, time, features]", ErrFeatures, len(names), names)
+	}
+	in := info.Inputs[0]
+	if in.DType != tensor.Float32 {
+		return nil, fmt.Errorf("%w: input %q is %v; it must be float32", ErrFeatures, in.Name, in.DType)
+	}
+	if len(in.Shape) != 2 && len(in.Shape) != 3 {
+		return nil, fmt.Errorf("%w: input %q has shape %v; it must be [batch, features] or [batch, time, features]", ErrFeatures, in.Name, in.Shape)
+	}
 	features := slices.Clone(declared)
 	if meta, ok := info.Metadata[infer.FeaturesMetadataKey]; ok && strings.TrimSpace(meta) != "" {
 		var listed []string
@@ -165,40 +178,11 @@ func MatchFeatures(declared []string, info ModelInfo) ([]string, error) {
 			return nil, fmt.Errorf("%w: declared %q but the model's metadata lists %q", ErrFeatures, features, listed)
 		}
 	}
-	if len(info.Inputs) == 1 {
-		in := info.Inputs[0]
-		if len(features) == 0 {
-			return nil, fmt.Errorf("%w: the model has no %s metadata; declare its feature names (input %q has shape %v)", ErrFeatures, infer.FeaturesMetadataKey, in.Name, in.Shape)
-		}
-		f := int64(1)
-		if len(in.Shape) >= 2 {
-			f = in.Shape[len(in.Shape)-1]
-		}
-		if f > 0 && int64(len(features)) != f {
-			return nil, fmt.Errorf("%w: %d features declared (%q) but input %q has shape %v: %d features along its last axis", ErrFeatures, len(features), features, in.Name, in.Shape, f)
-		}
-		return features, nil
-	}
-	var names []string
-	for _, in := range info.Inputs {
-		names = append(names, in.Name)
-	}
 	if len(features) == 0 {
-		return names, nil
+		return nil, fmt.Errorf("%w: the model has no %s metadata; declare its feature names (input %q has shape %v)", ErrFeatures, infer.FeaturesMetadataKey, in.Name, in.Shape)
 	}
-	var missing, unknown []string
-	for _, n := range names {
-		if !slices.Contains(features, n) {
-			missing = append(missing, n)
-		}
-	}
-	for _, f := range features {
-		if !slices.Contains(names, f) {
-			unknown = append(unknown, f)
-		}
-	}
-	if len(missing) > 0 || len(unknown) > 0 {
-		return nil, fmt.Errorf("%w: the model's inputs are %q (one per feature); missing %q, unknown %q", ErrFeatures, names, missing, unknown)
+	if f := in.Shape[len(in.Shape)-1]; f > 0 && int64(len(features)) != f {
+		return nil, fmt.Errorf("%w: %d features (%q) but input %q has shape %v: %d features along its last axis", ErrFeatures, len(features), features, in.Name, in.Shape, f)
 	}
 	return features, nil
 }
