@@ -102,3 +102,40 @@ func ExampleShadow() {
 	// Output:
 	// compared 1: mean abs diff 0.05, direction agreement 100%
 }
+
+// registryFeed stands in for the server's adapter over the registry's
+// Watch: it sends the current traffic first, then every change.
+type registryFeed []route.SplitUpdate
+
+func (f registryFeed) Watch(ctx context.Context) (<-chan route.SplitUpdate, error) {
+	ch := make(chan route.SplitUpdate)
+	go func() {
+		defer close(ch)
+		for _, u := range f {
+			select {
+			case ch <- u:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return ch, nil
+}
+
+// With a registry attached, the router follows its traffic percentages.
+func ExampleRouter_Follow() {
+	r, _ := route.New(route.Config{})
+	feed := registryFeed{
+		{Model: "lstm_model", Split: route.Split{"v1.0": 1}},
+		// registry: promote v2.0 with 20% traffic (percentages / 100)
+		{Model: "lstm_model", Split: route.Split{"v1.0": 0.8, "v2.0": 0.2}},
+	}
+	// In the server: go r.Follow(ctx, feed) for the process's lifetime.
+	if err := r.Follow(context.Background(), feed); err != nil {
+		panic(err)
+	}
+	s, _ := r.Split("lstm_model")
+	fmt.Println(s["v1.0"], s["v2.0"])
+	// Output:
+	// 0.8 0.2
+}

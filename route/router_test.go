@@ -458,3 +458,22 @@ func skipUnderRace(t *testing.T) {
 		t.Skip("large single-goroutine statistical test; covered by the run without -race")
 	}
 }
+
+// FuzzRoute: any key reaches a version of the split, the same one every
+// time, and never panics.
+func FuzzRoute(f *testing.F) {
+	for _, k := range []string{"", "req_123", "\x00\xff", "ü", "a-very-long-user-id-0123456789abcdefghijklmnopqrstuvwxyz"} {
+		f.Add(k)
+	}
+	r := newRouter(f, Config{})
+	mustSplit(f, r, "m", Split{"v1": 0.5, "v2": 0.3, "v3": 0.2, "v4": 0})
+	f.Fuzz(func(t *testing.T, key string) {
+		v, err := r.Route("m", key)
+		if err != nil || (v != "v1" && v != "v2" && v != "v3") {
+			t.Fatalf("Route(%q) = %q, %v", key, v, err)
+		}
+		if again, _ := r.Route("m", key); key != "" && again != v {
+			t.Fatalf("Route(%q) = %q then %q", key, v, again)
+		}
+	})
+}
