@@ -81,8 +81,17 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	}
 
 	open := func(path, what string) (quantize.Dataset, error) {
+		// One line per doubling of the sample count: visible progress on
+		// big files, a handful of lines in logs.
+		next := int64(1024)
 		return quantize.OpenDataset(path, model, quantize.DataOptions{MaxSamples: *maxSamples, Progress: func(n int64) {
-			fmt.Fprintf(e.stderr, "\r%s: %d samples", what, n)
+			if n < next {
+				return
+			}
+			for next <= n {
+				next *= 2
+			}
+			fmt.Fprintf(e.stderr, "%s: %s: %d samples read\n", what, filepath.Base(path), n)
 		}})
 	}
 	var calData, evalData quantize.Dataset
@@ -115,10 +124,11 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	budget := quantize.Budget{MaxError: *maxErr, MinSQNR: *minSQNR, MinSignAgreement: *minSign}
 	if budget != (quantize.Budget{}) {
 		g, gerr := q.QuantizeWithBudget(ctx, model, calData, evalData, budget)
-		fmt.Fprintln(e.stderr)
 		if g != nil {
 			for _, s := range g.Steps {
-				if s.Excluded != "" {
+				if s.Excluded == "" {
+					fmt.Fprintf(e.stdout, "gate: with every selected node int8: max error %.4g, SQNR %.1f dB\n", s.MaxError, s.SQNR)
+				} else {
 					fmt.Fprintf(e.stdout, "gate: excluded %s (output SQNR %.1f dB when it alone is int8) → max error %.4g, SQNR %.1f dB\n", s.Excluded, s.IsolatedSQNR, s.MaxError, s.SQNR)
 				}
 			}
@@ -138,7 +148,6 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 		if rep, err = q.Evaluate(ctx, model, res, evalData); err != nil {
 			return err
 		}
-		fmt.Fprintln(e.stderr)
 	}
 	if err := onnx.Save(*out, res.Model); err != nil {
 		return err
