@@ -54,6 +54,11 @@ const (
 // the version that refers to them is committed; an artifact left without a
 // version by a crash is harmless.
 //
+// Every commit rewrites state.json whole (all models and versions): at
+// thousands of versions that is a few hundred KB per change, fine for a
+// registry that changes a few times an hour, and the reason the Store
+// interface leaves room for a database.
+//
 // Writers hold an exclusive flock on LOCK (and, within a process, a
 // semaphore) while they read, modify and write the state, so updates from
 // several goroutines and processes are serialized and none is lost. Readers
@@ -83,9 +88,11 @@ type fileState struct {
 
 // cachedState is a parsed state.json and the identity of the file it came
 // from: state.json is replaced on every commit, so a new inode, size or
-// mtime means a new state.
+// mtime means a new state. The file stays open while cached so that its
+// inode number cannot be reused by a later state.json.
 type cachedState struct {
 	ino, size, mtime int64
+	f                *os.File
 	st               *fileState
 }
 
@@ -218,7 +225,12 @@ func (s *FileStore) load() (*fileState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("registry: file store: %w", err)
 	}
-	defer f.Close()
+	keep := false
+	defer func() {
+		if !keep {
+			f.Close()
+		}
+	}()
 	info, err := f.Stat()
 	if err != nil {
 		return nil, fmt.Errorf("registry: file store: %w", err)
@@ -248,10 +260,18 @@ func (s *FileStore) load() (*fileState, error) {
 	if st.Models == nil {
 		st.Models = map[string]Model{}
 	}
-	key.st = st
+	key.st, key.f = st, f
 	s.mu.Lock()
-	s.cached = key
+	old := s.cached
+	if s.closed {
+		s.mu.Unlock()
+		return st, nil
+	}
+	s.cached, keep = key, true
 	s.mu.Unlock()
+	if old.f != nil {
+		old.f.Close()
+	}
 	return st, nil
 }
 
@@ -581,5 +601,8 @@ func (s *FileStore) Close() error {
 		return nil
 	}
 	s.closed = true
+	if s.cached.f != nil {
+		s.cached.f.Close()
+	}
 	return s.lock.Close()
 }

@@ -194,6 +194,10 @@ var autoVersion = regexp.MustCompile(`^v([0-9]{1,18})$`)
 // and commits the new version with a register event. Nothing is written
 // unless every check passed. The returned Version's Artifact.Path is the
 // stored ONNX file.
+//
+// Should the commit fail after the artifact was stored (another writer took
+// the same version string in between), the artifact stays unreferenced: it
+// is harmless, and reused if the same bytes are registered again.
 func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, error) {
 	if err := r.checkOpen(); err != nil {
 		return Version{}, err
@@ -324,6 +328,9 @@ func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, 
 		return Version{}, err
 	}
 	v.Artifact.Path = art.Path
+	if v.Artifact.Path == "" {
+		v = r.withPath(ctx, v)
+	}
 	return v, nil
 }
 

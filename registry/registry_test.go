@@ -356,3 +356,40 @@ func TestWatch(t *testing.T) {
 		t.Fatal("Watch on a closed registry delivered an event")
 	}
 }
+
+// TestMemStoreRegistry: the registry works the same over the in-memory
+// store, and Watch sees local changes without polling.
+func TestMemStoreRegistry(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	store := registry.NewMemStore()
+	defer store.Close()
+	r, err := registry.Open(ctx, registry.Config{Store: store, PollInterval: -1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	events := r.Watch(ctx, 0)
+	art := onnxModel(t, 1, feats...)
+	v1, err := r.Register(ctx, registry.RegisterRequest{Name: "m", ONNX: art, Status: registry.StatusProduction, Traffic: 30})
+	if err != nil || v1.Traffic != 100 {
+		t.Fatalf("Register as production = %+v, %v", v1, err)
+	}
+	if data, err := os.ReadFile(v1.Artifact.Path); err != nil || string(data) != string(art) {
+		t.Fatalf("mem store artifact path %q: %v", v1.Artifact.Path, err)
+	}
+	v2, _ := r.Register(ctx, registry.RegisterRequest{Name: "m", ONNX: art})
+	if s, err := r.Promote(ctx, v2.Ref(), 30); err != nil || !s.Equal(registry.Split{"v1": 70, "v2": 30}) {
+		t.Fatalf("Promote = %v, %v", s, err)
+	}
+	for i, want := range []registry.Action{registry.ActionRegister, registry.ActionRegister, registry.ActionPromote} {
+		select {
+		case e := <-events:
+			if e.Action != want {
+				t.Fatalf("event %d = %s; want %s", i, e.Action, want)
+			}
+		case <-ctx.Done():
+			t.Fatal("no event")
+		}
+	}
+}
