@@ -32,6 +32,7 @@ type ioSet struct {
 	ins, outs []ortgo.Value
 	outShapes []tensor.Shape
 	outDTypes []tensor.DType
+	ro        *runOpt // made on first use with a cancellable ctx
 }
 
 func (set *ioSet) destroy() {
@@ -40,6 +41,9 @@ func (set *ioSet) destroy() {
 	}
 	for _, v := range set.outs {
 		v.Destroy()
+	}
+	if set.ro != nil {
+		set.ro.ro.Destroy()
 	}
 }
 
@@ -77,7 +81,12 @@ func (s *Session) runPooled(ctx context.Context, inputs []tensor.Tensor) ([]tens
 	for i, t := range inputs {
 		copyIn(set.ins[i], t)
 	}
-	if err := s.exec(ctx, set.ins, set.outs); err != nil {
+	if set.ro == nil && ctx.Done() != nil {
+		if set.ro, err = newRunOpt(); err != nil {
+			return nil, err
+		}
+	}
+	if err := s.exec(ctx, set.ins, set.outs, set.ro); err != nil {
 		return nil, err
 	}
 	results := make([]tensor.Tensor, len(set.outs))

@@ -313,7 +313,7 @@ func (s *Session) run(ctx context.Context, inputs []tensor.Tensor, prealloc bool
 			results[i], outs[i] = t, v
 		}
 	}
-	if err := s.exec(ctx, ins, outs); err != nil {
+	if err := s.exec(ctx, ins, outs, nil); err != nil {
 		return nil, err
 	}
 	for i, v := range outs {
@@ -348,12 +348,18 @@ func planShape(buf tensor.Shape, plan []dimSource, inputs []tensor.Tensor) tenso
 }
 
 // exec runs the ONNX Runtime session, watching ctx if it can be cancelled.
-func (s *Session) exec(ctx context.Context, ins, outs []ortgo.Value) error {
+// own, if not nil, is the caller's runOpt (an ioSet's); else one is taken
+// from the session's free list when ctx can be cancelled.
+func (s *Session) exec(ctx context.Context, ins, outs []ortgo.Value, own *runOpt) error {
 	var ro *ortgo.RunOptions
 	if ctx.Done() != nil {
-		r, err := s.getRunOpt()
-		if err != nil {
-			return err
+		r := own
+		if r == nil {
+			var err error
+			if r, err = s.getRunOpt(); err != nil {
+				return err
+			}
+			defer s.putRunOpt(r) // after the flag is cleared below
 		}
 		stop := context.AfterFunc(ctx, r.terminate)
 		defer func() {
@@ -361,7 +367,6 @@ func (s *Session) exec(ctx context.Context, ins, outs []ortgo.Value) error {
 				<-r.fired // the callback ran: wait for it, then clear the flag
 				r.ro.UnsetTerminate()
 			}
-			s.putRunOpt(r)
 		}()
 		ro = r.ro
 	}
@@ -420,6 +425,15 @@ func (s *Session) getRunOpt() (*runOpt, error) {
 		s.roFree = s.roFree[:n-1]
 		return r, nil
 	}
+	r, err := newRunOpt()
+	if err != nil {
+		return nil, err
+	}
+	s.roAll = append(s.roAll, r)
+	return r, nil
+}
+
+func newRunOpt() (*runOpt, error) {
 	ro, err := ortgo.NewRunOptions()
 	if err != nil {
 		return nil, fmt.Errorf("ort: run options: %v", err)
@@ -429,7 +443,6 @@ func (s *Session) getRunOpt() (*runOpt, error) {
 		r.ro.Terminate()
 		r.fired <- struct{}{}
 	}
-	s.roAll = append(s.roAll, r)
 	return r, nil
 }
 
