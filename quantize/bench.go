@@ -51,8 +51,8 @@ type BenchResult struct {
 }
 
 // Benchmark measures the median Run latency of the fp32 and the int8 model
-// at each batch size on random normal inputs, alternating the two models
-// run by run so that both see the same machine load.
+// at each batch size on random normal inputs, in interleaved blocks of
+// consecutive runs so that both see the same machine load.
 func Benchmark(ctx context.Context, eng infer.Engine, fp32, int8 *onnx.ModelProto, cfg BenchConfig) (*BenchResult, error) {
 	if len(cfg.BatchSizes) == 0 {
 		cfg.BatchSizes = []int{1, 32}
@@ -86,22 +86,28 @@ func Benchmark(ctx context.Context, eng infer.Engine, fp32, int8 *onnx.ModelProt
 		if err != nil {
 			return nil, err
 		}
-		ft := make([]time.Duration, 0, cfg.Iterations)
-		qt := make([]time.Duration, 0, cfg.Iterations)
-		for i := -cfg.Iterations / 10; i < cfg.Iterations; i++ { // 10% warm-up
+		// Blocks of consecutive runs per model (as a server runs one
+		// model: weights stay in cache; alternating run by run would let
+		// the 4× larger fp32 weights evict int8's and understate int8),
+		// interleaved in rounds so that both models see the same load.
+		var ft, qt []time.Duration
+		const rounds = 5
+		per := max(1, cfg.Iterations/rounds)
+		for range rounds {
 			for _, s := range []infer.Session{fs, qs} {
-				start := time.Now()
-				if _, err := s.Run(ctx, in); err != nil {
-					return nil, err
-				}
-				d := time.Since(start)
-				if i < 0 {
-					continue
-				}
-				if s == fs {
-					ft = append(ft, d)
-				} else {
-					qt = append(qt, d)
+				for i := -max(1, per/5); i < per; i++ { // warm-up first
+					start := time.Now()
+					if _, err := s.Run(ctx, in); err != nil {
+						return nil, err
+					}
+					d := time.Since(start)
+					switch {
+					case i < 0:
+					case s == fs:
+						ft = append(ft, d)
+					default:
+						qt = append(qt, d)
+					}
 				}
 			}
 		}
