@@ -275,6 +275,13 @@ func inputValue(root *layer, params map[string]*Tensor, opts Options) (value, er
 	} else if f != nil {
 		shape = leafInputShape(f, params)
 	}
+	if shape == nil && f != nil {
+		key := map[string]string{"Linear": "weight", "Conv1d": "weight", "BatchNorm1d": "running_mean",
+			"LSTM": "weight_ih_l0", "GRU": "weight_ih_l0"}[f.typ]
+		if _, ok := params[f.prefix+key]; key != "" && !ok {
+			return value{}, fmt.Errorf("convert: %s: weight %q missing from the file", f.typ, f.prefix+key)
+		}
+	}
 	if shape == nil {
 		name := "an empty model"
 		if f != nil {
@@ -341,4 +348,11 @@ func leafInputShape(f *layer, params map[string]*Tensor) []dim {
 		}
 	}
 	return nil
+}
+
+const featuresKey = infer.FeaturesMetadataKey
+
+func sha256Hex(b []byte) string {
+	sum := sha256.Sum256(b)
+	return hex.EncodeToString(sum[:])
 }

@@ -4,6 +4,7 @@
 Run with Debian's interpreter (torch 1.13):
 
     /usr/bin/python3 convert/testdata/make_fixtures.py [outdir]
+    /usr/bin/python3 convert/testdata/make_fixtures.py --bench outdir   # benchmark models
 
 For every case it writes <name>.pt (a whole-model pickle made by
 torch.save(model), or a state dict / TorchScript archive plus
@@ -168,5 +169,23 @@ def main():
         recurrent(k + "_2layer_bidir", kind, 3, 4, 2, True, False)
 
 
+def bench_models(out):
+    """The benchmark models of the closing note (too big to commit)."""
+    os.makedirs(out, exist_ok=True)
+    torch.manual_seed(8)
+    torch.save(nn.Sequential(nn.Linear(100, 50), nn.ReLU(), nn.Linear(50, 10)).eval(),
+               os.path.join(out, "mlp_100_50_10.pt"))
+    torch.save(nn.Sequential(nn.Linear(512, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(),
+                             nn.Linear(1024, 1)).eval(), os.path.join(out, "mlp_512_1024_1024_1.pt"))
+    model = Forecaster(nn.LSTM(16, 64, batch_first=True), nn.Linear(64, 1)).eval()
+    torch.save(model.state_dict(), os.path.join(out, "lstm_16_64.pt"))
+    with open(os.path.join(out, "lstm_16_64.spec.json"), "w") as f:
+        json.dump({"layers": [{"type": "LSTM", "param": "rnn", "batch_first": True},
+                              {"type": "LastStep"}, {"type": "Linear", "param": "head"}]}, f, indent=1)
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--bench":
+        bench_models(sys.argv[2])
+    else:
+        main()
