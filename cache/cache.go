@@ -424,7 +424,9 @@ func (c *Cache) GetOrCompute(ctx context.Context, k Key, compute func(ctx contex
 	if v, ok := c.Get(ctx, k); ok {
 		return v, true, nil
 	}
+	ran := false // set only if this caller's function is the one that runs
 	ch := c.flights.DoChan(k.String(), func() (res any, err error) {
+		ran = true
 		c.computes.Add(1)
 		cctx := context.WithoutCancel(ctx)
 		if dl, ok := ctx.Deadline(); ok {
@@ -449,7 +451,7 @@ func (c *Cache) GetOrCompute(ctx context.Context, k Key, compute func(ctx contex
 	})
 	select {
 	case r := <-ch:
-		if r.Shared {
+		if !ran { // the send on ch orders the write of ran before this read
 			c.collapsed.Add(1)
 		}
 		if r.Err != nil {
