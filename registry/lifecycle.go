@@ -261,6 +261,20 @@ func (r *Registry) Rollback(ctx context.Context, name string, toSeq uint64) (Spl
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
+	// The audit log is read before the model is locked; if another writer
+	// changes the split in between, the undo would be of the wrong change,
+	// so that case is detected under the lock and retried.
+	for attempt := 0; ; attempt++ {
+		split, err := r.rollback(ctx, name, toSeq)
+		if err != errStaleRollback || attempt == 4 {
+			return split, err
+		}
+	}
+}
+
+var errStaleRollback = fmt.Errorf("%w: the split changed while rolling back; try again", ErrTraffic)
+
+func (r *Registry) rollback(ctx context.Context, name string, toSeq uint64) (Split, error) {
 	evs, err := r.store.Events(ctx, name, 0)
 	if err != nil {
 		return nil, err
@@ -285,6 +299,9 @@ func (r *Registry) Rollback(ctx context.Context, name string, toSeq uint64) (Spl
 		return nil, fmt.Errorf("%w: no traffic change of model %q to roll back", ErrNotFound, name)
 	}
 	return r.changeModel(ctx, name, func(m *Model, ev *Event) error {
+		if toSeq == 0 && !m.Split().Equal(from.SplitAfter) {
+			return errStaleRollback
+		}
 		ev.Action = ActionRollback
 		if toSeq == 0 {
 			ev.Detail = fmt.Sprintf("undid event %d (%s %s)", from.Seq, from.Action, from.SplitAfter)

@@ -204,3 +204,53 @@ func TestForcedArchiveOfLastServingVersion(t *testing.T) {
 	}
 	checkConsistent(t, dir)
 }
+
+// eventsHook runs hook once, right after the first Events call, to make a
+// change land between Rollback's read of the audit log and its update.
+type eventsHook struct {
+	registry.Store
+	hook func()
+}
+
+func (s *eventsHook) Events(ctx context.Context, name string, after uint64) ([]registry.Event, error) {
+	evs, err := s.Store.Events(ctx, name, after)
+	if h := s.hook; h != nil {
+		s.hook = nil
+		h()
+	}
+	return evs, err
+}
+
+// TestRollbackRace: a split change that lands while Rollback reads the
+// audit log is the change Rollback undoes, not the one before it.
+func TestRollbackRace(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	fs, err := registry.OpenFileStore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fs.Close()
+	hooked := &eventsHook{Store: fs}
+	r, err := registry.Open(ctx, registry.Config{Store: hooked})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	cli := openReg(t, dir)
+	art := onnxModel(t, 1, feats...)
+	for range 2 {
+		cli.Register(ctx, registry.RegisterRequest{Name: "m", ONNX: art})
+	}
+	cli.SetSplit(ctx, "m", registry.Split{"v1": 90, "v2": 10})
+	hooked.hook = func() {
+		if _, err := cli.SetTraffic(ctx, ref("m:v2"), 50); err != nil {
+			t.Error(err)
+		}
+	}
+	s, err := r.Rollback(ctx, "m", 0)
+	if err != nil || !s.Equal(registry.Split{"v1": 90, "v2": 10}) {
+		t.Fatalf("Rollback = %v, %v; want the 50%% change undone, back to v1=90 v2=10", s, err)
+	}
+	checkConsistent(t, dir)
+}
