@@ -73,7 +73,10 @@ func (q *Quantizer) dynamicMatMul(gr *graph, n *onnx.NodeProto) ([]*onnx.NodePro
 		sdims = []int64{int64(nn)}
 	}
 	ws := gr.addInit(floatTensor(gr.unique(n.Input[1]+"_scale"), sdims, scales))
-	wzp := gr.addInit(int8Tensor(gr.unique(n.Input[1]+"_zero_point"), sdims, make([]int8, len(scales))))
+	// The weights' zero point is 0 (symmetric). MatMulInteger needs one
+	// to type B as int8; a per-column one (all zeros) would keep ONNX
+	// Runtime off its fast prepacked path, so it is always a scalar.
+	wzp := gr.addInit(int8Tensor(gr.unique(n.Input[1]+"_zero_point"), nil, []int8{0}))
 
 	xq, xs, xzp := gr.unique(base+"_x_quantized"), gr.unique(base+"_x_scale"), gr.unique(base+"_x_zero_point")
 	mmi, mmf, sc := gr.unique(base+"_matmul_int32"), gr.unique(base+"_matmul_float"), gr.unique(base+"_scale")
