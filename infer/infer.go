@@ -30,7 +30,8 @@ type Engine interface {
 	LoadFile(ctx context.Context, path string, opts Options) (Session, error)
 	// LoadBytes loads a model from its serialized bytes.
 	LoadBytes(ctx context.Context, model []byte, opts Options) (Session, error)
-	// Close releases the engine. Sessions must be closed first.
+	// Close releases the engine, closing any session still open (after
+	// their running calls return). It is safe to call more than once.
 	Close() error
 }
 

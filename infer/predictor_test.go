@@ -269,3 +269,41 @@ func TestPredictPassesRunErrors(t *testing.T) {
 		t.Errorf("Predict with cancelled ctx = %v, want context.Canceled", err)
 	}
 }
+
+// FuzzEncode: rows come from request JSON. Encode must never panic, and
+// what it accepts must be a finite [N,F] tensor holding the rows' values.
+func FuzzEncode(f *testing.F) {
+	f.Add(1, "a", 1.0, "b", 2.0)
+	f.Add(2, "a", math.NaN(), "c", 1e39)
+	f.Add(0, "", 0.0, "b", -1.0)
+	p, err := NewPredictor(tabular("a,b"), PredictorConfig{MaxRows: 8})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, n int, k1 string, v1 float64, k2 string, v2 float64) {
+		n = n % 12
+		if n < 0 {
+			n = -n
+		}
+		rows := make([]Row, n)
+		for i := range rows {
+			rows[i] = Row{k1: {v1}, k2: {v2}}
+		}
+		x, err := p.Encode(rows)
+		if err != nil {
+			var fe *FeatureError
+			if !errors.As(err, &fe) || fe.Error() == "" {
+				t.Fatalf("Encode error %v is not a *FeatureError with a message", err)
+			}
+			return
+		}
+		if !x.Shape().Equal(tensor.Shape{int64(n), 2}) {
+			t.Fatalf("shape %v for %d rows", x.Shape(), n)
+		}
+		for _, v := range x.Float32s() {
+			if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
+				t.Fatalf("Encode accepted a non-finite value: %v", x.Float32s())
+			}
+		}
+	})
+}
