@@ -33,6 +33,12 @@ type ShadowConfig[In any] struct {
 	// Workers is how many shadow requests run at once. If zero, 1: the
 	// shadow should never compete with the primary for more than a core.
 	Workers int
+	// MaxBusy caps the share of wall time each worker spends running the
+	// shadow: after a run that took d, the worker rests d·(1/MaxBusy − 1)
+	// (requests arriving meanwhile queue or drop). A CPU-bound shadow on
+	// the primary's machine takes a core's worth of CPU otherwise; 0.25
+	// limits it to a quarter of one. If zero, 1 (no cap).
+	MaxBusy float64
 	// Timeout bounds one shadow run. If zero, 10s.
 	Timeout time.Duration
 	// Salt varies the sampled subset. If empty, none.
@@ -110,6 +116,9 @@ func NewShadow[In any](cfg ShadowConfig[In]) (*Shadow[In], error) {
 	if cfg.Workers == 0 {
 		cfg.Workers = 1
 	}
+	if cfg.MaxBusy == 0 {
+		cfg.MaxBusy = 1
+	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
@@ -119,6 +128,8 @@ func NewShadow[In any](cfg ShadowConfig[In]) (*Shadow[In], error) {
 	switch {
 	case !(cfg.Rate > 0 && cfg.Rate <= 1):
 		return nil, fmt.Errorf("route: shadow Rate %v not in (0, 1]", cfg.Rate)
+	case !(cfg.MaxBusy > 0 && cfg.MaxBusy <= 1):
+		return nil, fmt.Errorf("route: shadow MaxBusy %v not in (0, 1]", cfg.MaxBusy)
 	case cfg.QueueSize < 0 || cfg.Workers < 0 || cfg.Timeout < 0:
 		return nil, errors.New("route: shadow QueueSize, Workers and Timeout must be positive")
 	}
@@ -183,12 +194,22 @@ func (s *Shadow[In]) worker(ctx context.Context) {
 				s.dropped.Add(1)
 				return
 			}
-			s.runJob(ctx, j)
+			busy := s.runJob(ctx, j)
+			if s.cfg.MaxBusy < 1 {
+				rest := time.NewTimer(time.Duration(float64(busy) * (1/s.cfg.MaxBusy - 1)))
+				select {
+				case <-rest.C:
+				case <-ctx.Done():
+					rest.Stop()
+					return
+				}
+			}
 		}
 	}
 }
 
-func (s *Shadow[In]) runJob(ctx context.Context, j shadowJob[In]) {
+// runJob runs and compares one request and returns how long the run took.
+func (s *Shadow[In]) runJob(ctx context.Context, j shadowJob[In]) time.Duration {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.Timeout)
 	defer cancel()
 	start := time.Now()
@@ -197,7 +218,7 @@ func (s *Shadow[In]) runJob(ctx context.Context, j shadowJob[In]) {
 	if err != nil {
 		if ctx.Err() != nil && errors.Is(err, context.Canceled) {
 			s.dropped.Add(1) // cancelled by Close: not the shadow's fault
-			return
+			return lat
 		}
 		s.cfg.Logger.Debug("route: shadow run failed", "model", s.cfg.Model, "version", s.cfg.Version, "err", err)
 	}
@@ -207,11 +228,11 @@ func (s *Shadow[In]) runJob(ctx context.Context, j shadowJob[In]) {
 	c.shadow.add(lat, err != nil)
 	c.primary.add(j.lat, false)
 	if err != nil {
-		return
+		return lat
 	}
 	if len(out) != len(j.primary) {
 		c.mismatched++
-		return
+		return lat
 	}
 	c.compared++
 	for i, p := range j.primary {
@@ -228,6 +249,7 @@ func (s *Shadow[In]) runJob(ctx context.Context, j shadowJob[In]) {
 			c.agree++
 		}
 	}
+	return lat
 }
 
 func sign(x float32) int {

@@ -189,6 +189,31 @@ func TestShadowCloseAndOfferAllocs(t *testing.T) {
 	}
 }
 
+func TestShadowMaxBusy(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		sh, _ := NewShadow(ShadowConfig[int]{MaxBusy: 0.25,
+			Run: func(ctx context.Context, in int) ([]float32, error) {
+				time.Sleep(10 * time.Millisecond)
+				return []float32{0}, nil
+			}})
+		defer sh.Close()
+		for i := range 5 {
+			sh.Offer(fmt.Sprint(i), i, []float32{0}, 0)
+		}
+		// Runs end at 10, 50, 90, 130, 170ms: each 10ms run is followed
+		// by 30ms of rest.
+		time.Sleep(100 * time.Millisecond)
+		synctest.Wait()
+		if st := sh.Stats(); st.Compared != 3 {
+			t.Fatalf("compared %d after 100ms, want 3", st.Compared)
+		}
+	})
+	if _, err := NewShadow(ShadowConfig[int]{MaxBusy: 2,
+		Run: func(context.Context, int) ([]float32, error) { return nil, nil }}); err == nil {
+		t.Fatal("MaxBusy 2 accepted")
+	}
+}
+
 // spin burns CPU for d, like a model's forward pass.
 func spin(d time.Duration) float64 {
 	x := 1.0
@@ -204,16 +229,18 @@ func spin(d time.Duration) float64 {
 // compares the primary's latency with and without a shadow that is 10×
 // slower, mirrored at Rate 1 (so its queue is always full and it drops).
 // Rounds alternate the two modes so drift on a shared machine hits both.
-// "cpu" burns CPU in both (the shadow competes for a core); "wait" blocks
-// the shadow without CPU (a remote or I/O-bound shadow).
+// "cpu" burns CPU in both (the shadow competes for a core), the second
+// caps the shadow at a quarter of a core with MaxBusy; "wait" blocks the
+// shadow without CPU (a remote or I/O-bound shadow). Run with
+// -benchtime 100x or more: each round is 100 requests per mode.
 func BenchmarkShadowPrimaryP99(b *testing.B) {
 	const primary = 200 * time.Microsecond
-	for _, mode := range []string{"cpu", "wait"} {
+	for _, mode := range []string{"cpu", "cpu-maxbusy-0.25", "wait"} {
 		b.Run(mode, func(b *testing.B) {
 			var sink float64
 			var mu sync.Mutex // guards sink
 			run := func(ctx context.Context, in []float32) ([]float32, error) {
-				if mode == "cpu" {
+				if mode != "wait" {
 					x := spin(10 * primary)
 					mu.Lock()
 					sink += x
@@ -240,12 +267,16 @@ func BenchmarkShadowPrimaryP99(b *testing.B) {
 				}
 			}
 			for b.Loop() {
-				serve(nil, 200, &off)
-				sh, err := NewShadow(ShadowConfig[[]float32]{Run: run})
+				serve(nil, 100, &off)
+				maxBusy := 0.0
+				if mode == "cpu-maxbusy-0.25" {
+					maxBusy = 0.25
+				}
+				sh, err := NewShadow(ShadowConfig[[]float32]{Run: run, MaxBusy: maxBusy})
 				if err != nil {
 					b.Fatal(err)
 				}
-				serve(sh, 200, &on)
+				serve(sh, 100, &on)
 				sh.Close()
 				st := sh.Stats()
 				dropped += st.Dropped
