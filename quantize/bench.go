@@ -6,6 +6,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"slices"
+	"strconv"
 	"text/tabwriter"
 	"time"
 
@@ -124,6 +125,20 @@ func Benchmark(ctx context.Context, eng infer.Engine, fp32, int8 *onnx.ModelProt
 		}
 	}
 	return res, nil
+}
+
+// Metrics flattens the result for a registry's lineage
+// (registry.Lineage.Benchmarks): "p50_us_batch1_fp32", "p50_us_batch1_int8",
+// "speedup_batch1", ..., "size_reduction_pct".
+func (r *BenchResult) Metrics() map[string]float64 {
+	m := map[string]float64{"size_reduction_pct": r.SizeReductionPct}
+	for _, row := range r.Rows {
+		b := strconv.Itoa(row.Batch)
+		m["p50_us_batch"+b+"_fp32"] = float64(row.FP32.Nanoseconds()) / 1e3
+		m["p50_us_batch"+b+"_int8"] = float64(row.Int8.Nanoseconds()) / 1e3
+		m["speedup_batch"+b] = row.Speedup
+	}
+	return m
 }
 
 // WriteText writes the benchmark as a table and the recommendation.

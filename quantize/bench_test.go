@@ -111,6 +111,9 @@ func TestBenchmarkTable(t *testing.T) {
 		}
 		slower = slower || r.Speedup < 1
 	}
+	if m := br.Metrics(); len(m) != 7 || m["speedup_batch8"] != br.Rows[1].Speedup || m["size_reduction_pct"] != br.SizeReductionPct {
+		t.Errorf("metrics %v", m)
+	}
 	if want := map[bool]string{true: "fp32", false: "int8"}[slower]; br.Recommendation != want {
 		t.Errorf("recommendation %q with rows %+v, want %q", br.Recommendation, br.Rows, want)
 	}

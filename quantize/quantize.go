@@ -129,7 +129,8 @@ func ParseMethod(s string) (Method, error) {
 // Lineage is what a registry records about where a quantized model came
 // from. Quantize fills Method and CalibrationSHA256; the caller sets Parent.
 type Lineage struct {
-	// Parent is the source model's reference (name:version), if known.
+	// Parent is the source model's version (for a registry, the fp32
+	// version in the same model), if known.
 	Parent string
 	// Method describes the quantization ("dynamic", "static/entropy").
 	Method string
@@ -172,7 +173,8 @@ type Config struct {
 	// BatchSize is the number of rows per calibration/evaluation run.
 	// If zero, 64.
 	BatchSize int
-	// Parent is recorded as lineage (the source model's name:version).
+	// Parent is recorded as lineage: the source model's version (a
+	// registry wants the fp32 version of the same model, e.g. "v2.0").
 	Parent string
 }
 
@@ -276,10 +278,24 @@ type Result struct {
 	Lineage Lineage
 }
 
-// Metadata keys written into the quantized model's metadata_props.
-const (
-	MetaPrefix = "signalforge.quantize."
-)
+// MetaPrefix starts the metadata_props keys in which the quantized model
+// records its parameters ("signalforge.quantize.mode", ".per_channel",
+// ".op_types", ".nodes", ".excluded", ".weights", ".activations",
+// ".calibration", ".percentile", ".bins", ".calibration_sha256", ".parent").
+const MetaPrefix = "signalforge.quantize."
+
+// Params returns the quantization parameters recorded in the model's
+// metadata_props, without MetaPrefix: what a registry's lineage keeps
+// (registry.Lineage.Quantization).
+func (r *Result) Params() map[string]string {
+	p := map[string]string{}
+	for _, e := range r.Model.GetMetadataProps() {
+		if k, ok := strings.CutPrefix(e.GetKey(), MetaPrefix); ok {
+			p[k] = e.GetValue()
+		}
+	}
+	return p
+}
 
 // Quantize quantizes model (which it does not modify). calib is required for
 // Static and ignored for Dynamic.

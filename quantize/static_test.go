@@ -275,6 +275,9 @@ func TestSelectionAndMetadata(t *testing.T) {
 		t.Fatal(err)
 	}
 	meta = onnx.Metadata(res.Model)
+	if p := res.Params(); p["mode"] != "static" || p["calibration"] != "percentile" || p["nodes"] != "/head/Gemm" {
+		t.Errorf("params %v", p)
+	}
 	if meta["signalforge.quantize.calibration"] != "percentile" || meta["signalforge.quantize.percentile"] != "99.9" ||
 		meta["signalforge.quantize.calibration_sha256"] != calib.Hash() || res.Lineage.CalibrationSHA256 != calib.Hash() {
 		t.Errorf("metadata %v, lineage %+v", meta, res.Lineage)
