@@ -3,9 +3,181 @@ package main
 import (
 	"context"
 	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"time"
+
+	"github.com/signalforge/signalforge/batch"
+	"github.com/signalforge/signalforge/cache"
+	"github.com/signalforge/signalforge/cache/rediscache"
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/infer/ort"
+	"github.com/signalforge/signalforge/internal/demo"
+	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/server"
 )
 
-// cmdServe is filled in by its issue; until then it says so.
+const serveSynopsis = `[flags]
+
+Serves the registry's production (and staging) model versions over HTTP:
+  POST /v1/models/{name}/predict            native JSON API
+  POST /v2/models/{name}[/versions/{v}]/infer  Open Inference Protocol v2
+  GET  /v1/models, /v2/health/ready, /metrics, /v1/admin/...
+
+With no flags it serves the registry folder ./models with the in-memory
+cache, and registers a demo model (forecast_mlp, v1.0/v2.0 at 80/20) when
+the registry is empty. Environment: SIGNALFORGE_REDIS, SIGNALFORGE_ADMIN_TOKEN,
+SIGNALFORGE_ORT_LIB (ONNX Runtime library).
+
+Examples:
+  signalforge serve
+  signalforge serve --config configs/serve.example.yaml
+  signalforge serve --addr :9000 --redis redis://127.0.0.1:6379/0`
+
 func cmdServe(ctx context.Context, e *env, args []string) error {
-	return errors.New("serve: not built yet")
+	fs := newFlagSet(e, "serve", serveSynopsis)
+	cfgPath := fs.String("config", "", "YAML configuration file (see configs/serve.example.yaml)")
+	addr := fs.String("addr", "", "listen address (default \":8080\")")
+	dir := fs.String("registry", "", "registry folder (default \"models\")")
+	redisURL := fs.String("redis", "", "Redis URL for the shared prediction cache (default: in-memory; env SIGNALFORGE_REDIS)")
+	noCache := fs.Bool("no-cache", false, "disable the prediction cache")
+	noDemo := fs.Bool("no-demo", false, "do not register the demo model into an empty registry")
+	token := fs.String("admin-token", "", "bearer token for the admin endpoints (env SIGNALFORGE_ADMIN_TOKEN)")
+	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
+	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
+	window := fs.Duration("batch-window", 0, "batching window (default 2ms)")
+	maxBatch := fs.Int("max-batch", 0, "largest batch in rows (default 32)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "signalforge serve: unexpected argument %q\n", fs.Arg(0))
+		return errUsage
+	}
+	var fc server.FileConfig
+	if *cfgPath != "" {
+		var err error
+		if fc, err = server.LoadFileConfig(*cfgPath); err != nil {
+			return err
+		}
+	}
+	// Flags, then environment, override the file.
+	set := func(dst *string, vals ...string) {
+		for _, v := range vals {
+			if v != "" {
+				*dst = v
+				return
+			}
+		}
+	}
+	set(&fc.Addr, *addr, fc.Addr, ":8080")
+	set(&fc.Registry, *dir, fc.Registry, "models")
+	set(&fc.Cache.Redis, *redisURL, e.getenv("SIGNALFORGE_REDIS"), fc.Cache.Redis)
+	set(&fc.AdminToken, *token, e.getenv("SIGNALFORGE_ADMIN_TOKEN"), fc.AdminToken)
+	set(&fc.Log.Level, *logLevel, fc.Log.Level, "info")
+	if *logJSON {
+		fc.Log.Format = "json"
+	}
+	if *window > 0 {
+		fc.Batch.Window = server.Duration(*window)
+	}
+	if *maxBatch > 0 {
+		fc.Batch.MaxBatchSize = *maxBatch
+	}
+
+	log := newLogger(e, fc.Log.Level, fc.Log.Format)
+	eng, err := ort.New(ort.Config{Getenv: e.getenv})
+	if err != nil {
+		return err
+	}
+	defer eng.Close()
+
+	reg, err := registry.Open(ctx, registry.Config{Dir: fc.Registry, Validator: registry.EngineValidator(eng), Logger: log})
+	if err != nil {
+		return err
+	}
+	defer reg.Close()
+	if server.BoolOr(fc.Demo, true) && !*noDemo {
+		seeded, err := demo.Seed(ctx, reg)
+		if err != nil {
+			return err
+		}
+		if seeded {
+			log.Info("registered the demo model into the empty registry", "model", demo.ModelName, "versions", "v1.0=80% v2.0=20%", "registry", fc.Registry)
+		}
+	}
+
+	var c *cache.Cache
+	if server.BoolOr(fc.Cache.Enabled, true) && !*noCache {
+		var store cache.Store
+		if fc.Cache.Redis != "" {
+			opts, err := rediscache.ParseURL(fc.Cache.Redis)
+			if err != nil {
+				return err
+			}
+			rs, err := rediscache.New(opts)
+			if err != nil {
+				return err
+			}
+			defer rs.Close()
+			store = rs
+			log.Info("prediction cache: Redis", "addrs", strings.Join(opts.Addrs, ","))
+		} else {
+			ms, err := cache.NewMemory(cache.MemoryConfig{MaxEntries: fc.Cache.MaxEntries})
+			if err != nil {
+				return err
+			}
+			defer ms.Close()
+			store = ms
+			log.Info("prediction cache: in-memory")
+		}
+		ttl := map[string]time.Duration{}
+		for k, v := range fc.Cache.TypeTTL {
+			ttl[k] = time.Duration(v)
+		}
+		c, err = cache.New(store, cache.Config{DefaultTTL: time.Duration(fc.Cache.DefaultTTL), TypeTTL: ttl, Timeout: time.Duration(fc.Cache.Timeout), Logger: log})
+		if err != nil {
+			return err
+		}
+	}
+
+	srv, err := server.New(server.Config{
+		Registry: reg, Engine: eng, Cache: c, Logger: log,
+		AdminToken:      fc.AdminToken,
+		MaxBodyBytes:    fc.Limits.MaxBodyBytes,
+		MaxRows:         fc.Limits.MaxRows,
+		DefaultTimeout:  time.Duration(fc.Limits.DefaultTimeout),
+		MaxTimeout:      time.Duration(fc.Limits.MaxTimeout),
+		Batch:           batch.Config{MaxBatchSize: fc.Batch.MaxBatchSize, Window: time.Duration(fc.Batch.Window), MaxQueue: fc.Batch.MaxQueue, MaxInFlight: fc.Batch.MaxInFlight},
+		Session:         infer.Options{IntraOpThreads: fc.Session.IntraOpThreads},
+		ServeStaging:    server.BoolOr(fc.ServeStaging, true),
+		ShutdownTimeout: time.Duration(fc.ShutdownTimeout),
+	})
+	if err != nil {
+		return err
+	}
+	if err := srv.ListenAndServe(ctx, fc.Addr); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+func newLogger(e *env, level, format string) *slog.Logger {
+	var lv slog.Level
+	switch strings.ToLower(level) {
+	case "debug":
+		lv = slog.LevelDebug
+	case "warn":
+		lv = slog.LevelWarn
+	case "error":
+		lv = slog.LevelError
+	default:
+		lv = slog.LevelInfo
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	if format == "json" {
+		return slog.New(slog.NewJSONHandler(e.stderr, opts))
+	}
+	return slog.New(slog.NewTextHandler(e.stderr, opts))
 }

@@ -1,0 +1,380 @@
+package server
+
+import (
+	"crypto/subtle"
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"strings"
+
+	"github.com/signalforge/signalforge/api"
+	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/route"
+)
+
+// Version is the server's version string (OIP v2 server metadata).
+const Version = "0.1.0"
+
+func (s *Server) routes() {
+	m := s.mux
+	// Native API.
+	m.HandleFunc("POST /v1/models/{name}/predict", s.handlePredict)
+	m.HandleFunc("GET /v1/models", s.handleListModels)
+	m.HandleFunc("GET /v1/models/{name}", s.handleGetModel)
+	m.HandleFunc("GET /v1/models/{name}/versions/{version}", s.handleGetVersion)
+	// Admin.
+	m.HandleFunc("POST /v1/admin/models/{name}/versions", s.admin(s.handleRegister))
+	m.HandleFunc("POST /v1/admin/models/{name}/versions/{version}/promote", s.admin(s.handlePromote))
+	m.HandleFunc("POST /v1/admin/models/{name}/versions/{version}/traffic", s.admin(s.handleTraffic))
+	m.HandleFunc("POST /v1/admin/models/{name}/versions/{version}/archive", s.admin(s.handleArchive))
+	m.HandleFunc("PUT /v1/admin/models/{name}/split", s.admin(s.handleSplit))
+	m.HandleFunc("POST /v1/admin/models/{name}/rollback", s.admin(s.handleRollback))
+	m.HandleFunc("GET /v1/admin/models/{name}/history", s.admin(s.handleHistory))
+	m.HandleFunc("GET /v1/admin/models/{name}/stats", s.admin(s.handleModelStats))
+	m.HandleFunc("POST /v1/admin/cache/invalidate", s.admin(s.handleInvalidate))
+	m.HandleFunc("GET /v1/admin/cache/stats", s.admin(s.handleCacheStats))
+	// Open Inference Protocol v2.
+	m.HandleFunc("GET /v2", s.handleV2Server)
+	m.HandleFunc("GET /v2/health/live", s.handleLive)
+	m.HandleFunc("GET /v2/health/ready", s.handleReady)
+	m.HandleFunc("GET /v2/models/{name}", s.handleV2Metadata)
+	m.HandleFunc("GET /v2/models/{name}/versions/{version}", s.handleV2Metadata)
+	m.HandleFunc("GET /v2/models/{name}/ready", s.handleV2ModelReady)
+	m.HandleFunc("GET /v2/models/{name}/versions/{version}/ready", s.handleV2ModelReady)
+	m.HandleFunc("POST /v2/models/{name}/infer", s.handleV2Infer)
+	m.HandleFunc("POST /v2/models/{name}/versions/{version}/infer", s.handleV2Infer)
+	// Operations.
+	m.HandleFunc("GET /healthz", s.handleLive)
+	m.HandleFunc("GET /readyz", s.handleReady)
+	m.Handle("GET /metrics", promhttpHandler(s.cfg.Gatherer))
+	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		s.writeError(w, r, notFound("no such endpoint: %s %s (see the README for the API)", r.Method, r.URL.Path), strings.HasPrefix(r.URL.Path, "/v2"))
+	})
+}
+
+// admin wraps an admin handler with the bearer-token check.
+func (s *Server) admin(h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if tok := s.cfg.AdminToken; tok != "" {
+			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
+			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(tok)) != 1 {
+				w.Header().Set("WWW-Authenticate", `Bearer realm="signalforge-admin"`)
+				s.writeError(w, r, &HTTPError{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized, Msg: "admin endpoints need \"Authorization: Bearer <token>\""}, false)
+				return
+			}
+		}
+		if err := h(w, r.WithContext(registry.WithActor(r.Context(), "http:"+r.RemoteAddr))); err != nil {
+			s.writeError(w, r, registryError(err), false)
+		}
+	}
+}
+
+// registryError maps registry errors to HTTP errors.
+func registryError(err error) error {
+	var he *HTTPError
+	if errors.As(err, &he) {
+		return err
+	}
+	switch {
+	case errors.Is(err, registry.ErrNotFound):
+		return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Msg: err.Error(), Err: err}
+	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrTransition):
+		return &HTTPError{Status: http.StatusConflict, Code: api.CodeConflict, Msg: err.Error(), Err: err}
+	case errors.Is(err, registry.ErrInvalidName), errors.Is(err, registry.ErrInvalidArtifact),
+		errors.Is(err, registry.ErrFeatures), errors.Is(err, registry.ErrTraffic):
+		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
+	}
+	return err
+}
+
+func (s *Server) handleListModels(w http.ResponseWriter, r *http.Request) {
+	models, err := s.reg.Models(r.Context())
+	if err != nil {
+		s.writeError(w, r, err, false)
+		return
+	}
+	out := []api.ModelSummary{}
+	for _, m := range models {
+		ms := api.ModelSummary{Name: m.Name, Versions: []api.VersionSummary{}}
+		for _, v := range m.Versions {
+			ms.Versions = append(ms.Versions, s.versionSummary(v))
+		}
+		out = append(out, ms)
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"models": out})
+}
+
+func (s *Server) handleGetModel(w http.ResponseWriter, r *http.Request) {
+	name := r.PathValue("name")
+	if registry.ValidateName(name) != nil {
+		s.writeError(w, r, notFound("model %q does not exist", name), false)
+		return
+	}
+	vs, err := s.reg.Versions(r.Context(), name)
+	if err != nil {
+		s.writeError(w, r, registryError(err), false)
+		return
+	}
+	ms := api.ModelSummary{Name: name, Versions: []api.VersionSummary{}}
+	for _, v := range vs {
+		ms.Versions = append(ms.Versions, s.versionSummary(v))
+	}
+	writeJSON(w, http.StatusOK, ms)
+}
+
+func (s *Server) handleGetVersion(w http.ResponseWriter, r *http.Request) {
+	ref := registry.Ref{Name: r.PathValue("name"), Version: r.PathValue("version")}
+	if ref.Validate() != nil {
+		s.writeError(w, r, notFound("model version %s does not exist", ref), false)
+		return
+	}
+	v, err := s.reg.Get(r.Context(), ref)
+	if err != nil {
+		s.writeError(w, r, registryError(err), false)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"summary": s.versionSummary(v), "version": v})
+}
+
+// registerBody is the JSON form of POST /v1/admin/models/{name}/versions.
+// The raw form sends the ONNX bytes as application/octet-stream with
+// ?version=&features=a,b,c&status=&traffic_pct= in the query.
+type registerBody struct {
+	Version     string             `json:"version"`
+	ONNXPath    string             `json:"onnx_path"`
+	Features    []string           `json:"features"`
+	Metrics     map[string]float64 `json:"metrics"`
+	Tags        map[string]string  `json:"tags"`
+	Description string             `json:"description"`
+	Status      string             `json:"status"`
+	TrafficPct  float64            `json:"traffic_pct"`
+	Lineage     registry.Lineage   `json:"lineage"`
+}
+
+func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
+	req := registry.RegisterRequest{Name: r.PathValue("name")}
+	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/octet-stream") {
+		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxUploadBytes))
+		if err != nil {
+			return jsonError(err, s.cfg.MaxUploadBytes)
+		}
+		q := r.URL.Query()
+		req.ONNX, req.Version, req.Status = body, q.Get("version"), registry.Status(q.Get("status"))
+		if f := q.Get("features"); f != "" {
+			req.Features = strings.Split(f, ",")
+		}
+		if t := q.Get("traffic_pct"); t != "" {
+			pct, err := strconv.ParseFloat(t, 64)
+			if err != nil {
+				return badRequest("query traffic_pct: %q is not a number", t)
+			}
+			req.Traffic = pct
+		}
+	} else {
+		var b registerBody
+		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+			return err
+		}
+		if b.ONNXPath == "" {
+			return badRequest("field \"onnx_path\" is required (or upload the file as application/octet-stream)")
+		}
+		req.Version, req.ONNXPath, req.Features, req.Metrics, req.Tags = b.Version, b.ONNXPath, b.Features, b.Metrics, b.Tags
+		req.Description, req.Status, req.Traffic, req.Lineage = b.Description, registry.Status(b.Status), b.TrafficPct, b.Lineage
+	}
+	v, err := s.reg.Register(r.Context(), req)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusCreated, v)
+	return nil
+}
+
+type trafficBody struct {
+	TrafficPct *float64 `json:"traffic_pct"`
+}
+
+func (s *Server) refFrom(r *http.Request) (registry.Ref, error) {
+	ref := registry.Ref{Name: r.PathValue("name"), Version: r.PathValue("version")}
+	if err := ref.Validate(); err != nil {
+		return ref, err
+	}
+	return ref, nil
+}
+
+func (s *Server) trafficCall(w http.ResponseWriter, r *http.Request, fn func(registry.Ref, float64) (registry.Split, error)) error {
+	ref, err := s.refFrom(r)
+	if err != nil {
+		return err
+	}
+	var b trafficBody
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+		return err
+	}
+	if b.TrafficPct == nil {
+		return badRequest("field \"traffic_pct\" is required (0–100)")
+	}
+	split, err := fn(ref, *b.TrafficPct)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"model": ref.Name, "split": split})
+	return nil
+}
+
+func (s *Server) handlePromote(w http.ResponseWriter, r *http.Request) error {
+	return s.trafficCall(w, r, func(ref registry.Ref, pct float64) (registry.Split, error) {
+		return s.reg.Promote(r.Context(), ref, pct)
+	})
+}
+
+func (s *Server) handleTraffic(w http.ResponseWriter, r *http.Request) error {
+	return s.trafficCall(w, r, func(ref registry.Ref, pct float64) (registry.Split, error) {
+		return s.reg.SetTraffic(r.Context(), ref, pct)
+	})
+}
+
+func (s *Server) handleArchive(w http.ResponseWriter, r *http.Request) error {
+	ref, err := s.refFrom(r)
+	if err != nil {
+		return err
+	}
+	var b struct {
+		Force bool `json:"force"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+			return err
+		}
+	}
+	split, err := s.reg.Archive(r.Context(), ref, b.Force)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"model": ref.Name, "split": split})
+	return nil
+}
+
+func (s *Server) handleSplit(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	var b struct {
+		Split registry.Split `json:"split"`
+	}
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+		return err
+	}
+	if len(b.Split) == 0 {
+		return badRequest("field \"split\" is required: {\"version\": percent, …} totalling 100")
+	}
+	split, err := s.reg.SetSplit(r.Context(), name, b.Split)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"model": name, "split": split})
+	return nil
+}
+
+func (s *Server) handleRollback(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	var b struct {
+		ToSeq uint64 `json:"to_seq"`
+	}
+	if r.ContentLength != 0 {
+		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+			return err
+		}
+	}
+	split, err := s.reg.Rollback(r.Context(), name, b.ToSeq)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"model": name, "split": split})
+	return nil
+}
+
+func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	if err := registry.ValidateName(name); err != nil {
+		return err
+	}
+	evs, err := s.reg.History(r.Context(), name)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"model": name, "events": evs})
+	return nil
+}
+
+func (s *Server) handleModelStats(w http.ResponseWriter, r *http.Request) error {
+	name := r.PathValue("name")
+	type verStats struct {
+		Router route.VersionStats `json:"router"`
+		Batch  any                `json:"batch,omitempty"`
+	}
+	out := map[string]verStats{}
+	for _, vs := range s.router.Stats() {
+		if vs.Model == name {
+			out[vs.Version] = verStats{Router: vs}
+		}
+	}
+	for ver, l := range s.models.current()[name] {
+		st := out[ver]
+		st.Batch = l.batcher.Stats()
+		if st.Router.Model == "" {
+			st.Router.Model, st.Router.Version = name, ver
+		}
+		out[ver] = st
+	}
+	if len(out) == 0 {
+		if _, err := s.reg.Versions(r.Context(), name); err != nil {
+			return err
+		}
+	}
+	split, _ := s.router.Split(name)
+	writeJSON(w, http.StatusOK, map[string]any{"model": name, "split": split, "versions": out})
+	return nil
+}
+
+func (s *Server) handleInvalidate(w http.ResponseWriter, r *http.Request) error {
+	if s.cache == nil {
+		return badRequest("the cache is disabled on this server")
+	}
+	var b struct {
+		Model   string `json:"model"`
+		Version string `json:"version"`
+		Ticker  string `json:"ticker"`
+		Pattern string `json:"pattern"`
+	}
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+		return err
+	}
+	ctx := r.Context()
+	var n int64
+	var err error
+	switch {
+	case b.Pattern != "":
+		n, err = s.cache.InvalidatePattern(ctx, b.Pattern)
+	case b.Model != "" && b.Version != "":
+		n, err = s.cache.InvalidateVersion(ctx, b.Model, b.Version)
+	case b.Model != "":
+		n, err = s.cache.InvalidateModel(ctx, b.Model)
+	case b.Ticker != "":
+		n, err = s.cache.InvalidateTicker(ctx, b.Ticker)
+	default:
+		return badRequest("say what to invalidate: \"model\" (with optional \"version\"), \"ticker\" or \"pattern\"")
+	}
+	if err != nil {
+		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"deleted": n})
+	return nil
+}
+
+func (s *Server) handleCacheStats(w http.ResponseWriter, r *http.Request) error {
+	if s.cache == nil {
+		writeJSON(w, http.StatusOK, map[string]any{"enabled": false})
+		return nil
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"enabled": true, "stats": s.cache.Stats()})
+	return nil
+}

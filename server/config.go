@@ -1,0 +1,155 @@
+package server
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// FileConfig is the YAML configuration of `signalforge serve`
+// (deploy/config.example.yaml documents every key). Zero values mean the
+// documented defaults; unknown keys are errors, so a typo does not silently
+// fall back to a default.
+type FileConfig struct {
+	// Addr is the listen address. Default ":8080".
+	Addr string `yaml:"addr"`
+	// Registry is the registry folder. Default "models".
+	Registry string `yaml:"registry"`
+	// AdminToken protects the admin endpoints (env SIGNALFORGE_ADMIN_TOKEN).
+	AdminToken string `yaml:"admin_token"`
+	// Demo registers the demo model into an empty registry. Default true.
+	Demo *bool `yaml:"demo"`
+	// ServeStaging loads staging versions so clients can pin them. Default true.
+	ServeStaging *bool `yaml:"serve_staging"`
+	// ShutdownTimeout bounds graceful shutdown. Default 30s.
+	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	Limits          struct {
+		MaxBodyBytes   int64    `yaml:"max_body_bytes"`  // default 1 MiB
+		MaxRows        int      `yaml:"max_rows"`        // default 1024
+		DefaultTimeout Duration `yaml:"default_timeout"` // default 2s
+		MaxTimeout     Duration `yaml:"max_timeout"`     // default 30s
+	} `yaml:"limits"`
+	Batch struct {
+		MaxBatchSize int      `yaml:"max_batch_size"` // default 32
+		Window       Duration `yaml:"window"`         // default: the batch package's
+		MaxQueue     int      `yaml:"max_queue"`      // rows; default 32 × max_batch_size
+		MaxInFlight  int      `yaml:"max_in_flight"`  // default GOMAXPROCS
+	} `yaml:"batch"`
+	Session struct {
+		IntraOpThreads int `yaml:"intra_op_threads"` // default 1
+	} `yaml:"session"`
+	Cache struct {
+		// Enabled turns the prediction cache on. Default true.
+		Enabled *bool `yaml:"enabled"`
+		// Redis is a redis:// or rediss:// URL (env SIGNALFORGE_REDIS); a
+		// cluster is redis://host:port?addr=host2:port2. Empty: the
+		// in-memory cache.
+		Redis      string              `yaml:"redis"`
+		DefaultTTL Duration            `yaml:"default_ttl"` // default 300s
+		TypeTTL    map[string]Duration `yaml:"type_ttl"`    // per prediction type "h<horizon>"
+		Timeout    Duration            `yaml:"timeout"`     // per cache call; default 50ms
+		MaxEntries int                 `yaml:"max_entries"` // in-memory bound; default 100000
+	} `yaml:"cache"`
+	Log struct {
+		Level  string `yaml:"level"`  // debug, info (default), warn, error
+		Format string `yaml:"format"` // text (default) or json
+	} `yaml:"log"`
+}
+
+// Duration is a time.Duration written as "250ms", "5s", "1m".
+type Duration time.Duration
+
+// UnmarshalYAML parses a Go duration string.
+func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+	var s string
+	if err := n.Decode(&s); err != nil {
+		return fmt.Errorf("line %d: want a duration like \"250ms\" or \"5s\"", n.Line)
+	}
+	v, err := time.ParseDuration(s)
+	if err != nil {
+		return fmt.Errorf("line %d: %q is not a duration (examples: \"250ms\", \"5s\", \"1m\")", n.Line, s)
+	}
+	if v < 0 {
+		return fmt.Errorf("line %d: duration %q must not be negative", n.Line, s)
+	}
+	*d = Duration(v)
+	return nil
+}
+
+// ParseFileConfig parses a YAML configuration strictly.
+func ParseFileConfig(b []byte) (FileConfig, error) {
+	var c FileConfig
+	if len(bytes.TrimSpace(b)) == 0 {
+		return c, nil
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		return FileConfig{}, fmt.Errorf("config: %w", err)
+	}
+	var extra any
+	if err := dec.Decode(&extra); err == nil {
+		return FileConfig{}, errors.New("config: more than one YAML document")
+	}
+	if err := c.validate(); err != nil {
+		return FileConfig{}, err
+	}
+	return c, nil
+}
+
+// LoadFileConfig reads and parses a YAML configuration file.
+func LoadFileConfig(path string) (FileConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return FileConfig{}, fmt.Errorf("config: %w", err)
+	}
+	c, err := ParseFileConfig(b)
+	if err != nil {
+		return FileConfig{}, fmt.Errorf("%s: %w", path, err)
+	}
+	return c, nil
+}
+
+func (c *FileConfig) validate() error {
+	switch {
+	case c.Limits.MaxBodyBytes < 0:
+		return errors.New("config: limits.max_body_bytes must not be negative")
+	case c.Limits.MaxRows < 0:
+		return errors.New("config: limits.max_rows must not be negative")
+	case c.Batch.MaxBatchSize < 0, c.Batch.MaxQueue < 0, c.Batch.MaxInFlight < 0:
+		return errors.New("config: batch sizes must not be negative")
+	case c.Session.IntraOpThreads < 0:
+		return errors.New("config: session.intra_op_threads must not be negative")
+	case c.Cache.MaxEntries < 0:
+		return errors.New("config: cache.max_entries must not be negative")
+	}
+	for k, v := range c.Cache.TypeTTL {
+		if v <= 0 {
+			return fmt.Errorf("config: cache.type_ttl[%q] must be positive", k)
+		}
+	}
+	switch strings.ToLower(c.Log.Level) {
+	case "", "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("config: log.level %q: want debug, info, warn or error", c.Log.Level)
+	}
+	switch c.Log.Format {
+	case "", "text", "json":
+	default:
+		return fmt.Errorf("config: log.format %q: want text or json", c.Log.Format)
+	}
+	return nil
+}
+
+// BoolOr returns *b, or def when b is nil.
+func BoolOr(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
+}

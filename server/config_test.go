@@ -1,0 +1,69 @@
+package server
+
+import (
+	"os"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseFileConfig(t *testing.T) {
+	c, err := ParseFileConfig([]byte(`
+addr: ":9090"
+registry: /var/lib/signalforge
+batch:
+  max_batch_size: 16
+  window: 2ms
+cache:
+  redis: redis://127.0.0.1:6379/0
+  type_ttl: {h1: 1m, h5: 5m}
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Addr != ":9090" || c.Batch.MaxBatchSize != 16 || time.Duration(c.Batch.Window) != 2*time.Millisecond ||
+		time.Duration(c.Cache.TypeTTL["h5"]) != 5*time.Minute || !BoolOr(c.Demo, true) {
+		t.Fatalf("parsed %+v", c)
+	}
+}
+
+func TestParseFileConfigErrors(t *testing.T) {
+	tests := []struct{ in, want string }{
+		{"adr: x", "field adr not found"},
+		{"batch: {window: fast}", `"fast" is not a duration`},
+		{"batch: {max_batch_size: -1}", "batch sizes must not be negative"},
+		{"cache: {type_ttl: {h1: 0s}}", `cache.type_ttl["h1"] must be positive`},
+		{"log: {level: loud}", `log.level "loud"`},
+		{"a: 1\n---\nb: 2", "field a not found"},
+	}
+	for _, tt := range tests {
+		_, err := ParseFileConfig([]byte(tt.in))
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("ParseFileConfig(%q) = %v, want an error containing %q", tt.in, err, tt.want)
+		}
+	}
+}
+
+func TestExampleConfigParses(t *testing.T) {
+	b, err := os.ReadFile("../configs/serve.example.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := ParseFileConfig(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func FuzzParseFileConfig(f *testing.F) {
+	f.Add([]byte("addr: \":8080\"\nbatch: {window: 2ms}\n"))
+	f.Add([]byte("cache: {type_ttl: {h1: 1m}}"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := ParseFileConfig(b)
+		if err != nil {
+			return
+		}
+		if c.Limits.MaxRows < 0 || c.Batch.MaxBatchSize < 0 {
+			t.Fatalf("accepted negative sizes: %+v", c)
+		}
+	})
+}

@@ -1,0 +1,90 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/signalforge/signalforge/api"
+)
+
+// HTTPError is an error with the HTTP status and API code it maps to. Every
+// handler error becomes one before it reaches the client; anything else is
+// a 500 and is logged, so bad input must always be turned into an HTTPError
+// with a 4xx.
+type HTTPError struct {
+	Status int
+	Code   string
+	Msg    string
+	// RetryAfter, if positive, is sent as the Retry-After header.
+	RetryAfter time.Duration
+	Err        error
+}
+
+func (e *HTTPError) Error() string {
+	if e.Err != nil && e.Msg == "" {
+		return e.Err.Error()
+	}
+	return e.Msg
+}
+
+func (e *HTTPError) Unwrap() error { return e.Err }
+
+func badRequest(format string, args ...any) *HTTPError {
+	return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Msg: fmt.Sprintf(format, args...)}
+}
+
+func invalidInput(err error) *HTTPError {
+	return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
+}
+
+func notFound(format string, args ...any) *HTTPError {
+	return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Msg: fmt.Sprintf(format, args...)}
+}
+
+// ctxError maps a context error to 504 (deadline) or 499-ish 503 (the
+// client went away; it will not read the answer anyway).
+func ctxError(err error) *HTTPError {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return &HTTPError{Status: http.StatusGatewayTimeout, Code: api.CodeTimeout, Msg: "deadline exceeded before the prediction finished", Err: err}
+	}
+	return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: "request cancelled", Err: err}
+}
+
+// writeJSON writes v with the given status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v)
+}
+
+// writeError writes err in the native error format. v2 selects the OIP v2
+// format ({"error": "message"}).
+func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error, v2 bool) {
+	var he *HTTPError
+	if !errors.As(err, &he) {
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+			he = ctxError(err)
+		} else {
+			s.log.Error("internal error", "method", r.Method, "path", r.URL.Path, "err", err)
+			he = &HTTPError{Status: http.StatusInternalServerError, Code: api.CodeInternal, Msg: "internal error", Err: err}
+		}
+	}
+	if he.RetryAfter > 0 {
+		secs := int(he.RetryAfter.Round(time.Second) / time.Second)
+		if secs < 1 {
+			secs = 1
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(secs))
+	}
+	if v2 {
+		writeJSON(w, he.Status, api.V2Error{Error: he.Error()})
+		return
+	}
+	writeJSON(w, he.Status, api.ErrorBody{Error: api.ErrorDetail{Code: he.Code, Message: he.Error()}})
+}

@@ -1,0 +1,369 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/signalforge/signalforge/batch"
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/route"
+	"github.com/signalforge/signalforge/tensor"
+)
+
+// loaded is one serving model version: a warmed session behind a batcher.
+// Requests hold a reference (acquire/release) while they use it; a retired
+// version is closed only when its last reference is released, so a hot swap
+// fails no request.
+type loaded struct {
+	ref     registry.Ref
+	meta    registry.Version
+	sess    infer.Session
+	pred    *infer.Predictor // nil if the model is not a named-feature model
+	predErr error            // why pred is nil
+	batcher *batch.Batcher
+
+	mu      sync.Mutex // guards refs, retired
+	refs    int
+	retired bool
+	idle    chan struct{} // closed when retired and refs reach 0
+}
+
+// acquire takes a reference; it fails once the version is retired.
+func (l *loaded) acquire() bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.retired {
+		return false
+	}
+	l.refs++
+	return true
+}
+
+func (l *loaded) release() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.refs--
+	if l.retired && l.refs == 0 {
+		close(l.idle)
+	}
+}
+
+// retire stops new references, waits for the current ones (or ctx), then
+// drains the batcher and closes the session.
+func (l *loaded) retire(ctx context.Context) error {
+	l.mu.Lock()
+	if !l.retired {
+		l.retired = true
+		if l.refs == 0 {
+			close(l.idle)
+		}
+	}
+	l.mu.Unlock()
+	select {
+	case <-l.idle:
+	case <-ctx.Done():
+	}
+	err := l.batcher.Close(ctx)
+	if cerr := l.sess.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// table is an immutable snapshot of the loaded versions: model → version.
+type table map[string]map[string]*loaded
+
+func (t table) get(model, version string) *loaded { return t[model][version] }
+
+func (t table) clone() table {
+	out := make(table, len(t))
+	for m, vs := range t {
+		out[m] = maps.Clone(vs)
+	}
+	return out
+}
+
+// modelSet owns the loaded versions. follow (one goroutine) is the only
+// writer; request handlers read the current table through an atomic pointer.
+type modelSet struct {
+	s   *Server
+	tab atomic.Pointer[table]
+
+	retiring sync.WaitGroup // retire goroutines
+	// failed remembers versions that failed to load (by ref+sha) so the
+	// error is logged once per attempt, not once per event. Only follow
+	// touches it.
+	failed map[string]error
+	// served remembers which versions were in production, to bump their
+	// cache generation when they (re)enter it. Only follow touches it.
+	served map[registry.Ref]bool
+}
+
+func newModelSet(s *Server) *modelSet {
+	m := &modelSet{s: s, failed: map[string]error{}, served: map[registry.Ref]bool{}}
+	t := table{}
+	m.tab.Store(&t)
+	return m
+}
+
+func (m *modelSet) current() table { return *m.tab.Load() }
+
+func (m *modelSet) count() int {
+	n := 0
+	for _, vs := range m.current() {
+		n += len(vs)
+	}
+	return n
+}
+
+// follow loads what the registry serves, calls onFirst, then follows every
+// registry change until ctx is done. Failed loads are retried every
+// Config.ReconcileRetry.
+func (m *modelSet) follow(ctx context.Context, onFirst func()) {
+	reg := m.s.reg
+	seq, err := reg.Seq(ctx)
+	if err != nil {
+		m.s.log.Error("registry: reading sequence", "err", err)
+	}
+	m.reconcile(ctx)
+	onFirst()
+	events := reg.Watch(ctx, seq)
+	retry := time.NewTimer(m.s.cfg.ReconcileRetry)
+	defer retry.Stop()
+	for {
+		var retryC <-chan time.Time
+		if len(m.failed) > 0 {
+			retryC = retry.C
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case ev, ok := <-events:
+			if !ok {
+				return
+			}
+			m.s.log.Info("registry changed", "seq", ev.Seq, "model", ev.Name, "action", ev.Action)
+			// Coalesce a burst of events into one reconcile.
+			for more := true; more; {
+				select {
+				case _, ok := <-events:
+					if !ok {
+						return
+					}
+				default:
+					more = false
+				}
+			}
+			m.reconcile(ctx)
+		case <-retryC:
+			m.reconcile(ctx)
+		}
+		if !retry.Stop() {
+			select {
+			case <-retry.C:
+			default:
+			}
+		}
+		retry.Reset(m.s.cfg.ReconcileRetry)
+	}
+}
+
+func loadKey(v registry.Version) string { return v.Ref().String() + "@" + v.Artifact.SHA256 }
+
+// reconcile makes the loaded set match the registry. Order matters for a
+// swap without failed requests: (1) load and warm new versions and publish
+// them alongside the old; (2) point the router at the new split; (3) drop
+// the versions no longer served from the table; (4) drain and close them
+// once their last request is done.
+func (m *modelSet) reconcile(ctx context.Context) {
+	s := m.s
+	models, err := s.reg.Models(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Error("registry: listing models", "err", err)
+		}
+		return
+	}
+	old := m.current()
+	next := table{}
+	want := map[string]registry.Model{}
+	m.failed = map[string]error{}
+	for _, md := range models {
+		want[md.Name] = md
+		for _, v := range md.Versions {
+			if v.Status != registry.StatusProduction && !(s.cfg.ServeStaging && v.Status == registry.StatusStaging) {
+				continue
+			}
+			if l := old.get(v.Name, v.Version); l != nil && l.meta.Artifact.SHA256 == v.Artifact.SHA256 {
+				l.meta = v // status and traffic may have changed; artifact has not
+				if next[v.Name] == nil {
+					next[v.Name] = map[string]*loaded{}
+				}
+				next[v.Name][v.Version] = l
+				continue
+			}
+			l, err := m.load(ctx, v)
+			if err != nil {
+				m.failed[loadKey(v)] = err
+				s.log.Error("loading model version failed; will retry", "model", v.Name, "version", v.Version, "err", err)
+				continue
+			}
+			s.log.Info("loaded model version", "model", v.Name, "version", v.Version, "status", v.Status, "path", v.Artifact.Path)
+			if next[v.Name] == nil {
+				next[v.Name] = map[string]*loaded{}
+			}
+			next[v.Name][v.Version] = l
+		}
+	}
+
+	// (1) old ∪ new
+	union := old.clone()
+	for name, vs := range next {
+		if union[name] == nil {
+			union[name] = map[string]*loaded{}
+		}
+		maps.Copy(union[name], vs)
+	}
+	m.tab.Store(&union)
+
+	// (2) router: each model's registry split over its loaded versions.
+	names := map[string]bool{}
+	for n := range want {
+		names[n] = true
+	}
+	for n := range old {
+		names[n] = true
+	}
+	for _, n := range slices.Sorted(maps.Keys(names)) {
+		split := route.Split{}
+		total := 0.0
+		if md, ok := want[n]; ok {
+			for _, v := range md.Versions {
+				if v.Status == registry.StatusProduction && v.Traffic > 0 && next.get(n, v.Version) != nil {
+					split[v.Version] = v.Traffic
+					total += v.Traffic
+				}
+			}
+		}
+		for v := range split {
+			split[v] /= total
+		}
+		if err := s.router.Apply(n, split); err != nil {
+			s.log.Error("router: applying split", "model", n, "err", err)
+		}
+		// A version entering production gets a fresh cache generation,
+		// so it can never serve entries written before.
+		if md, ok := want[n]; ok && s.cache != nil {
+			for _, v := range md.Versions {
+				inProd := v.Status == registry.StatusProduction
+				ref := v.Ref()
+				if inProd && !m.served[ref] && next.get(n, v.Version) != nil {
+					if _, err := s.cache.BumpGeneration(ctx, n, v.Version); err != nil {
+						s.log.Warn("cache: bumping generation", "model", n, "version", v.Version, "err", err)
+					}
+				}
+				m.served[ref] = inProd
+			}
+		}
+	}
+
+	// (3) publish the final table.
+	m.tab.Store(&next)
+
+	// (4) retire what is gone.
+	for name, vs := range old {
+		for ver, l := range vs {
+			if next.get(name, ver) == l {
+				continue
+			}
+			m.retiring.Add(1)
+			go func() {
+				defer m.retiring.Done()
+				rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.MaxTimeout+s.cfg.ShutdownTimeout)
+				defer cancel()
+				if err := l.retire(rctx); err != nil {
+					s.log.Warn("retiring model version", "model", name, "version", ver, "err", err)
+				} else {
+					s.log.Info("retired model version", "model", name, "version", ver)
+				}
+			}()
+		}
+	}
+}
+
+// load opens, warms and wraps one version.
+func (m *modelSet) load(ctx context.Context, v registry.Version) (*loaded, error) {
+	s := m.s
+	if v.Artifact.Path == "" {
+		return nil, fmt.Errorf("version %s has no artifact path", v.Ref())
+	}
+	opts := s.cfg.Session
+	warm := opts.WarmupBatchSizes
+	opts.WarmupBatchSizes = nil
+	sess, err := s.engine.LoadFile(ctx, v.Artifact.Path, opts)
+	if err != nil {
+		return nil, err
+	}
+	l := &loaded{ref: v.Ref(), meta: v, sess: sess, idle: make(chan struct{})}
+	l.pred, l.predErr = infer.NewPredictor(sess, infer.PredictorConfig{Features: v.Features, MaxRows: s.cfg.MaxRows})
+	if err := infer.Warmup(ctx, sess, warm); err != nil {
+		s.log.Warn("warm-up failed; serving cold", "model", v.Name, "version", v.Version, "err", err)
+	}
+	bcfg := s.cfg.Batch
+	bcfg.Logger = s.log.With("model", v.Name, "version", v.Version)
+	b, err := batch.New(bcfg, func(ctx context.Context, in []tensor.Tensor) ([]tensor.Tensor, error) {
+		return sess.Run(ctx, in)
+	})
+	if err != nil {
+		sess.Close()
+		return nil, err
+	}
+	l.batcher = b
+	return l, nil
+}
+
+// acquire finds a serving version and takes a reference on it.
+func (m *modelSet) acquire(model, version string) (*loaded, bool) {
+	for range 3 {
+		l := m.current().get(model, version)
+		if l == nil {
+			return nil, false
+		}
+		if l.acquire() {
+			return l, true
+		}
+		// Retired between lookup and acquire: the table has moved on.
+	}
+	return nil, false
+}
+
+// closeAll retires every version (shutdown).
+func (m *modelSet) closeAll(ctx context.Context) error {
+	old := m.current()
+	empty := table{}
+	m.tab.Store(&empty)
+	var mu sync.Mutex
+	var errs []error
+	for name, vs := range old {
+		for ver, l := range vs {
+			m.retiring.Add(1)
+			go func() {
+				defer m.retiring.Done()
+				if err := l.retire(ctx); err != nil {
+					mu.Lock()
+					errs = append(errs, fmt.Errorf("%s:%s: %w", name, ver, err))
+					mu.Unlock()
+				}
+			}()
+		}
+	}
+	m.retiring.Wait()
+	return errors.Join(errs...)
+}

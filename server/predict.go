@@ -1,0 +1,256 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net/http"
+	"time"
+
+	"github.com/signalforge/signalforge/api"
+	"github.com/signalforge/signalforge/batch"
+	"github.com/signalforge/signalforge/cache"
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/route"
+	"github.com/signalforge/signalforge/tensor"
+)
+
+// requestTimeout derives the request's deadline from timeout_ms.
+func (s *Server) requestTimeout(ms int) (time.Duration, error) {
+	if ms < 0 {
+		return 0, badRequest("field \"timeout_ms\": must not be negative, got %d", ms)
+	}
+	if ms == 0 {
+		return s.cfg.DefaultTimeout, nil
+	}
+	d := time.Duration(ms) * time.Millisecond
+	if d > s.cfg.MaxTimeout {
+		d = s.cfg.MaxTimeout
+	}
+	return d, nil
+}
+
+// pick chooses the version that serves a request and takes a reference on
+// it: the pinned version, or the router's sticky choice for key.
+func (s *Server) pick(model, pinned, key string) (*loaded, error) {
+	if err := registry.ValidateName(model); err != nil {
+		return nil, notFound("model %q does not exist: names match [A-Za-z0-9][A-Za-z0-9._-]{0,127}", model)
+	}
+	if pinned != "" {
+		if err := registry.ValidateName(pinned); err != nil {
+			return nil, badRequest("field \"version\": %q is not a valid version name", pinned)
+		}
+		if l, ok := s.models.acquire(model, pinned); ok {
+			return l, nil
+		}
+		return nil, s.notServing(model, pinned)
+	}
+	for range 3 {
+		v, err := s.router.Route(model, key)
+		if err != nil {
+			if errors.Is(err, route.ErrUnknownModel) {
+				return nil, s.notServing(model, "")
+			}
+			return nil, err
+		}
+		if l, ok := s.models.acquire(model, v); ok {
+			return l, nil
+		}
+		// The split moved between Route and acquire; route again.
+	}
+	return nil, &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("model %q is being reloaded; retry", model), RetryAfter: time.Second}
+}
+
+// notServing explains why model (or model:version) cannot answer.
+func (s *Server) notServing(model, version string) error {
+	ctx := context.Background()
+	if version == "" {
+		vs, err := s.reg.Versions(ctx, model)
+		if err != nil || len(vs) == 0 {
+			return notFound("model %q does not exist", model)
+		}
+		if !s.ready.Load() {
+			return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: "server is not ready: models are still loading", RetryAfter: time.Second}
+		}
+		return notFound("model %q has no production version with traffic; pin a version with \"version\"", model)
+	}
+	v, err := s.reg.Get(ctx, registry.Ref{Name: model, Version: version})
+	if err != nil {
+		if _, merr := s.reg.Versions(ctx, model); merr != nil {
+			return notFound("model %q does not exist", model)
+		}
+		return notFound("model %q has no version %q", model, version)
+	}
+	if v.Status == registry.StatusArchived || (v.Status == registry.StatusStaging && !s.cfg.ServeStaging) {
+		return notFound("version %q of model %q is %s and not served", version, model, v.Status)
+	}
+	return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q is not loaded yet", version, model), RetryAfter: time.Second}
+}
+
+// toRows converts wire features to predictor rows.
+func toRows(in []api.Features) []infer.Row {
+	rows := make([]infer.Row, len(in))
+	for i, f := range in {
+		r := make(infer.Row, len(f))
+		for k, v := range f {
+			r[k] = v.Values
+		}
+		rows[i] = r
+	}
+	return rows
+}
+
+// featureKey builds the cache key input of a single-row request.
+func featureKey(model, version, ticker string, horizon int, typ string, f api.Features) cache.KeyInput {
+	ki := cache.KeyInput{Model: model, Version: version, Ticker: ticker, Horizon: horizon, Type: typ}
+	for k, v := range f {
+		if v.Seq {
+			if ki.Sequences == nil {
+				ki.Sequences = map[string][]float64{}
+			}
+			ki.Sequences[k] = v.Values
+			continue
+		}
+		if ki.Features == nil {
+			ki.Features = map[string]float64{}
+		}
+		ki.Features[k] = v.Values[0]
+	}
+	return ki
+}
+
+// modelError maps errors from the batcher and the engine.
+func modelError(err error, l *loaded) error {
+	var qf *batch.QueueFullError
+	var fe *infer.FeatureError
+	switch {
+	case errors.As(err, &qf):
+		return &HTTPError{Status: http.StatusTooManyRequests, Code: api.CodeQueueFull, Msg: fmt.Sprintf("model %s is overloaded: %v", l.ref, err), RetryAfter: qf.RetryAfter, Err: err}
+	case errors.As(err, &fe):
+		return &HTTPError{Status: http.StatusBadRequest, Code: fe.Code, Msg: fmt.Sprintf("model %s: %v", l.ref, err), Err: err}
+	case errors.Is(err, infer.ErrInput):
+		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: fmt.Sprintf("model %s: %v", l.ref, err), Err: err}
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		return ctxError(err)
+	case errors.Is(err, batch.ErrClosed):
+		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: "server is shutting down", RetryAfter: time.Second, Err: err}
+	}
+	return err
+}
+
+func newRequestID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return "req_" + hex.EncodeToString(b[:])
+}
+
+// handlePredict is POST /v1/models/{name}/predict.
+func (s *Server) handlePredict(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	model := r.PathValue("name")
+	version, cached, status := "", false, http.StatusOK
+	defer func() {
+		m := metricModel(model, status)
+		s.met.requests.WithLabelValues("v1", m, version, codeLabel(status)).Inc()
+		s.met.latency.WithLabelValues("v1", m, fmt.Sprint(cached)).Observe(time.Since(start).Seconds())
+	}()
+	resp, err := s.predict(w, r, model, start)
+	if err != nil {
+		var he *HTTPError
+		status = http.StatusInternalServerError
+		if errors.As(err, &he) {
+			status = he.Status
+		}
+		if resp != nil {
+			version = resp.Version
+		}
+		s.writeError(w, r, err, false)
+		return
+	}
+	version, cached = resp.Version, resp.Cached
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, start time.Time) (*api.PredictResponse, error) {
+	var req api.PredictRequest
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+		return nil, err
+	}
+	switch {
+	case req.Features != nil && req.Instances != nil:
+		return nil, badRequest("send either \"features\" (one row) or \"instances\" (several rows), not both")
+	case req.Features == nil && req.Instances == nil:
+		return nil, badRequest("request has no features: send \"features\": {name: value, …} or \"instances\": [{…}, …]")
+	case req.Instances != nil && len(req.Instances) == 0:
+		return nil, badRequest("field \"instances\" is empty: send at least one row")
+	case len(req.Instances) > s.cfg.MaxRows:
+		return nil, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("too many rows: %d instances, the limit is %d", len(req.Instances), s.cfg.MaxRows)}
+	case req.Horizon < 0:
+		return nil, badRequest("field \"horizon\": must not be negative, got %d", req.Horizon)
+	}
+	timeout, err := s.requestTimeout(req.TimeoutMS)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	if req.RequestID == "" {
+		req.RequestID = newRequestID()
+	}
+	l, err := s.pick(model, req.Version, req.RequestID)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	resp := &api.PredictResponse{RequestID: req.RequestID, Model: model, Version: l.ref.Version}
+	if l.pred == nil {
+		return resp, badRequest("model %s takes raw tensors, not named features (%v); use POST /v2/models/%s/versions/%s/infer", l.ref, l.predErr, model, l.ref.Version)
+	}
+	rows := req.Rows()
+	x, err := l.pred.Encode(toRows(rows))
+	if err != nil {
+		return resp, modelError(err, l)
+	}
+	compute := func(ctx context.Context) (cache.Value, error) {
+		out, err := l.batcher.Predict(ctx, []tensor.Tensor{x})
+		if err != nil {
+			return cache.Value{}, err
+		}
+		preds, err := l.pred.Decode(out)
+		if err != nil {
+			return cache.Value{}, err
+		}
+		return cache.Value{Predictions: preds}, nil
+	}
+	var val cache.Value
+	if s.cache != nil && !req.NoCache && len(rows) == 1 {
+		typ := s.cfg.PredictionType(model, l.ref.Version, req.Horizon)
+		key, kerr := cache.MakeKey(featureKey(model, l.ref.Version, req.Ticker, req.Horizon, typ, rows[0]))
+		if kerr != nil {
+			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: kerr.Error(), Err: kerr}
+		}
+		val, resp.Cached, err = s.cache.GetOrCompute(ctx, key, compute)
+	} else {
+		val, err = compute(ctx)
+	}
+	lat := time.Since(start)
+	if err != nil {
+		herr := modelError(err, l)
+		// Client mistakes are not the version's fault; everything else
+		// counts against it for the canary judge.
+		var he *HTTPError
+		if !errors.As(herr, &he) || he.Status >= 500 || he.Status == http.StatusTooManyRequests {
+			s.router.Record(model, l.ref.Version, lat, err)
+		}
+		return resp, herr
+	}
+	s.router.Record(model, l.ref.Version, lat, nil)
+	resp.Predictions = val.Predictions
+	resp.TotalMS = msSince(start)
+	return resp, nil
+}
+
+func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }

@@ -1,0 +1,276 @@
+// Package server is SignalForge Serve's HTTP server: the native JSON API and
+// the Open Inference Protocol v2 (KServe v2) REST API over models from the
+// registry, each version an ONNX Runtime session behind a dynamic batcher,
+// with the prediction cache in front and the router choosing versions.
+//
+//	srv, _ := server.New(server.Config{Registry: reg, Engine: eng, Cache: c})
+//	err := srv.ListenAndServe(ctx, ":8080") // until ctx is done, then drains
+//
+// Request path: decode and validate (4xx naming the problem) → pick the
+// version (pinned, or the router's sticky choice by request_id) → cache
+// lookup (single-row requests) → batcher → ONNX Runtime → cache write →
+// answer. The server follows the registry: registering, promoting, changing
+// a split or archiving (also from the CLI in another process) loads and
+// warms new sessions before they get traffic, switches atomically and
+// drains the old ones.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/signalforge/signalforge/batch"
+	"github.com/signalforge/signalforge/cache"
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/route"
+)
+
+// Config configures a Server. Registry and Engine are required; every other
+// field has a default.
+type Config struct {
+	// Registry is followed for the models to serve. Required.
+	Registry *registry.Registry
+	// Engine loads the ONNX artifacts. Required.
+	Engine infer.Engine
+	// Cache answers repeated single-row predictions. If nil, no caching.
+	Cache *cache.Cache
+	// Router picks versions. If nil, a Router with default settings.
+	Router *route.Router
+	// Logger receives structured logs. If nil, nothing is logged.
+	Logger *slog.Logger
+	// Metrics is where the server registers its Prometheus collectors, and
+	// Gatherer what /metrics serves. If both are nil, a fresh registry is
+	// used for both (never the global one).
+	Metrics  prometheus.Registerer
+	Gatherer prometheus.Gatherer
+	// AdminToken, if set, is the bearer token the admin endpoints require.
+	// If empty, admin endpoints are open (fine on a laptop; set one
+	// anywhere else).
+	AdminToken string
+	// MaxBodyBytes caps a request body. If zero, 1 MiB. Model uploads on
+	// the admin API have their own cap, MaxUploadBytes (if zero, 256 MiB).
+	MaxBodyBytes   int64
+	MaxUploadBytes int64
+	// MaxRows caps the rows of one request. If zero, 1024.
+	MaxRows int
+	// DefaultTimeout bounds a request that gives no timeout_ms. If zero,
+	// 2s. MaxTimeout caps timeout_ms; if zero, 30s.
+	DefaultTimeout time.Duration
+	MaxTimeout     time.Duration
+	// Batch configures every version's batcher (zero: batch defaults).
+	Batch batch.Config
+	// Session configures every session. If WarmupBatchSizes is empty it is
+	// {1, Batch.MaxBatchSize}: the first request must not pay for lazy
+	// initialisation.
+	Session infer.Options
+	// ServeStaging loads staging versions too, so clients can pin them
+	// ("version": "v3") for tests before a promotion. If false only
+	// production versions are loaded.
+	ServeStaging bool
+	// PredictionType names the cache type (and so the TTL) of a prediction;
+	// if nil, "h<horizon>" (configure TTLs like {"h1": 1m, "h5": 5m}).
+	PredictionType func(model, version string, horizon int) string
+	// ShutdownTimeout bounds graceful shutdown. If zero, 30s.
+	ShutdownTimeout time.Duration
+	// ReconcileRetry is how long to wait before retrying a version that
+	// failed to load. If zero, 5s.
+	ReconcileRetry time.Duration
+}
+
+func (c *Config) setDefaults() error {
+	if c.Registry == nil {
+		return errors.New("server: Config.Registry is required")
+	}
+	if c.Engine == nil {
+		return errors.New("server: Config.Engine is required")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Metrics == nil && c.Gatherer == nil {
+		reg := prometheus.NewRegistry()
+		c.Metrics, c.Gatherer = reg, reg
+	}
+	if c.MaxBodyBytes == 0 {
+		c.MaxBodyBytes = 1 << 20
+	}
+	if c.MaxUploadBytes == 0 {
+		c.MaxUploadBytes = 256 << 20
+	}
+	if c.MaxRows == 0 {
+		c.MaxRows = 1024
+	}
+	if c.DefaultTimeout == 0 {
+		c.DefaultTimeout = 2 * time.Second
+	}
+	if c.MaxTimeout == 0 {
+		c.MaxTimeout = 30 * time.Second
+	}
+	if c.Batch.MaxBatchSize == 0 {
+		c.Batch.MaxBatchSize = 32
+	}
+	if len(c.Session.WarmupBatchSizes) == 0 {
+		c.Session.WarmupBatchSizes = []int{1, c.Batch.MaxBatchSize}
+	}
+	if c.PredictionType == nil {
+		c.PredictionType = func(_, _ string, horizon int) string { return fmt.Sprintf("h%d", horizon) }
+	}
+	if c.ShutdownTimeout == 0 {
+		c.ShutdownTimeout = 30 * time.Second
+	}
+	if c.ReconcileRetry == 0 {
+		c.ReconcileRetry = 5 * time.Second
+	}
+	switch {
+	case c.MaxBodyBytes < 0, c.MaxUploadBytes < 0:
+		return errors.New("server: negative body limit")
+	case c.MaxRows < 0:
+		return errors.New("server: negative MaxRows")
+	case c.DefaultTimeout < 0, c.MaxTimeout < 0, c.DefaultTimeout > c.MaxTimeout:
+		return fmt.Errorf("server: DefaultTimeout %v must be in [0, MaxTimeout %v]", c.DefaultTimeout, c.MaxTimeout)
+	}
+	return nil
+}
+
+// Server serves models over HTTP. Create it with New, run it with
+// ListenAndServe or Serve.
+type Server struct {
+	cfg    Config
+	log    *slog.Logger
+	reg    *registry.Registry
+	engine infer.Engine
+	cache  *cache.Cache
+	router *route.Router
+	mux    *http.ServeMux
+	met    *metrics
+
+	models *modelSet
+
+	ready        atomic.Bool // initial load done and not shutting down
+	shuttingDown atomic.Bool
+
+	mu      sync.Mutex // guards started
+	started bool
+}
+
+// New returns a Server. It loads nothing until ListenAndServe or Serve.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.setDefaults(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		cfg:    cfg,
+		log:    cfg.Logger,
+		reg:    cfg.Registry,
+		engine: cfg.Engine,
+		cache:  cfg.Cache,
+		router: cfg.Router,
+	}
+	if s.router == nil {
+		r, err := route.New(route.Config{Logger: cfg.Logger})
+		if err != nil {
+			return nil, err
+		}
+		s.router = r
+	}
+	s.models = newModelSet(s)
+	met, err := newMetrics(s, cfg.Metrics)
+	if err != nil {
+		return nil, err
+	}
+	s.met = met
+	s.mux = http.NewServeMux()
+	s.routes()
+	return s, nil
+}
+
+// Handler returns the server's HTTP handler (for tests and embedding).
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Router returns the router the server uses.
+func (s *Server) Router() *route.Router { return s.router }
+
+// Ready reports whether the server has loaded and warmed its models and is
+// not shutting down.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+// ListenAndServe listens on addr and calls Serve.
+func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve loads the registry's serving models, serves HTTP on ln until ctx is
+// done, then shuts down in order: readiness goes false, the listener stops
+// accepting, in-flight requests finish, batchers drain, sessions close —
+// all within Config.ShutdownTimeout. It returns nil after a clean shutdown.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	s.mu.Lock()
+	if s.started {
+		s.mu.Unlock()
+		return errors.New("server: Serve called twice")
+	}
+	s.started = true
+	s.mu.Unlock()
+
+	hs := &http.Server{
+		Handler:           s.mux,
+		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	serveErr := make(chan error, 1)
+	go func() { serveErr <- hs.Serve(ln) }()
+	s.log.Info("listening", "addr", ln.Addr().String())
+
+	// Follow the registry; readiness turns true after the first load.
+	followCtx, stopFollow := context.WithCancel(context.WithoutCancel(ctx))
+	followDone := make(chan struct{})
+	go func() {
+		defer close(followDone)
+		s.models.follow(followCtx, func() {
+			if !s.shuttingDown.Load() {
+				s.ready.Store(true)
+				s.log.Info("ready: models loaded and warmed", "versions", s.models.count())
+			}
+		})
+	}()
+
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-serveErr:
+		if errors.Is(err, http.ErrServerClosed) {
+			err = nil
+		}
+	}
+	s.shuttingDown.Store(true)
+	s.ready.Store(false)
+	s.log.Info("shutting down: draining requests, batchers and sessions", "timeout", s.cfg.ShutdownTimeout)
+	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
+	defer cancel()
+	if serr := hs.Shutdown(sctx); serr != nil && err == nil {
+		err = fmt.Errorf("server: shutdown: %w", serr)
+	}
+	stopFollow()
+	<-followDone
+	if cerr := s.models.closeAll(sctx); cerr != nil && err == nil {
+		err = cerr
+	}
+	s.log.Info("shut down")
+	return err
+}

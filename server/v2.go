@@ -1,0 +1,225 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/signalforge/signalforge/api"
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/tensor"
+)
+
+// Open Inference Protocol v2 handlers. Errors use the protocol's
+// {"error": "message"} body.
+
+func (s *Server) handleV2Server(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, api.ServerMetadata{Name: "signalforge", Version: Version, Extensions: []string{}})
+}
+
+func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
+	writeJSON(w, http.StatusOK, map[string]bool{"live": true})
+}
+
+func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
+	if !s.ready.Load() {
+		writeJSON(w, http.StatusServiceUnavailable, map[string]bool{"ready": false})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]bool{"ready": true})
+}
+
+// v2Version resolves the version of a v2 request: the path's, or the
+// router's choice (by the request id when there is one).
+func (s *Server) v2Pick(model, version, key string) (*loaded, error) {
+	return s.pick(model, version, key)
+}
+
+func (s *Server) handleV2ModelReady(w http.ResponseWriter, r *http.Request) {
+	l, err := s.v2Pick(r.PathValue("name"), r.PathValue("version"), "")
+	if err != nil {
+		var he *HTTPError
+		if errors.As(err, &he) && he.Status == http.StatusServiceUnavailable {
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"name": r.PathValue("name"), "ready": false})
+			return
+		}
+		s.writeError(w, r, err, true)
+		return
+	}
+	defer l.release()
+	writeJSON(w, http.StatusOK, map[string]any{"name": l.ref.Name, "version": l.ref.Version, "ready": true})
+}
+
+func ioMeta(ios []infer.IOInfo) []api.TensorMetadata {
+	out := make([]api.TensorMetadata, len(ios))
+	for i, io := range ios {
+		out[i] = api.TensorMetadata{Name: io.Name, Datatype: v2Name(io.DType), Shape: slices.Clone(io.Shape)}
+	}
+	return out
+}
+
+func (s *Server) handleV2Metadata(w http.ResponseWriter, r *http.Request) {
+	name, version := r.PathValue("name"), r.PathValue("version")
+	l, err := s.v2Pick(name, version, "")
+	if err != nil {
+		s.writeError(w, r, err, true)
+		return
+	}
+	defer l.release()
+	md := api.ModelMetadata{
+		Name:     name,
+		Platform: "onnxruntime_onnx",
+		Inputs:   ioMeta(l.sess.Inputs()),
+		Outputs:  ioMeta(l.sess.Outputs()),
+	}
+	if version != "" {
+		md.Versions = []string{version}
+	} else {
+		for v := range s.models.current()[name] {
+			md.Versions = append(md.Versions, v)
+		}
+		slices.Sort(md.Versions)
+	}
+	writeJSON(w, http.StatusOK, md)
+}
+
+func (s *Server) handleV2Infer(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	name, version := r.PathValue("name"), r.PathValue("version")
+	status, servedBy := http.StatusOK, ""
+	defer func() {
+		m := metricModel(name, status)
+		s.met.requests.WithLabelValues("v2", m, servedBy, codeLabel(status)).Inc()
+		s.met.latency.WithLabelValues("v2", m, "false").Observe(time.Since(start).Seconds())
+	}()
+	resp, err := s.infer(w, r, name, version, start)
+	if resp != nil {
+		servedBy = resp.ModelVersion
+	}
+	if err != nil {
+		var he *HTTPError
+		status = http.StatusInternalServerError
+		if errors.As(err, &he) {
+			status = he.Status
+		}
+		s.writeError(w, r, err, true)
+		return
+	}
+	writeJSON(w, http.StatusOK, resp)
+}
+
+func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version string, start time.Time) (*api.InferResponse, error) {
+	var req api.InferRequest
+	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+		return nil, err
+	}
+	if len(req.Inputs) == 0 {
+		return nil, badRequest("field \"inputs\" is empty: send one tensor per model input")
+	}
+	timeout := s.cfg.DefaultTimeout
+	if t, ok := req.Parameters["timeout_ms"].(float64); ok && t > 0 {
+		timeout = min(time.Duration(t)*time.Millisecond, s.cfg.MaxTimeout)
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), timeout)
+	defer cancel()
+	l, err := s.v2Pick(name, version, req.ID)
+	if err != nil {
+		return nil, err
+	}
+	defer l.release()
+	resp := &api.InferResponse{ModelName: name, ModelVersion: l.ref.Version, ID: req.ID}
+	want := l.sess.Inputs()
+	if len(req.Inputs) != len(want) {
+		return resp, badRequest("model %s has %d input(s) %v, request has %d", l.ref, len(want), ioNames(want), len(req.Inputs))
+	}
+	byName := map[string]api.InferTensor{}
+	for _, in := range req.Inputs {
+		if _, dup := byName[in.Name]; dup {
+			return resp, badRequest("input %q appears twice", in.Name)
+		}
+		byName[in.Name] = in
+	}
+	maxElems := int64(s.cfg.MaxRows)
+	ins := make([]tensor.Tensor, len(want))
+	for i, io := range want {
+		in, ok := byName[io.Name]
+		if !ok {
+			return resp, badRequest("model %s: missing input %q (inputs are %v)", l.ref, io.Name, ioNames(want))
+		}
+		// Elements allowed: MaxRows rows of this input's row size.
+		row := int64(1)
+		for d, n := range io.Shape {
+			if d != io.BatchAxis && n > 0 {
+				row *= n
+			}
+		}
+		t, err := decodeV2Data(io.Name, in.Datatype, in.Shape, in.Data, maxElems*max(row, 1)*16)
+		if err != nil {
+			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error()}
+		}
+		if t.DType() != io.DType {
+			return resp, badRequest("input %q: datatype %s, model %s wants %s", io.Name, in.Datatype, l.ref, v2Name(io.DType))
+		}
+		if !t.Shape().Matches(io.Shape) {
+			return resp, badRequest("input %q: shape %v, model %s wants %v (-1 = any size)", io.Name, in.Shape, l.ref, []int64(io.Shape))
+		}
+		if io.BatchAxis == 0 && t.Len() > s.cfg.MaxRows {
+			return resp, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("input %q: %d rows, the limit is %d", io.Name, t.Len(), s.cfg.MaxRows)}
+		}
+		ins[i] = t
+	}
+	if len(want) > 0 && want[0].BatchAxis == 0 {
+		for i := range ins {
+			if ins[i].Len() != ins[0].Len() {
+				return resp, badRequest("inputs disagree on the batch size: %q has %d rows, %q has %d", want[0].Name, ins[0].Len(), want[i].Name, ins[i].Len())
+			}
+		}
+	}
+	var outs []tensor.Tensor
+	if want[0].BatchAxis == 0 {
+		outs, err = l.batcher.Predict(ctx, ins)
+	} else {
+		outs, err = l.sess.Run(ctx, ins)
+	}
+	if err != nil {
+		herr := modelError(err, l)
+		var he *HTTPError
+		if !errors.As(herr, &he) || he.Status >= 500 {
+			s.router.Record(name, l.ref.Version, time.Since(start), err)
+		}
+		return resp, herr
+	}
+	s.router.Record(name, l.ref.Version, time.Since(start), nil)
+	wantOut := map[string]bool{}
+	for _, o := range req.Outputs {
+		wantOut[o.Name] = true
+	}
+	for i, io := range l.sess.Outputs() {
+		if len(wantOut) > 0 && !wantOut[io.Name] {
+			continue
+		}
+		t := outs[i]
+		resp.Outputs = append(resp.Outputs, api.InferTensor{Name: io.Name, Shape: slices.Clone(t.Shape()), Datatype: v2Name(t.DType()), Data: encodeV2Data(t)})
+	}
+	return resp, nil
+}
+
+func ioNames(ios []infer.IOInfo) []string {
+	out := make([]string, len(ios))
+	for i, io := range ios {
+		out[i] = io.Name
+	}
+	return out
+}
+
+// versionSummary renders a registry version for the native API.
+func (s *Server) versionSummary(v registry.Version) api.VersionSummary {
+	return api.VersionSummary{
+		Version: v.Version, Status: string(v.Status), Traffic: v.Traffic, Features: v.Features,
+		Loaded: s.models.current().get(v.Name, v.Version) != nil, Metrics: v.Metrics, Tags: v.Tags, Path: v.Artifact.Path,
+	}
+}

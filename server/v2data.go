@@ -1,0 +1,139 @@
+package server
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strconv"
+
+	"github.com/signalforge/signalforge/tensor"
+)
+
+// v2DataTypes maps OIP v2 datatype names to our element types.
+var v2DataTypes = map[string]tensor.DType{
+	"FP32":  tensor.Float32,
+	"INT64": tensor.Int64,
+	"INT8":  tensor.Int8,
+	"UINT8": tensor.Uint8,
+}
+
+// v2Name returns the OIP v2 datatype name of d.
+func v2Name(d tensor.DType) string {
+	switch d {
+	case tensor.Float32:
+		return "FP32"
+	case tensor.Int64:
+		return "INT64"
+	case tensor.Int8:
+		return "INT8"
+	case tensor.Uint8:
+		return "UINT8"
+	}
+	return "BYTES"
+}
+
+// decodeV2Data flattens an OIP v2 "data" value (flat or nested row-major
+// arrays, as the specification allows) into a tensor of the given datatype
+// and shape. It checks the element count against the shape and refuses
+// non-finite values, naming the input.
+func decodeV2Data(name, datatype string, shape []int64, data json.RawMessage, maxElems int64) (tensor.Tensor, error) {
+	dt, ok := v2DataTypes[datatype]
+	if !ok {
+		return tensor.Tensor{}, fmt.Errorf("input %q: datatype %q is not supported (use FP32, INT64, INT8 or UINT8)", name, datatype)
+	}
+	n := int64(1)
+	for _, d := range shape {
+		if d < 0 {
+			return tensor.Tensor{}, fmt.Errorf("input %q: shape %v has a negative dimension", name, shape)
+		}
+		if d > maxElems || n*d > maxElems {
+			return tensor.Tensor{}, fmt.Errorf("input %q: shape %v has more than %d elements", name, shape, maxElems)
+		}
+		n *= d
+	}
+	flat := make([]float64, 0, n)
+	if err := flatten(bytes.TrimSpace(data), &flat, maxElems, 0); err != nil {
+		return tensor.Tensor{}, fmt.Errorf("input %q: data: %v", name, err)
+	}
+	if int64(len(flat)) != n {
+		return tensor.Tensor{}, fmt.Errorf("input %q: shape %v needs %d values, data has %d", name, shape, n, len(flat))
+	}
+	switch dt {
+	case tensor.Float32:
+		out := make([]float32, n)
+		for i, v := range flat {
+			if math.IsNaN(v) || math.IsInf(v, 0) {
+				return tensor.Tensor{}, fmt.Errorf("input %q: element %d is %v; values must be finite", name, i, v)
+			}
+			out[i] = float32(v)
+		}
+		return tensor.New(tensor.Shape(shape), out)
+	case tensor.Int64:
+		return convertInts[int64](name, flat, shape, math.MinInt64, math.MaxInt64)
+	case tensor.Int8:
+		return convertInts[int8](name, flat, shape, math.MinInt8, math.MaxInt8)
+	default:
+		return convertInts[uint8](name, flat, shape, 0, math.MaxUint8)
+	}
+}
+
+func convertInts[T int64 | int8 | uint8](name string, flat []float64, shape []int64, lo, hi float64) (tensor.Tensor, error) {
+	out := make([]T, len(flat))
+	for i, v := range flat {
+		if v != math.Trunc(v) || v < lo || v > hi {
+			return tensor.Tensor{}, fmt.Errorf("input %q: element %d (%v) is not an integer in [%v, %v]", name, i, v, lo, hi)
+		}
+		out[i] = T(v)
+	}
+	return tensor.New(tensor.Shape(shape), out)
+}
+
+// flatten appends the numbers of a (possibly nested) JSON array to out.
+func flatten(b []byte, out *[]float64, max int64, depth int) error {
+	if depth > 8 {
+		return fmt.Errorf("arrays nested more than 8 deep")
+	}
+	if len(b) == 0 {
+		return fmt.Errorf("missing")
+	}
+	if b[0] != '[' {
+		if depth == 0 {
+			return fmt.Errorf("want an array of numbers")
+		}
+		f, err := strconv.ParseFloat(string(b), 64)
+		if err != nil {
+			return fmt.Errorf("want a number, got %.32s", b)
+		}
+		if int64(len(*out)) >= max {
+			return fmt.Errorf("more than %d values", max)
+		}
+		*out = append(*out, f)
+		return nil
+	}
+	var items []json.RawMessage
+	if err := json.Unmarshal(b, &items); err != nil {
+		return fmt.Errorf("malformed array: %v", err)
+	}
+	for _, it := range items {
+		if err := flatten(bytes.TrimSpace(it), out, max, depth+1); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// encodeV2Data returns t's data as a flat JSON array.
+func encodeV2Data(t tensor.Tensor) json.RawMessage {
+	b, _ := json.Marshal(t.Raw())
+	if t.DType() == tensor.Uint8 {
+		// []uint8 marshals as base64; OIP wants numbers.
+		u := tensor.Data[uint8](t)
+		ints := make([]int, len(u))
+		for i, v := range u {
+			ints[i] = int(v)
+		}
+		b, _ = json.Marshal(ints)
+	}
+	return b
+}
