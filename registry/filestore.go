@@ -606,3 +606,10 @@ func (s *FileStore) Close() error {
 	}
 	return s.lock.Close()
 }
+
+// FileStoreExists reports whether dir holds a FileStore (so that read-only
+// tools can refuse a wrong folder instead of creating an empty registry).
+func FileStoreExists(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, stateFile))
+	return err == nil
+}

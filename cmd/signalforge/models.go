@@ -64,7 +64,15 @@ func (mc *modelsCmd) commonFlags(e *env, fs *flag.FlagSet) {
 	fs.StringVar(&mc.actor, "actor", e.getenv("USER"), "who makes the change, for the audit log (default $USER)")
 }
 
+// open opens the registry. Only register creates one (v != nil or
+// --skip-engine-check); the other commands refuse a folder that holds no
+// registry rather than leave an empty one behind.
 func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.Registry, context.Context, error) {
+	if v == nil && !mc.noCheck {
+		if !registry.FileStoreExists(mc.dir) {
+			return nil, ctx, fmt.Errorf("no registry in %s (register a model first, or pass --registry or set $%s)", mc.dir, modelsEnvRegistry)
+		}
+	}
 	r, err := registry.Open(ctx, registry.Config{Dir: mc.dir, Validator: v})
 	if err != nil {
 		return nil, ctx, err

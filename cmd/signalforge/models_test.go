@@ -52,6 +52,12 @@ func TestModelsCLI(t *testing.T) {
 	reg := filepath.Join(dir, "reg")
 	a := modelsWriteMLP(t, dir, "a.onnx", 1)
 	b := modelsWriteMLP(t, dir, "b.onnx", 2)
+	if code, _, errs := modelsRun(t, reg, "list"); code != 1 || !strings.Contains(errs, "no registry in") {
+		t.Fatalf("list without a registry: exit %d, %s", code, errs)
+	}
+	if _, err := os.Stat(reg); !os.IsNotExist(err) {
+		t.Fatalf("list created the registry folder: %v", err)
+	}
 	ok := func(want string, args ...string) string {
 		t.Helper()
 		code, out, errs := modelsRun(t, reg, args...)
