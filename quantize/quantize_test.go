@@ -98,6 +98,7 @@ func TestDynamic(t *testing.T) {
 		{"mlp_100_50_10.onnx", []int64{100}, false, 30, "DynamicQuantizeMatMul"},
 		{"mlp_100_50_10.onnx", []int64{100}, true, 30, "DynamicQuantizeMatMul"},
 		{"mlp_small.onnx", []int64{8}, false, 25, "DynamicQuantizeMatMul"},
+		{"matmul.onnx", []int64{32, 16}, true, 30, "DynamicQuantizeMatMul"},
 		{"lstm.onnx", []int64{32, 16}, false, 25, "DynamicQuantizeLSTM"},
 		{"lstm.onnx", []int64{32, 16}, true, 25, "DynamicQuantizeLSTM"},
 	}

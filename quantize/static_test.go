@@ -36,6 +36,7 @@ func TestStatic(t *testing.T) {
 		{"mlp_100_50_10.onnx", []int64{100}, quantize.Config{Calibration: quantize.Percentile}, 25},
 		{"mlp_100_50_10.onnx", []int64{100}, quantize.Config{Calibration: quantize.Entropy}, 25},
 		{"mlp_small.onnx", []int64{8}, quantize.Config{Calibration: quantize.Entropy, PerChannel: true}, 25},
+		{"matmul.onnx", []int64{32, 16}, quantize.Config{PerChannel: true}, 25},
 		{"conv.onnx", []int64{32, 16}, quantize.Config{}, 25},
 		{"conv.onnx", []int64{32, 16}, quantize.Config{PerChannel: true, Calibration: quantize.Entropy}, 25},
 		// The LSTM stays fp32 in static mode (no QDQ LSTM kernel); its head is quantized.
@@ -75,14 +76,22 @@ func TestStatic(t *testing.T) {
 			ops := optimizedOps(t, eng, res.Model)
 			t.Logf("optimized: %v", ops)
 			// With uint8 asymmetric activations ONNX Runtime folds each
-			// Relu into the following QuantizeLinear and fuses every
-			// QDQ Gemm into QGemm. (Symmetric int8 activations keep the
-			// Relu, which blocks that fusion for the layer before it.)
-			if !c.cfg.Symmetric && (slices.Contains(ops, "Gemm") || slices.Contains(ops, "FusedGemm") || !slices.Contains(ops, "QGemm")) {
-				t.Errorf("optimized graph %v: QDQ Gemm not fused into QGemm", ops)
+			// Relu into the following QuantizeLinear and fuses every QDQ
+			// node into an int8 kernel. (Symmetric int8 activations keep
+			// the Relu, which blocks that fusion for the layer before it.)
+			fused := map[string]string{"conv.onnx": "QLinearConv", "matmul.onnx": "MatMulIntegerToFloat"}[c.fixture]
+			if fused == "" {
+				fused = "QGemm"
 			}
-			if c.fixture == "conv.onnx" && (!slices.Contains(ops, "QLinearConv") || slices.Contains(ops, "Conv") || slices.Contains(ops, "FusedConv") || slices.Contains(ops, "Relu")) {
-				t.Errorf("optimized graph %v: QDQ Conv (+Relu) not fused into QLinearConv", ops)
+			if !c.cfg.Symmetric {
+				if !slices.Contains(ops, fused) {
+					t.Errorf("optimized graph %v has no %s", ops, fused)
+				}
+				for _, fp := range []string{"Gemm", "FusedGemm", "MatMul", "Conv", "FusedConv", "Relu"} {
+					if slices.Contains(ops, fp) {
+						t.Errorf("optimized graph %v still has fp32 %s", ops, fp)
+					}
+				}
 			}
 		})
 	}

@@ -75,6 +75,19 @@ class ConvForecaster(nn.Module):
         return self.head(h.mean(dim=2))
 
 
+class StepMLP(nn.Module):
+    """Linear layers applied per time step of [batch, steps, features]
+    (exported as MatMul + Add, not Gemm), then a mean over time."""
+
+    def __init__(self, n_in, hidden):
+        super().__init__()
+        self.l1 = nn.Linear(n_in, hidden)
+        self.l2 = nn.Linear(hidden, 1)
+
+    def forward(self, x):
+        return self.l2(torch.relu(self.l1(x))).mean(dim=1)
+
+
 def main():
     batch = {"input": {0: "batch"}, "output": {0: "batch"}}
 
@@ -114,6 +127,10 @@ def main():
     # A temporal convolution, for static QDQ around Conv.
     torch.manual_seed(6)
     export(ConvForecaster(16, 16), torch.randn(1, 32, 16), "conv.onnx", names(16), batch)
+
+    # MatMul + Add instead of Gemm (a Linear on a 3-D input).
+    torch.manual_seed(8)
+    export(StepMLP(16, 32), torch.randn(1, 32, 16), "matmul.onnx", names(16), batch)
 
     if len(sys.argv) == 3 and sys.argv[1] == "--big":
         global OUT
