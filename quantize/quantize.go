@@ -321,7 +321,13 @@ func (q *Quantizer) quantize(ctx context.Context, model *onnx.ModelProto, calib 
 		if n.GetDomain() != "" && n.GetDomain() != "ai.onnx" {
 			continue
 		}
-		if !slices.Contains(q.cfg.OpTypes, n.GetOpType()) || ex[n.GetName()] {
+		if ex[n.GetName()] {
+			continue
+		}
+		if !slices.Contains(q.cfg.OpTypes, n.GetOpType()) {
+			if why := recurrentReason(q.cfg.Mode, n.GetOpType()); why != "" {
+				res.Skipped = append(res.Skipped, Skipped{n.GetName(), n.GetOpType(), why})
+			}
 			continue
 		}
 		if why := q.check(gr, n); why != "" {
@@ -359,6 +365,20 @@ func (q *Quantizer) quantize(ctx context.Context, model *onnx.ModelProto, calib 
 	}
 	q.record(m, res)
 	return res, nil
+}
+
+// recurrentReason explains why a recurrent node stays fp32 when it was not
+// selected, so users are not left guessing.
+func recurrentReason(m Mode, op string) string {
+	switch {
+	case op == "GRU" || op == "RNN":
+		return "ONNX Runtime has no int8 " + op + " kernel; it stays fp32"
+	case op == "LSTM" && m == Static:
+		return "ONNX Runtime has no QDQ LSTM kernel; quantize it with dynamic mode (DynamicQuantizeLSTM)"
+	case op == "LSTM":
+		return "LSTM not in the selected op types"
+	}
+	return ""
 }
 
 // check says why a selected node cannot be quantized, or "".

@@ -169,8 +169,11 @@ func (q *Quantizer) Evaluate(ctx context.Context, fp32 *onnx.ModelProto, res *Re
 			if !okf || !okq {
 				continue // a graph input: exact in both
 			}
-			if f.DType() != tensor.Float32 || qt.DType() != tensor.Float32 || f.NumElements() != qt.NumElements() {
+			if f.DType() != qt.DType() || f.NumElements() != qt.NumElements() {
 				return fmt.Errorf("%w: tensor %q differs in type or size between the models", ErrModel, name)
+			}
+			if f.DType() != tensor.Float32 {
+				continue // an integer output (an index, a class): not compared
 			}
 			a.add(f.Float32s(), qt.Float32s())
 		}
@@ -181,7 +184,9 @@ func (q *Quantizer) Evaluate(ctx context.Context, fp32 *onnx.ModelProto, res *Re
 	}
 	rep := &Report{Samples: samples}
 	for _, n := range names {
-		rep.Outputs = append(rep.Outputs, accs[n].metrics(n))
+		if accs[n].n > 0 {
+			rep.Outputs = append(rep.Outputs, accs[n].metrics(n))
+		}
 	}
 	nsr := func(sqnr float64) float64 { return math.Pow(10, -sqnr/10) }
 	for _, n := range res.Nodes {

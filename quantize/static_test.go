@@ -274,6 +274,15 @@ func TestSelectionAndMetadata(t *testing.T) {
 		}
 	}
 
+	// Static mode says why the LSTM stays fp32.
+	res, err = mustNew(t, quantize.Config{Engine: eng, Mode: quantize.Static}).Quantize(ctx, m, calib)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res.Skipped) != 1 || res.Skipped[0].OpType != "LSTM" || !strings.Contains(res.Skipped[0].Reason, "dynamic") {
+		t.Errorf("skipped %+v, want the LSTM with a reason", res.Skipped)
+	}
+
 	// Exclusion by node name, static: the head stays fp32, nothing left.
 	_, err = mustNew(t, quantize.Config{Engine: eng, Mode: quantize.Static, Exclude: []string{"/head/Gemm"}}).Quantize(ctx, m, calib)
 	if !errors.Is(err, quantize.ErrNothing) {
