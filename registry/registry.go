@@ -16,6 +16,15 @@
 //	prod, _ := reg.Production(ctx)      // what serves now
 //	reg.Rollback(ctx, "lstm_model", 0)  // back to the previous split, in one call
 //
+// A server follows the registry without a gap like this:
+//
+//	seq, _ := reg.Seq(ctx)           // 1. where the log stands
+//	prod, _ := reg.Production(ctx)   // 2. load v.Artifact.Path, route by v.Traffic
+//	for ev := range reg.Watch(ctx, seq) {
+//		split, _ := reg.Split(ctx, ev.Name) // 3. reload what changed
+//		…
+//	}
+//
 // Names and versions match [A-Za-z0-9][A-Za-z0-9._-]{0,127} (ValidateName)
 // and are checked before anything touches storage. Storage sits behind the
 // Store interface; FileStore (a local directory, crash-safe and shared safely
