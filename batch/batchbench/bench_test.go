@@ -1,0 +1,283 @@
+package batchbench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/signalforge/signalforge/batch"
+	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/infer/ort"
+	"github.com/signalforge/signalforge/onnx/onnxtest"
+	"github.com/signalforge/signalforge/tensor"
+)
+
+// load builds the MLP of the given layer sizes and loads it into ONNX
+// Runtime with one intra-op thread (the product's default).
+func load(tb testing.TB, sizes ...int) (infer.Session, *onnxtest.MLP) {
+	tb.Helper()
+	eng, err := ort.New(ort.Config{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { eng.Close() })
+	m := onnxtest.MustMLP(1, sizes...)
+	data, err := m.Bytes()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	sess, err := eng.LoadBytes(context.Background(), data, infer.Options{WarmupBatchSizes: []int{1, 8, 32}})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { sess.Close() })
+	return sess, m
+}
+
+// TestBatchedMatchesReference sends requests of 1 to 10 rows and one of
+// 9 rows (64 in all, exactly MaxBatchSize, so the size trigger sends them
+// as one batch whatever the scheduling) and one of 128 rows (split into two
+// chunks) through a Batcher over the real engine, and checks each request
+// gets exactly its own rows' predictions (against the Go reference pass).
+func TestBatchedMatchesReference(t *testing.T) {
+	sess, m := load(t, 100, 50, 10)
+	b, err := batch.New(batch.Config{MaxBatchSize: 64, Window: time.Hour}, sess.Run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	check := func(rowCounts ...int) {
+		var wg sync.WaitGroup
+		for i, rows := range rowCounts {
+			wg.Go(func() {
+				x := m.RandomInput(rows, uint64(i))
+				want, err := m.Forward(x)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				out, err := b.Predict(context.Background(), []tensor.Tensor{x})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				if !out[0].Shape().Equal(want.Shape()) {
+					t.Errorf("request %d: shape %v, want %v", i, out[0].Shape(), want.Shape())
+					return
+				}
+				for k, w := range want.Float32s() {
+					if g := out[0].Float32s()[k]; math.Abs(float64(g-w)) > 1e-4 {
+						t.Errorf("request %d: y[%d] = %v, want %v", i, k, g, w)
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	check(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 9)
+	if st := b.Stats(); st.Batches != 1 || st.BatchedRows != 64 {
+		t.Fatalf("11 requests of 64 rows in all: %d batches of %d rows, want 1 of 64", st.Batches, st.BatchedRows)
+	}
+	check(128)
+	if st := b.Stats(); st.Batches != 3 || st.BatchSizes[64] != 3 {
+		t.Fatalf("a 128-row request: batch sizes %v, want 3 batches of 64 in all", st.BatchSizes)
+	}
+}
+
+// closedLoop runs b.N one-row requests from `callers` goroutines, each
+// sending its next request when the previous one returns, and reports
+// throughput and exact per-request latency percentiles.
+func closedLoop(b *testing.B, callers int, x tensor.Tensor, call func(context.Context, []tensor.Tensor) ([]tensor.Tensor, error)) {
+	in := []tensor.Tensor{x}
+	var next atomic.Int64
+	lat := make([][]time.Duration, callers)
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	b.ResetTimer()
+	start := time.Now()
+	for c := range callers {
+		wg.Go(func() {
+			mine := make([]time.Duration, 0, b.N/callers+1)
+			for next.Add(1) <= int64(b.N) {
+				t0 := time.Now()
+				if _, err := call(ctx, in); err != nil {
+					b.Error(err)
+					return
+				}
+				mine = append(mine, time.Since(t0))
+			}
+			lat[c] = mine
+		})
+	}
+	wg.Wait()
+	elapsed := time.Since(start)
+	b.StopTimer()
+	all := slices.Concat(lat...)
+	slices.Sort(all)
+	if len(all) == 0 {
+		return
+	}
+	q := func(p float64) float64 {
+		return float64(all[min(len(all)-1, int(math.Ceil(p*float64(len(all))))-1)]) / 1e3
+	}
+	b.ReportMetric(float64(len(all))/elapsed.Seconds(), "req/s")
+	b.ReportMetric(q(0.50), "p50-µs")
+	b.ReportMetric(q(0.99), "p99-µs")
+}
+
+// BenchmarkBatcher is the must-show comparison: closed-loop callers (1, 8,
+// 32, 64) sending one-row requests to a 100-50-10 and a 512-1024-1024-1
+// MLP, unbatched (every caller calls Session.Run itself, concurrently) and
+// through a Batcher (MaxBatchSize 32, MaxInFlight 2) at several windows.
+// Besides req/s and per-request p50/p99 it reports the batches' average
+// size and median execution time. Run with
+//
+//	go test ./batch/batchbench -run '^$' -bench Batcher -benchtime 3000x -count 3
+func BenchmarkBatcher(b *testing.B) {
+	windows := []time.Duration{250 * time.Microsecond, 500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond}
+	for _, sizes := range [][]int{{100, 50, 10}, {512, 1024, 1024, 1}} {
+		sess, m := load(b, sizes...)
+		x := m.RandomInput(1, 3)
+		name := fmt.Sprintf("mlp%d", sizes[0])
+		for _, callers := range []int{1, 8, 32, 64} {
+			b.Run(fmt.Sprintf("%s/callers=%d/unbatched", name, callers), func(b *testing.B) {
+				closedLoop(b, callers, x, sess.Run)
+			})
+			for _, w := range windows {
+				b.Run(fmt.Sprintf("%s/callers=%d/window=%v", name, callers, w), func(b *testing.B) {
+					bt, err := batch.New(batch.Config{MaxBatchSize: 32, Window: w, MaxInFlight: 2}, sess.Run)
+					if err != nil {
+						b.Fatal(err)
+					}
+					closedLoop(b, callers, x, bt.Predict)
+					if err := bt.Close(context.Background()); err != nil {
+						b.Fatal(err)
+					}
+					st := bt.Stats()
+					b.ReportMetric(st.AvgBatchSize, "rows/batch")
+					b.ReportMetric(float64(st.BatchTime.P50)/1e3, "batch-p50-µs")
+				})
+			}
+		}
+	}
+}
+
+// runFor runs one-row requests from `callers` closed-loop goroutines for
+// about d and returns the number done, the time taken and every latency.
+func runFor(d time.Duration, callers int, x tensor.Tensor, call func(context.Context, []tensor.Tensor) ([]tensor.Tensor, error)) (int, time.Duration, []time.Duration, error) {
+	in := []tensor.Tensor{x}
+	lat := make([][]time.Duration, callers)
+	errs := make([]error, callers)
+	var wg sync.WaitGroup
+	start := time.Now()
+	end := start.Add(d)
+	for c := range callers {
+		wg.Go(func() {
+			for time.Now().Before(end) {
+				t0 := time.Now()
+				if _, err := call(context.Background(), in); err != nil {
+					errs[c] = err
+					return
+				}
+				lat[c] = append(lat[c], time.Since(t0))
+			}
+		})
+	}
+	wg.Wait()
+	all := slices.Concat(lat...)
+	return len(all), time.Since(start), all, errors.Join(errs...)
+}
+
+func median(v []float64) float64 {
+	v = slices.Clone(v)
+	slices.Sort(v)
+	if len(v) == 0 {
+		return 0
+	}
+	return v[len(v)/2]
+}
+
+// BenchmarkBatcherInterleaved is the side-by-side version of
+// BenchmarkBatcher for a noisy, shared machine: for each model and number
+// of closed-loop callers it runs rounds in which every mode (unbatched and
+// batched at each window) gets the same slice of time in turn, so load
+// spikes from elsewhere hit all modes alike. It reports per mode the median
+// throughput over the rounds and the p50/p99 of all requests' latencies.
+// One iteration does all rounds, so run it with -benchtime 1x:
+//
+//	go test ./batch/batchbench -run '^$' -bench Interleaved -benchtime 1x
+func BenchmarkBatcherInterleaved(b *testing.B) {
+	const rounds, slice = 5, 300 * time.Millisecond
+	// 1ns is "eager": dispatch whenever an execution slot is free.
+	windows := []time.Duration{time.Nanosecond, 250 * time.Microsecond, 500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond}
+	for _, sizes := range [][]int{{100, 50, 10}, {512, 1024, 1024, 1}} {
+		sess, m := load(b, sizes...)
+		x := m.RandomInput(1, 3)
+		for _, callers := range []int{1, 8, 32, 64} {
+			b.Run(fmt.Sprintf("mlp%d/callers=%d", sizes[0], callers), func(b *testing.B) {
+				type mode struct {
+					name   string
+					window time.Duration // 0: unbatched
+					rps    []float64
+					lat    []time.Duration
+					rows   float64 // rows per batch, all rounds
+					batch  time.Duration
+				}
+				modes := []*mode{{name: "unbatched"}}
+				for _, w := range windows {
+					modes = append(modes, &mode{name: "w=" + w.String(), window: w})
+				}
+				for b.Loop() {
+					for range rounds {
+						for _, md := range modes {
+							call := sess.Run
+							var bt *batch.Batcher
+							if md.window > 0 {
+								var err error
+								bt, err = batch.New(batch.Config{MaxBatchSize: 32, Window: md.window, MaxInFlight: 2}, sess.Run)
+								if err != nil {
+									b.Fatal(err)
+								}
+								call = bt.Predict
+							}
+							n, took, lat, err := runFor(slice, callers, x, call)
+							if err != nil {
+								b.Fatal(err)
+							}
+							md.rps = append(md.rps, float64(n)/took.Seconds())
+							md.lat = append(md.lat, lat...)
+							if bt != nil {
+								if err := bt.Close(context.Background()); err != nil {
+									b.Fatal(err)
+								}
+								st := bt.Stats()
+								md.rows += st.AvgBatchSize / rounds
+								md.batch += st.BatchTime.P50 / rounds
+							}
+						}
+					}
+				}
+				for _, md := range modes {
+					slices.Sort(md.lat)
+					q := func(p float64) float64 {
+						return float64(md.lat[min(len(md.lat)-1, int(math.Ceil(p*float64(len(md.lat))))-1)]) / 1e3
+					}
+					b.ReportMetric(median(md.rps), md.name+"-req/s")
+					b.ReportMetric(q(0.50), md.name+"-p50-µs")
+					b.ReportMetric(q(0.99), md.name+"-p99-µs")
+					if md.window > 0 {
+						b.ReportMetric(md.rows, md.name+"-rows/batch")
+						b.ReportMetric(float64(md.batch)/1e3, md.name+"-batch-µs")
+					}
+				}
+			})
+		}
+	}
+}
