@@ -287,7 +287,7 @@ func inputValue(root *layer, params map[string]*Tensor, opts Options) (value, er
 		if f != nil {
 			name = f.typ
 		}
-		return value{}, fmt.Errorf("convert: the input shape cannot be derived from %s; give it (--input-shape)", name)
+		return value{}, fmt.Errorf("%w from %s; give it (--input-shape)", ErrInputShape, name)
 	}
 	if opts.StaticBatch {
 		if !shape[batchAxis].Fixed() {
@@ -351,6 +351,10 @@ func leafInputShape(f *layer, params map[string]*Tensor) []dim {
 }
 
 const featuresKey = infer.FeaturesMetadataKey
+
+// ErrInputShape is wrapped when the model's input shape is not determined
+// by its first layer and Options.InputShape is not set.
+var ErrInputShape = errors.New("convert: the input shape cannot be derived")
 
 func sha256Hex(b []byte) string {
 	sum := sha256.Sum256(b)

@@ -219,3 +219,49 @@ func FuzzLoad(f *testing.F) {
 		_, _ = Convert(cp, Options{})
 	})
 }
+
+// FuzzReadSpec: a spec file is outside input too.
+func FuzzReadSpec(f *testing.F) {
+	for _, name := range []string{"lstm_2layer_bidir.spec.json", "mlp_state.spec.json"} {
+		data, err := os.ReadFile(filepath.Join("testdata", name))
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	f.Add([]byte("layers: [{type: Sequential, layers: [{type: Linear, param: a}]}]"))
+	cp, err := LoadFile("testdata/mlp_state.pt", LoadOptions{})
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Fuzz(func(t *testing.T, data []byte) {
+		spec, err := ReadSpec(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		_, _ = Convert(cp, Options{Spec: spec})
+	})
+}
+
+// FuzzReadReference: reference files are outside input.
+func FuzzReadReference(f *testing.F) {
+	data, err := os.ReadFile("testdata/linear.ref.json")
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(data)
+	f.Add([]byte(`{"cases":[{"inputs":[{"shape":[-1,-1],"data":[1]}],"outputs":[{"shape":[1],"data":[1]}]}]}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		ref, err := ReadReference(bytes.NewReader(data))
+		if err != nil {
+			return
+		}
+		for _, c := range ref.Cases {
+			for _, in := range c.Inputs {
+				if len(in.Shape) > 0 {
+					_, _ = repeatBatch(in, 0, 2)
+				}
+			}
+		}
+	})
+}

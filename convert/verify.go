@@ -64,7 +64,15 @@ func ReadReference(r io.Reader) (*Reference, error) {
 			return nil, fmt.Errorf("convert: reference case %d: needs inputs and outputs", i)
 		}
 		for _, t := range append(append([]RefTensor{}, c.Inputs...), c.Outputs...) {
-			if n := tensor.Shape(t.Shape).NumElements(); n < 0 || n != int64(len(t.Data)) {
+			n := int64(1)
+			for _, d := range t.Shape {
+				if d < 0 || (n > 0 && d > math.MaxInt64/n) {
+					n = -1
+					break
+				}
+				n *= d
+			}
+			if n < 0 || n != int64(len(t.Data)) {
 				return nil, fmt.Errorf("convert: reference case %d: shape %v with %d values", i, t.Shape, len(t.Data))
 			}
 		}

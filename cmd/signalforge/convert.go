@@ -67,16 +67,17 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 		if ref, err = convert.ReadReferenceFile(*refPath); err != nil {
 			return err
 		}
-		if opts.InputShape == nil {
-			// The reference's input reveals the shape the model takes.
-			opts.InputShape = append([]int64{}, ref.Cases[0].Inputs[0].Shape...)
-		}
 	}
 
 	var res *convert.Result
 	switch *exporter {
 	case "go":
 		res, err = convert.ConvertFile(src, opts)
+		if errors.Is(err, convert.ErrInputShape) && ref != nil {
+			// The reference's input reveals the shape the model takes.
+			opts.InputShape = append([]int64{}, ref.Cases[0].Inputs[0].Shape...)
+			res, err = convert.ConvertFile(src, opts)
+		}
 	case "torch":
 		res, err = bridge.Export(ctx, src, opts.InputShape, 0, opts)
 	default:
