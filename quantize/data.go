@@ -364,6 +364,9 @@ func columns(header, features []string, n int) ([]int, error) {
 	}
 	idx := map[string]int{}
 	for i, h := range header {
+		if i == 0 {
+			h = strings.TrimPrefix(h, "\ufeff") // a UTF-8 byte-order mark from spreadsheet exports
+		}
 		idx[strings.TrimSpace(h)] = i
 	}
 	cols := make([]int, len(features))

@@ -79,7 +79,8 @@ func TestFileDatasets(t *testing.T) {
 	}
 	// Columns in another order plus extra ones: matched by name.
 	var csv strings.Builder
-	csv.WriteString("ticker,ret_5,ret_1,obv_z,atr_14,bb_width,macd_signal,macd,rsi_14\n")
+	// A byte-order mark, as spreadsheets write it.
+	csv.WriteString("\ufeffrsi_14,ticker,ret_5,ret_1,obv_z,atr_14,bb_width,macd_signal,macd\n")
 	var jsonl strings.Builder
 	var want []float32
 	for r := range 5 {
@@ -88,7 +89,7 @@ func TestFileDatasets(t *testing.T) {
 			row[i] = float32(r*10 + i)
 		}
 		want = append(want, row...)
-		fmt.Fprintf(&csv, "AAPL,%v,%v,%v,%v,%v,%v,%v,%v\n", row[7], row[6], row[5], row[4], row[3], row[2], row[1], row[0])
+		fmt.Fprintf(&csv, "%v,AAPL,%v,%v,%v,%v,%v,%v,%v\n", row[0], row[7], row[6], row[5], row[4], row[3], row[2], row[1])
 		fmt.Fprintf(&jsonl, `{"ticker":"AAPL","rsi_14":%v,"macd":%v,"macd_signal":%v,"bb_width":%v,"atr_14":%v,"obv_z":%v,"ret_1":%v,"ret_5":%v}`+"\n",
 			row[0], row[1], row[2], row[3], row[4], row[5], row[6], row[7])
 	}

@@ -383,6 +383,9 @@ func recurrentReason(m Mode, op string) string {
 
 // check says why a selected node cannot be quantized, or "".
 func (q *Quantizer) check(gr *graph, n *onnx.NodeProto) string {
+	if len(n.Input) == 0 || n.Input[0] == "" || gr.inits[n.Input[0]] != nil {
+		return "its first input is a constant (constant folding would remove the node)"
+	}
 	switch n.GetOpType() {
 	case "MatMul":
 		if len(n.Input) != 2 {
