@@ -64,10 +64,11 @@
 // practice: Go's timers fire up to about 1 ms late when every thread of the
 // process is idle (the runtime sleeps in epoll with millisecond
 // resolution), so any Window under 1 ms costs an idle server about 1 ms.
-// Dispatching without waiting whenever a slot is free ("eager" batching) is
-// not offered: measured with closed-loop callers it degenerates into
-// batches of 1–4 rows, because the first caller to come back always finds
-// a free slot, and it lost 3–10× throughput on the large MLP.
+// Dispatching without waiting whenever a slot is free ("eager" batching,
+// Window 1 ns in the benchmarks) is best for a lone caller, but with 8–64
+// closed-loop callers it degenerates into batches of 1–10 rows — the first
+// caller to come back always finds a free slot — and on the large MLP it
+// served 1.2–10× less than a 250 µs–2 ms window at 32 and 64 callers.
 // The default is chosen from the benchmarks in batch/batchbench (see
 // [DefaultWindow]).
 package batch
@@ -98,19 +99,26 @@ type RunFunc func(ctx context.Context, in []tensor.Tensor) ([]tensor.Tensor, err
 
 // DefaultWindow is the Window used when Config.Window is zero: 500 µs.
 //
-// Chosen from BenchmarkBatcherInterleaved (batch/batchbench; one-row
-// closed-loop callers, MaxBatchSize 32, MaxInFlight 2, 2 shared cores, ONNX
-// Runtime) comparing 250 µs, 500 µs, 1 ms and 2 ms. At 32 and 64 callers
-// every window from 250 µs up fills batches to 25–32 rows and multiplies
-// the 512-1024-1024-1 MLP's throughput by 4–9× over unbatched calls, so a
-// longer window buys nothing there. At 8 callers batches never fill and
-// every batch waits the whole window: 2 ms halved throughput against
-// 250 µs–1 ms. At 1 caller the window is pure latency, ≈1.1 ms median for
-// every window under 1 ms (timer resolution, see the package doc) and
-// ≈2.2 ms for 2 ms. 500 µs is never the worst and was within noise of the
-// best everywhere, while 250 µs made smaller batches under load (25–29
-// rows at 64 callers) because the timer fires precisely when the process
-// is busy.
+// Chosen from BenchmarkBatcherInterleaved (batch/batchbench: one-row
+// closed-loop callers, MaxBatchSize 32, MaxInFlight 2, ONNX Runtime, on 2
+// cores shared with other heavy jobs, so single numbers are noisy; compare
+// within a round). Measured with windows of 250 µs, 500 µs, 1 ms and 2 ms:
+//   - 32 and 64 callers: every window fills batches to 25–32 rows; the
+//     512-1024-1024-1 MLP serves 3–20× the unbatched throughput, with no
+//     consistent winner among the windows;
+//   - 8 callers: batches never fill (8 < 32), so each waits the whole
+//     window; 2 ms served about half of what 250 µs–1 ms did on the small
+//     MLP (3.4k vs 6.1–6.4k req/s);
+//   - 1 caller: the window is pure latency: a median of ≈1.15 ms for every
+//     window up to 1 ms (Go's idle timer resolution, see the package doc)
+//     against ≈2.2 ms for 2 ms.
+//
+// So windows above 1 ms only cost latency, and windows far below 1 ms make
+// smaller batches under load (the timer is precise when the process is
+// busy). 500 µs sits in the middle of the flat region. With a cheap model
+// (the 100-50-10 MLP runs in 4 µs) batching does not raise throughput at
+// all; it pays off when a model call costs far more than the 5–7 µs the
+// batcher adds per request.
 const DefaultWindow = 500 * time.Microsecond
 
 // Config configures a Batcher. The zero value is usable.
@@ -231,7 +239,6 @@ type Batcher struct {
 
 	// Owned by loop.
 	groups map[string]*group
-	nextID uint64
 }
 
 // call is one Predict call on its way through the queue. It carries the
