@@ -25,6 +25,9 @@ const (
 	Promoted
 )
 
+// MarshalText makes an ActionKind read as its name in JSON.
+func (k ActionKind) MarshalText() ([]byte, error) { return []byte(k.String()), nil }
+
 func (k ActionKind) String() string {
 	switch k {
 	case StepUp:
@@ -123,6 +126,9 @@ const (
 	PromotedState
 	Stopped
 )
+
+// MarshalText makes a CanaryState read as its name in JSON.
+func (s CanaryState) MarshalText() ([]byte, error) { return []byte(s.String()), nil }
 
 func (s CanaryState) String() string {
 	switch s {

@@ -17,6 +17,9 @@ const (
 	Rollback
 )
 
+// MarshalText makes a Decision read as its name in JSON.
+func (d Decision) MarshalText() ([]byte, error) { return []byte(d.String()), nil }
+
 func (d Decision) String() string {
 	switch d {
 	case Healthy:

@@ -1,6 +1,7 @@
 package route
 
 import (
+	"encoding/json"
 	"errors"
 	"math"
 	"math/rand/v2"
@@ -238,5 +239,13 @@ func TestJudgeThresholdAndValidate(t *testing.T) {
 	}
 	if Healthy.String() != "healthy" || Rollback.String() != "rollback" || Inconclusive.String() != "inconclusive" {
 		t.Fatal("Decision strings")
+	}
+	b, err := json.Marshal(struct {
+		D Decision
+		K ActionKind
+		S CanaryState
+	}{Rollback, Promoted, RolledBackState})
+	if err != nil || string(b) != `{"D":"rollback","K":"promoted","S":"rolled back"}` {
+		t.Fatalf("JSON = %s, %v", b, err)
 	}
 }

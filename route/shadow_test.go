@@ -49,7 +49,7 @@ func TestShadowCompare(t *testing.T) {
 		if st.MeanAbsDiff != 2.25 || st.MaxAbsDiff != 4 || st.DirectionAgreementPct != 50 {
 			t.Fatalf("mean %v max %v agreement %v%%", st.MeanAbsDiff, st.MaxAbsDiff, st.DirectionAgreementPct)
 		}
-		if st.Shadow.Count != 6 || st.Shadow.Errors != 1 || math.Abs(float64(st.Shadow.P50-20*time.Millisecond)) > 0.035*20e6 {
+		if st.Shadow.Count != 6 || st.Shadow.Errors != 1 || st.Shadow.P50 != 20*time.Millisecond || st.Shadow.P99 != 20*time.Millisecond {
 			t.Fatalf("shadow metrics = %+v", st.Shadow)
 		}
 		if st.Primary.Count != 6 || st.Primary.AvgLatency != 2*time.Millisecond {

@@ -9,8 +9,9 @@ import (
 )
 
 // Latency histogram: log-linear buckets over microseconds, 16 per power of
-// two, so a quantile is within ±3.2% of the true value (bucket midpoint);
-// exact below 16µs. Values are capped at 2^37µs (38h).
+// two, so a quantile is within ±3.2% of the true value (bucket midpoint,
+// clamped to the observed min and max); within 0.5µs below 16µs. Values
+// above 2^37µs (38h) share the top bucket.
 const (
 	histSub     = 16
 	histSubBits = 4
@@ -47,12 +48,19 @@ func histValue(i int) time.Duration {
 }
 
 type counters struct {
-	count, errors int64
-	latSum        time.Duration
-	hist          [histBuckets]uint32
+	count, errors  int64
+	latSum         time.Duration
+	minLat, maxLat time.Duration // valid when count > 0
+	hist           [histBuckets]uint32
 }
 
 func (c *counters) add(lat time.Duration, failed bool) {
+	if c.count == 0 || lat < c.minLat {
+		c.minLat = lat
+	}
+	if c.count == 0 || lat > c.maxLat {
+		c.maxLat = lat
+	}
 	c.count++
 	if failed {
 		c.errors++
@@ -62,6 +70,15 @@ func (c *counters) add(lat time.Duration, failed bool) {
 }
 
 func (c *counters) merge(o *counters) {
+	if o.count == 0 {
+		return
+	}
+	if c.count == 0 || o.minLat < c.minLat {
+		c.minLat = o.minLat
+	}
+	if c.count == 0 || o.maxLat > c.maxLat {
+		c.maxLat = o.maxLat
+	}
 	c.count += o.count
 	c.errors += o.errors
 	c.latSum += o.latSum
@@ -82,10 +99,12 @@ func (c *counters) quantile(q float64) time.Duration {
 	for i, n := range c.hist {
 		seen += uint64(n)
 		if seen >= rank {
-			return histValue(i)
+			// The bucket midpoint, but never outside what was seen: a
+			// constant latency reads back exactly.
+			return min(max(histValue(i), c.minLat), c.maxLat)
 		}
 	}
-	return histValue(histBuckets - 1)
+	return c.maxLat
 }
 
 func (c *counters) metrics() Metrics {
