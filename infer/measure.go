@@ -2,9 +2,11 @@ package infer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/signalforge/signalforge/tensor"
@@ -19,23 +21,28 @@ type MeasureConfig struct {
 	MinCalls int
 	// Warmup is the number of unmeasured calls first. If zero, 10.
 	Warmup int
+	// Concurrency is the number of goroutines calling Run at once, each
+	// timing its own calls (MinCalls applies to each). If zero, 1.
+	Concurrency int
 }
 
 // Timing summarises repeated Run calls on one set of inputs.
 type Timing struct {
-	Batch   int           `json:"batch"`
-	Calls   int           `json:"calls"`
-	Elapsed time.Duration `json:"elapsed_ns"`
-	Min     time.Duration `json:"min_ns"`
-	Median  time.Duration `json:"median_ns"`
-	P99     time.Duration `json:"p99_ns"`
-	Mean    time.Duration `json:"mean_ns"`
+	Batch       int           `json:"batch"`
+	Concurrency int           `json:"concurrency"`
+	Calls       int           `json:"calls"`
+	Elapsed     time.Duration `json:"elapsed_ns"`
+	Min         time.Duration `json:"min_ns"`
+	Median      time.Duration `json:"median_ns"`
+	P99         time.Duration `json:"p99_ns"`
+	Mean        time.Duration `json:"mean_ns"`
 	// SamplesPerSec is rows per second of wall time: Batch × Calls / Elapsed.
 	SamplesPerSec float64 `json:"samples_per_sec"`
 }
 
-// Measure calls sess.Run(ctx, inputs) repeatedly, one call at a time, and
-// times each call. batch is the row count reported (inputs' batch size).
+// Measure calls sess.Run(ctx, inputs) repeatedly from cfg.Concurrency
+// goroutines and times each call. batch is the row count reported (the
+// inputs' batch size). The first error stops the measurement.
 func Measure(ctx context.Context, sess Session, inputs []tensor.Tensor, batch int, cfg MeasureConfig) (Timing, error) {
 	if cfg.Duration <= 0 {
 		cfg.Duration = time.Second
@@ -46,25 +53,51 @@ func Measure(ctx context.Context, sess Session, inputs []tensor.Tensor, batch in
 	if cfg.Warmup <= 0 {
 		cfg.Warmup = 10
 	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 1
+	}
 	for range cfg.Warmup {
 		if _, err := sess.Run(ctx, inputs); err != nil {
 			return Timing{}, err
 		}
 	}
-	var times []time.Duration
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	per := make([][]time.Duration, cfg.Concurrency)
+	errs := make([]error, cfg.Concurrency)
+	var wg sync.WaitGroup
 	start := time.Now()
 	deadline := start.Add(cfg.Duration)
-	for {
-		t0 := time.Now()
-		if len(times) >= cfg.MinCalls && !t0.Before(deadline) {
-			break
-		}
-		if _, err := sess.Run(ctx, inputs); err != nil {
-			return Timing{}, err
-		}
-		times = append(times, time.Since(t0))
+	for g := range cfg.Concurrency {
+		wg.Go(func() {
+			for {
+				t0 := time.Now()
+				if len(per[g]) >= cfg.MinCalls && !t0.Before(deadline) {
+					return
+				}
+				if _, err := sess.Run(ctx, inputs); err != nil {
+					errs[g] = err
+					cancel()
+					return
+				}
+				per[g] = append(per[g], time.Since(t0))
+			}
+		})
 	}
+	wg.Wait()
 	elapsed := time.Since(start)
+	// The first real failure matters; the other goroutines then fail
+	// with context.Canceled from the cancel above.
+	var first error
+	for _, e := range errs {
+		if e != nil && (first == nil || errors.Is(first, context.Canceled) && !errors.Is(e, context.Canceled)) {
+			first = e
+		}
+	}
+	if first != nil {
+		return Timing{}, first
+	}
+	times := slices.Concat(per...)
 	var sum time.Duration
 	for _, d := range times {
 		sum += d
@@ -73,6 +106,7 @@ func Measure(ctx context.Context, sess Session, inputs []tensor.Tensor, batch in
 	n := len(times)
 	return Timing{
 		Batch:         batch,
+		Concurrency:   cfg.Concurrency,
 		Calls:         n,
 		Elapsed:       elapsed,
 		Min:           times[0],

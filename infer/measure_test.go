@@ -3,6 +3,7 @@ package infer
 import (
 	"context"
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -40,5 +41,36 @@ func TestMeasure(t *testing.T) {
 	}
 	if _, err := RandomInputs(sess.Inputs(), 0, 1); err == nil {
 		t.Error("RandomInputs with batch 0 succeeded")
+	}
+}
+
+// countingSession counts runs safely from many goroutines and fails the
+// failAt-th one.
+type countingSession struct {
+	*fakeSession
+	n      atomic.Int64
+	failAt int64
+}
+
+func (c *countingSession) Run(ctx context.Context, in []tensor.Tensor) ([]tensor.Tensor, error) {
+	if n := c.n.Add(1); c.failAt > 0 && n >= c.failAt {
+		return nil, errors.New("boom")
+	}
+	return nil, ctx.Err()
+}
+
+func TestMeasureConcurrent(t *testing.T) {
+	sess := &countingSession{fakeSession: tabular("a")}
+	in, _ := RandomInputs(sess.Inputs(), 1, 1)
+	tm, err := Measure(context.Background(), sess, in, 1, MeasureConfig{Duration: time.Millisecond, MinCalls: 5, Warmup: 2, Concurrency: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tm.Concurrency != 3 || tm.Calls < 15 || int64(tm.Calls+2) != sess.n.Load() {
+		t.Errorf("Timing %+v after %d runs; want 3 goroutines, >= 15 calls, plus 2 warm-up runs", tm, sess.n.Load())
+	}
+	failing := &countingSession{fakeSession: tabular("a"), failAt: 50}
+	if _, err := Measure(context.Background(), failing, in, 1, MeasureConfig{Duration: time.Minute, Concurrency: 4}); err == nil || err.Error() != "boom" {
+		t.Errorf("Measure with a failing run = %v, want boom", err)
 	}
 }

@@ -24,14 +24,16 @@ type benchReport struct {
 	Runtime        string         `json:"runtime"`
 	Library        string         `json:"library"`
 	IntraOpThreads int            `json:"intra_op_threads"`
+	Concurrency    int            `json:"concurrency"`
 	Inputs         []string       `json:"inputs"`
 	Results        []infer.Timing `json:"results"`
 }
 
 func cmdBench(ctx context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "bench", "[flags] [MODEL.onnx]\n\nTimes one Run call at a time per batch size, after a warm-up, and prints the median\nand p99 latency per call and the samples per second. Without MODEL (or with --demo) it\nbuilds a demo 100-50-10 MLP with random weights.")
+	fs := newFlagSet(e, "bench", "[flags] [MODEL.onnx]\n\nTimes Run calls per batch size, after a warm-up, and prints the median and p99\nlatency per call and the samples per second (one caller, or --concurrency callers). Without MODEL (or with --demo) it\nbuilds a demo 100-50-10 MLP with random weights.")
 	batches := fs.String("batch", "1,8,32,128", "comma-separated batch sizes")
 	threads := fs.Int("threads", 1, "intra-op threads per run")
+	conc := fs.Int("concurrency", 1, "goroutines calling Run at once (throughput under load)")
 	duration := fs.Duration("duration", 2*time.Second, "measuring time per batch size")
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	demo := fs.Bool("demo", false, "benchmark the built-in demo MLP (100-50-10)")
@@ -44,8 +46,8 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "signalforge bench: --batch: %v\n", err)
 		return errUsage
 	}
-	if *threads < 1 || *duration <= 0 {
-		fmt.Fprintln(e.stderr, "signalforge bench: --threads must be at least 1 and --duration positive")
+	if *threads < 1 || *conc < 1 || *duration <= 0 {
+		fmt.Fprintln(e.stderr, "signalforge bench: --threads and --concurrency must be at least 1, --duration positive")
 		return errUsage
 	}
 	var path, label string
@@ -85,6 +87,7 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 		Runtime:        "ONNX Runtime " + eng.RuntimeVersion(),
 		Library:        eng.LibraryPath(),
 		IntraOpThreads: *threads,
+		Concurrency:    *conc,
 	}
 	fixed := -1
 	for _, in := range sess.Inputs() {
@@ -107,7 +110,7 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		// Warm-up: the first runs at a new shape allocate inside the runtime.
-		tm, err := infer.Measure(ctx, sess, in, b, infer.MeasureConfig{Duration: *duration, Warmup: 50})
+		tm, err := infer.Measure(ctx, sess, in, b, infer.MeasureConfig{Duration: *duration, Warmup: 50, Concurrency: *conc})
 		if err != nil {
 			if errors.Is(err, context.Canceled) {
 				return fmt.Errorf("interrupted")
@@ -138,8 +141,12 @@ func parseBatches(s string) ([]int, error) {
 }
 
 func printBench(w io.Writer, r benchReport) {
-	fmt.Fprintf(w, "model    %s\ninputs   %s\nruntime  %s, %d intra-op thread(s), one call at a time\n\n",
-		r.Model, strings.Join(r.Inputs, "; "), r.Runtime, r.IntraOpThreads)
+	calls := "one call at a time"
+	if r.Concurrency > 1 {
+		calls = fmt.Sprintf("%d concurrent callers", r.Concurrency)
+	}
+	fmt.Fprintf(w, "model    %s\ninputs   %s\nruntime  %s, %d intra-op thread(s), %s\n\n",
+		r.Model, strings.Join(r.Inputs, "; "), r.Runtime, r.IntraOpThreads, calls)
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "batch\tcalls\tmedian µs\tp99 µs\tµs/sample\tsamples/s\t")
 	us := func(d time.Duration) string { return strconv.FormatFloat(float64(d)/1e3, 'f', 1, 64) }

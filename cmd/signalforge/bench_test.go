@@ -48,7 +48,7 @@ func TestBenchModelJSON(t *testing.T) {
 	if err := onnxtest.MustMLP(2, 6, 4, 1).Save(path); err != nil {
 		t.Fatal(err)
 	}
-	code, out, stderr := benchRun(t, "--duration", "20ms", "--batch", "2,3", "--threads", "2", "--json", path)
+	code, out, stderr := benchRun(t, "--duration", "20ms", "--batch", "2,3", "--threads", "2", "--concurrency", "2", "--json", path)
 	if code != 0 {
 		t.Fatalf("exit %d, stderr:\n%s", code, stderr)
 	}
@@ -56,11 +56,11 @@ func TestBenchModelJSON(t *testing.T) {
 	if err := json.Unmarshal([]byte(out), &rep); err != nil {
 		t.Fatalf("not JSON: %v\n%s", err, out)
 	}
-	if rep.Model != path || rep.IntraOpThreads != 2 || len(rep.Results) != 2 {
+	if rep.Model != path || rep.IntraOpThreads != 2 || rep.Concurrency != 2 || len(rep.Results) != 2 {
 		t.Fatalf("report %+v", rep)
 	}
 	for i, r := range rep.Results {
-		if r.Batch != []int{2, 3}[i] || r.Calls < 10 || r.Median <= 0 || r.P99 < r.Median || r.SamplesPerSec <= 0 {
+		if r.Batch != []int{2, 3}[i] || r.Concurrency != 2 || r.Calls < 20 || r.Median <= 0 || r.P99 < r.Median || r.SamplesPerSec <= 0 {
 			t.Errorf("result %d = %+v", i, r)
 		}
 	}
@@ -71,6 +71,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"--batch", "0"},
 		{"--batch", "1,x"},
 		{"--threads", "0"},
+		{"--concurrency", "0"},
 		{"--demo", "model.onnx"},
 		{"a.onnx", "b.onnx"},
 	} {
