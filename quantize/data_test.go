@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"math"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -251,4 +252,33 @@ func FuzzReadNPY(f *testing.F) {
 			return nil
 		})
 	})
+}
+
+// The committed fixtures must be exactly what the script makes with real
+// PyTorch (Debian's /usr/bin/python3 with torch 1.13 and onnx; make test
+// installs them). This keeps the fixtures honest and the script working.
+func TestFixturesReproducible(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs PyTorch (about 5 s)")
+	}
+	dir := t.TempDir()
+	cmd := exec.Command("/usr/bin/python3", "testdata/make_fixtures.py", "--out", dir)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("make_fixtures.py needs Debian's python3-torch and python3-onnx: %v\n%s", err, out)
+	}
+	made, err := filepath.Glob(filepath.Join(dir, "*.onnx"))
+	if err != nil || len(made) < 7 {
+		t.Fatalf("script made %v (%v)", made, err)
+	}
+	for _, p := range made {
+		got, _ := os.ReadFile(p)
+		want, err := os.ReadFile(filepath.Join("testdata", filepath.Base(p)))
+		if err != nil {
+			t.Errorf("%s is made by the script but not committed", filepath.Base(p))
+			continue
+		}
+		if !bytes.Equal(got, want) {
+			t.Errorf("testdata/%s differs from the script's output; regenerate with /usr/bin/python3 quantize/testdata/make_fixtures.py", filepath.Base(p))
+		}
+	}
 }

@@ -7,7 +7,9 @@ Every model takes float32 input with a dynamic batch axis 0 and lists its
 feature names in metadata_props["signalforge.features"]. Seeds are fixed so the
 files are reproducible on one torch version.
 
-With --big DIR it also writes the benchmark-only models that are too large
+With --out DIR it writes them to DIR instead (the Go tests do this to check
+that the committed files are exactly what this script makes). With --big DIR
+it also writes the benchmark-only models that are too large
 to commit: DIR/mlp_512_1024_1024_1.onnx (4.2 MB).
 """
 import os
@@ -89,6 +91,9 @@ class StepMLP(nn.Module):
 
 
 def main():
+    global OUT
+    if len(sys.argv) == 3 and sys.argv[1] == "--out":
+        OUT = sys.argv[2]
     batch = {"input": {0: "batch"}, "output": {0: "batch"}}
 
     # The product's reference MLP: 100-50-10.
@@ -133,7 +138,6 @@ def main():
     export(StepMLP(16, 32), torch.randn(1, 32, 16), "matmul.onnx", names(16), batch)
 
     if len(sys.argv) == 3 and sys.argv[1] == "--big":
-        global OUT
         OUT = sys.argv[2]
         torch.manual_seed(7)
         export(mlp([512, 1024, 1024, 1]), torch.randn(1, 512), "mlp_512_1024_1024_1.onnx", names(512), batch)
