@@ -27,6 +27,19 @@
 //	rep, _ := q.Evaluate(ctx, model, res, calib)
 //	bench, _ := quantize.Benchmark(ctx, eng, model, res.Model, quantize.BenchConfig{})
 //
+// Error bounds (enforced by the tests on PyTorch-made MLPs, an LSTM, a
+// Conv1d and a MatMul model, on held-out N(0,1) inputs): output SQNR ≥ 25 dB
+// and sign agreement ≥ 95% for both modes; measured 34–58 dB and ≥ 99.2%.
+// Recurrent nodes: LSTM is quantized in dynamic mode only (ONNX Runtime has
+// no QDQ LSTM kernel); GRU and RNN stay fp32 (no int8 kernel at all); both
+// are listed in Result.Skipped with the reason.
+//
+// Whether int8 pays depends on the model: on these machines a
+// 512-1024-1024-1 MLP runs 5–7× faster at batch 1, while a 100-50-10 MLP
+// and a 64-unit LSTM run 1.2–1.5× slower, because quantizing activations
+// costs more than the small integer matmuls save. Benchmark measures it and
+// recommends fp32 when int8 is slower.
+//
 // The package has no cgo: it runs models through an infer.Engine (infer/ort
 // in production).
 package quantize
