@@ -41,10 +41,11 @@
 //     request whose remaining time is less than the estimate when its batch
 //     forms is dropped before execution with an error wrapping
 //     [context.DeadlineExceeded]. The model's ctx carries the latest
-//     deadline of the batch's requests, so a batch nobody waits for any
-//     more is stopped by an engine that honours ctx.
+//     deadline of the batch's requests.
 //   - A request whose ctx ends while queued leaves the queue at once and
-//     takes no batch capacity; Predict returns ctx.Err().
+//     takes no batch capacity; Predict returns ctx.Err(). Once every caller
+//     of a running batch has given up, the model call's ctx is cancelled
+//     (ONNX Runtime then stops at the next operator).
 //   - Backpressure: the queue holds at most MaxQueue rows. When a request
 //     does not fit, Predict fails at once with a [*QueueFullError] (it
 //     matches [ErrQueueFull] with errors.Is) whose RetryAfter estimates when
@@ -264,9 +265,11 @@ type part struct {
 	in   []tensor.Tensor
 	rows int
 
-	// Owned by loop: the part is queued iff g != nil.
+	// Owned by loop: the part is queued iff g != nil; bt is the batch it
+	// ran in, once launched.
 	g          *group
 	prev, next *part
+	bt         *batch
 }
 
 type result struct {
@@ -281,6 +284,7 @@ type cancelMsg struct {
 }
 
 type batchDone struct {
+	bt       *batch
 	rows     int
 	dur      time.Duration
 	err      error
@@ -601,7 +605,9 @@ func (b *Batcher) enqueue(c *call, draining bool) {
 	b.mu.Unlock()
 }
 
-// remove drops the queued parts of m.c.
+// remove drops the queued parts of m.c, whose caller has stopped waiting.
+// Its parts already running no longer count as waited for; a running batch
+// that nobody waits for any more has its model call cancelled.
 func (b *Batcher) remove(m cancelMsg) {
 	removed := 0
 	for _, p := range m.c.parts {
@@ -610,6 +616,15 @@ func (b *Batcher) remove(m cancelMsg) {
 			removed += p.rows
 			if g.head == nil {
 				delete(b.groups, g.key)
+			}
+		} else if bt := p.bt; bt != nil {
+			p.bt = nil
+			bt.waiting--
+			if bt.waiting == 0 && !bt.finished {
+				bt.cancel()
+				b.mu.Lock()
+				b.st.abandoned++
+				b.mu.Unlock()
 			}
 		}
 	}
@@ -704,6 +719,14 @@ func (b *Batcher) dispatch(now time.Time, draining bool) {
 type batch struct {
 	parts []*part
 	rows  int
+	// ctx is the model call's; cancel ends it early when every caller
+	// of the batch has given up.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// Owned by loop.
+	waiting  int  // parts whose caller still waits
+	finished bool // the model call has returned
 }
 
 // launch takes g's head batch off the queue and starts it.
@@ -745,6 +768,11 @@ func (b *Batcher) launch(g *group, now time.Time) {
 		b.st.queueWait.record(w)
 	}
 	b.mu.Unlock()
+	for _, p := range bt.parts {
+		p.bt = bt
+	}
+	bt.waiting = len(bt.parts)
+	bt.ctx, bt.cancel = b.batchContext(bt)
 	b.inFlight.Add(1)
 	b.workers.Add(1)
 	go b.execute(bt)
@@ -753,17 +781,16 @@ func (b *Batcher) launch(g *group, now time.Time) {
 // execute runs one batch, hands each request its rows and reports to loop.
 func (b *Batcher) execute(bt *batch) {
 	defer b.workers.Done()
-	ctx, cancel := b.batchContext(bt)
 	in, err := joinInputs(bt)
 	var out []tensor.Tensor
 	var dur time.Duration
 	panicked := false
 	if err == nil {
 		start := time.Now()
-		out, panicked, err = b.runSafe(ctx, in)
+		out, panicked, err = b.runSafe(bt.ctx, in)
 		dur = time.Since(start)
 	}
-	cancel()
+	bt.cancel()
 	if err == nil {
 		err = checkOutputs(out, bt.rows)
 	}
@@ -782,17 +809,18 @@ func (b *Batcher) execute(bt *batch) {
 			p.c.results <- result{idx: p.idx, out: mine}
 		}
 	}
-	b.finished <- batchDone{rows: bt.rows, dur: dur, err: err, panicked: panicked}
+	b.finished <- batchDone{bt: bt, rows: bt.rows, dur: dur, err: err, panicked: panicked}
 }
 
 // batchContext returns the model call's ctx: cancelled by an aborted
-// Close, and bounded by the latest deadline of the batch's requests when
-// all have one (after it, nobody waits for the result).
+// Close or when every caller has given up (see remove), and bounded by the
+// latest deadline of the batch's requests when all have one (after it,
+// nobody waits for the result).
 func (b *Batcher) batchContext(bt *batch) (context.Context, context.CancelFunc) {
 	var latest time.Time
 	for _, p := range bt.parts {
 		if p.c.deadline.IsZero() {
-			return b.runCtx, func() {}
+			return context.WithCancel(b.runCtx)
 		}
 		if p.c.deadline.After(latest) {
 			latest = p.c.deadline
@@ -849,6 +877,7 @@ func (b *Batcher) runSafe(ctx context.Context, in []tensor.Tensor) (out []tensor
 
 // complete records a finished batch.
 func (b *Batcher) complete(d batchDone) {
+	d.bt.finished = true
 	b.inFlight.Add(-1)
 	if d.dur > 0 {
 		// Exponential moving average, weight 1/8: follows load changes

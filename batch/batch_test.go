@@ -489,6 +489,43 @@ func TestCancelledRequestTakesNoCapacity(t *testing.T) {
 	})
 }
 
+func TestBatchNobodyWaitsForIsCancelled(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{gate: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 2, Window: time.Hour, MaxInFlight: 1}, m.run)
+		ctx1, cancel1 := context.WithCancel(t.Context())
+		ctx2, cancel2 := context.WithCancel(t.Context())
+		r1 := async(ctx1, b, rowsOf(1, 1, 1))
+		r2 := async(ctx2, b, rowsOf(1, 1, 2))
+		synctest.Wait()
+		if m.running.Load() != 1 {
+			t.Fatal("the full batch is not running")
+		}
+		cancel1()
+		<-r1
+		synctest.Wait()
+		if m.running.Load() != 1 {
+			t.Fatal("the model call stopped while a caller still waits for it")
+		}
+		cancel2()
+		<-r2
+		synctest.Wait()
+		if m.running.Load() != 0 {
+			t.Fatal("the model call still runs though nobody waits for it")
+		}
+		if st := b.Stats(); st.Abandoned != 1 || st.InFlight != 0 {
+			t.Errorf("stats %+v, want 1 abandoned batch", st)
+		}
+		close(m.gate)
+		in := rowsOf(2, 1, 3)
+		out, err := b.Predict(t.Context(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDoubled(t, in, out)
+	})
+}
+
 func TestQueueFull(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		m := &fakeModel{gate: make(chan struct{})}

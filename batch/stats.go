@@ -33,6 +33,9 @@ type Stats struct {
 	// Failed counts batches whose model call returned an error or
 	// panicked; Panics those that panicked.
 	Failed, Panics int64
+	// Abandoned counts running batches whose model call was cancelled
+	// because every one of their callers had given up.
+	Abandoned int64
 }
 
 // Latency summarises a distribution of durations.
@@ -48,6 +51,7 @@ type stats struct {
 	batchTime, queueWait hist
 	expired, cancelled   int64
 	failed, panics       int64
+	abandoned            int64
 }
 
 // Stats returns a snapshot of the counters. It is cheap enough to call on
@@ -70,6 +74,7 @@ func (b *Batcher) Stats() Stats {
 		Rejected:    b.rejected.Load(),
 		Failed:      b.st.failed,
 		Panics:      b.st.panics,
+		Abandoned:   b.st.abandoned,
 	}
 	if s.Batches > 0 {
 		s.AvgBatchSize = float64(s.BatchedRows) / float64(s.Batches)
