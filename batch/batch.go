@@ -879,9 +879,10 @@ func (b *Batcher) runSafe(ctx context.Context, in []tensor.Tensor) (out []tensor
 func (b *Batcher) complete(d batchDone) {
 	d.bt.finished = true
 	b.inFlight.Add(-1)
-	if d.dur > 0 {
-		// Exponential moving average, weight 1/8: follows load changes
-		// within a few batches, ignores single outliers.
+	if d.err == nil && d.dur > 0 {
+		// Exponential moving average of successful runs, weight 1/8:
+		// follows load changes within a few batches, ignores single
+		// outliers (and fast failures).
 		est := b.estimate.Load()
 		if est == 0 {
 			est = int64(d.dur)
