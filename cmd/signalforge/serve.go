@@ -39,7 +39,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "serve", serveSynopsis)
 	cfgPath := fs.String("config", "", "YAML configuration file (see configs/serve.example.yaml)")
 	addr := fs.String("addr", "", "listen address (default \":8080\")")
-	dir := fs.String("registry", "", "registry folder (default \"models\")")
+	dir := fs.String("registry", "", "registry folder (default $SIGNALFORGE_REGISTRY, else \"models\")")
 	redisURL := fs.String("redis", "", "Redis URL for the shared prediction cache (default: in-memory; env SIGNALFORGE_REDIS)")
 	noCache := fs.Bool("no-cache", false, "disable the prediction cache")
 	noDemo := fs.Bool("no-demo", false, "do not register the demo model into an empty registry")
@@ -72,7 +72,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	set(&fc.Addr, *addr, fc.Addr, ":8080")
-	set(&fc.Registry, *dir, fc.Registry, "models")
+	set(&fc.Registry, *dir, e.getenv("SIGNALFORGE_REGISTRY"), fc.Registry, "models")
 	set(&fc.Cache.Redis, *redisURL, e.getenv("SIGNALFORGE_REDIS"), fc.Cache.Redis)
 	set(&fc.AdminToken, *token, e.getenv("SIGNALFORGE_ADMIN_TOKEN"), fc.AdminToken)
 	set(&fc.Log.Level, *logLevel, fc.Log.Level, "info")
