@@ -91,6 +91,35 @@ func TestBatchedMatchesReference(t *testing.T) {
 	}
 }
 
+// TestMalformedRequestFailsAlone checks, on the real engine, that a request
+// the model rejects (wrong feature count) is batched apart from valid ones
+// and fails alone with infer.ErrInput.
+func TestMalformedRequestFailsAlone(t *testing.T) {
+	sess, m := load(t, 100, 50, 10)
+	b, err := batch.New(batch.Config{MaxBatchSize: 8, Window: 5 * time.Millisecond}, sess.Run)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close(context.Background())
+	bad := make(chan error, 1)
+	go func() {
+		_, err := b.Predict(context.Background(), []tensor.Tensor{tensor.Must(tensor.Shape{1, 99}, make([]float32, 99))})
+		bad <- err
+	}()
+	var wg sync.WaitGroup
+	for i := range 4 {
+		wg.Go(func() {
+			if _, err := b.Predict(context.Background(), []tensor.Tensor{m.RandomInput(1, uint64(i))}); err != nil {
+				t.Errorf("valid request beside a malformed one: %v", err)
+			}
+		})
+	}
+	wg.Wait()
+	if err := <-bad; !errors.Is(err, infer.ErrInput) {
+		t.Errorf("malformed request: err = %v, want infer.ErrInput", err)
+	}
+}
+
 // closedLoop runs b.N one-row requests from `callers` goroutines, each
 // sending its next request when the previous one returns, and reports
 // throughput and exact per-request latency percentiles.
