@@ -1,10 +1,21 @@
 #!/usr/bin/env bash
-# `make run` (after `make deps build`): until the server lands, the most
-# useful command on embedded defaults is a benchmark of a demo model that
-# signalforge builds itself (a 100-50-10 MLP), in ONNX Runtime.
+# `make run` (after `make deps build`): start the server on embedded defaults:
+# the registry folder ./models (a demo model is registered when it is empty),
+# the in-memory prediction cache, port 8080 (SIGNALFORGE_ADDR to change).
+# Stop it with Ctrl-C: it drains in-flight requests and exits.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export SIGNALFORGE_ROOT="${SIGNALFORGE_ROOT:-$PWD}"
-echo "signalforge bench --demo: ONNX Runtime on a demo 100-50-10 MLP, one call at a time"
-echo
-exec bin/signalforge bench --demo --batch 1,8,32,128 --duration "${SIGNALFORGE_BENCH_DURATION:-1s}"
+ADDR="${SIGNALFORGE_ADDR:-127.0.0.1:8080}"
+PORT="${ADDR##*:}"
+F='"rsi_14": 65.0, "macd": 0.5, "macd_signal": 0.4, "bb_width": 0.08, "volume_z": 1.3, "ret_1d": 0.004, "ret_5d": 0.012, "atr_14": 2.1'
+cat <<MSG
+signalforge serve on http://${ADDR} (registry ./models, in-memory cache). Try, in another terminal:
+
+  curl -s localhost:${PORT}/v1/models/forecast_mlp/predict -d '{"request_id": "req_123", "ticker": "AAPL", "horizon": 5, "features": {${F}}}'
+  curl -s localhost:${PORT}/v2/models/forecast_mlp/infer -d '{"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [65, 0.5, 0.4, 0.08, 1.3, 0.004, 0.012, 2.1]}]}'
+  curl -s localhost:${PORT}/v1/models
+  bin/signalforge predict --server http://${ADDR} --model forecast_mlp --ticker AAPL --horizon 5 -f rsi_14=65 -f macd=0.5 -f macd_signal=0.4 -f bb_width=0.08 -f volume_z=1.3 -f ret_1d=0.004 -f ret_5d=0.012 -f atr_14=2.1
+
+MSG
+exec bin/signalforge serve --addr "$ADDR" "$@"
