@@ -1,0 +1,360 @@
+// Package deploy holds the Kubernetes manifests and the container image
+// definition of SignalForge Serve (see README.md); it has no Go code. Its
+// tests keep the manifests consistent with each other and with the server:
+// the ConfigMap's configuration parses with the server's own strict parser,
+// the probes, port, flags, environment names, volumes and labels agree
+// between the Deployment, the Service, the HPA, the PDB and the KServe
+// InferenceService, and the shutdown budget fits the grace period.
+package deploy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/signalforge/signalforge/server"
+)
+
+// The contract with `signalforge serve` (DESIGN.md §5, issue 7).
+const (
+	wantConfigPath = "/etc/signalforge/config.yaml"
+	wantPort       = 8080
+	wantReady      = "/v2/health/ready"
+	wantLive       = "/v2/health/live"
+	secretName     = "signalforge"
+)
+
+var wantArgs = []string{"serve", "--config", wantConfigPath}
+
+// obj is one decoded YAML document.
+type obj = map[string]any
+
+// loadDocs decodes every YAML document of file.
+func loadDocs(t *testing.T, file string) []obj {
+	t.Helper()
+	b, err := os.ReadFile(file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	var docs []obj
+	for {
+		var d obj
+		err := dec.Decode(&d)
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("%s: %v", file, err)
+		}
+		if d != nil {
+			docs = append(docs, d)
+		}
+	}
+	return docs
+}
+
+// get walks a path of keys (string) and indexes (int) through o.
+func get(t *testing.T, o any, path ...any) any {
+	t.Helper()
+	cur := o
+	for i, p := range path {
+		switch k := p.(type) {
+		case string:
+			m, ok := cur.(obj)
+			if !ok {
+				t.Fatalf("%v: not a mapping at %v", path, path[:i])
+			}
+			v, ok := m[k]
+			if !ok {
+				t.Fatalf("%v: no key %q", path, k)
+			}
+			cur = v
+		case int:
+			l, ok := cur.([]any)
+			if !ok || k >= len(l) {
+				t.Fatalf("%v: no index %d", path, k)
+			}
+			cur = l[k]
+		}
+	}
+	return cur
+}
+
+func str(t *testing.T, o any, path ...any) string {
+	t.Helper()
+	s, ok := get(t, o, path...).(string)
+	if !ok {
+		t.Fatalf("%v is not a string", path)
+	}
+	return s
+}
+
+func num(t *testing.T, o any, path ...any) int {
+	t.Helper()
+	n, ok := get(t, o, path...).(int)
+	if !ok {
+		t.Fatalf("%v is not an integer", path)
+	}
+	return n
+}
+
+// manifests loads every YAML file under deploy/ by kind/name.
+func manifests(t *testing.T) map[string]obj {
+	t.Helper()
+	files, err := filepath.Glob("*.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	more, _ := filepath.Glob("kserve/*.yaml")
+	out := map[string]obj{}
+	for _, f := range append(files, more...) {
+		for _, d := range loadDocs(t, f) {
+			kind := str(t, d, "kind")
+			if kind == "Kustomization" {
+				continue
+			}
+			key := kind + "/" + str(t, d, "metadata", "name")
+			if _, dup := out[key]; dup {
+				t.Fatalf("%s defined twice", key)
+			}
+			out[key] = d
+		}
+	}
+	return out
+}
+
+func TestKustomizationListsEveryManifest(t *testing.T) {
+	k := loadDocs(t, "kustomization.yaml")[0]
+	var listed []string
+	for _, r := range get(t, k, "resources").([]any) {
+		listed = append(listed, r.(string))
+		if _, err := os.Stat(r.(string)); err != nil {
+			t.Errorf("kustomization lists %s: %v", r, err)
+		}
+	}
+	files, _ := filepath.Glob("*.yaml")
+	for _, f := range files {
+		switch f {
+		case "kustomization.yaml", "secret.example.yaml":
+			if slices.Contains(listed, f) {
+				t.Errorf("kustomization must not apply %s", f)
+			}
+		default:
+			if !slices.Contains(listed, f) {
+				t.Errorf("%s is not in kustomization.yaml", f)
+			}
+		}
+	}
+	// The image the Deployment names is mapped to the one KServe uses.
+	img := get(t, k, "images", 0).(obj)
+	full := fmt.Sprintf("%s:%s", img["newName"], img["newTag"])
+	m := manifests(t)
+	if dep := str(t, m["Deployment/signalforge"], "spec", "template", "spec", "containers", 0, "image"); dep != img["name"] {
+		t.Errorf("Deployment image %q is not the kustomization's image name %q", dep, img["name"])
+	}
+	if ks := str(t, m["InferenceService/signalforge"], "spec", "predictor", "containers", 0, "image"); ks != full {
+		t.Errorf("InferenceService image %q, kustomization image %q", ks, full)
+	}
+}
+
+// serverConfig returns the ConfigMap's config.yaml parsed by the server.
+func serverConfig(t *testing.T, m map[string]obj) server.FileConfig {
+	t.Helper()
+	text := str(t, m["ConfigMap/signalforge-config"], "data", "config.yaml")
+	fc, err := server.ParseFileConfig([]byte(text))
+	if err != nil {
+		t.Fatalf("the ConfigMap's config.yaml is refused by the server: %v", err)
+	}
+	return fc
+}
+
+func TestConfigMapIsAValidServerConfig(t *testing.T) {
+	fc := serverConfig(t, manifests(t))
+	if fc.Addr != fmt.Sprintf(":%d", wantPort) {
+		t.Errorf("addr %q, want :%d", fc.Addr, wantPort)
+	}
+	if fc.AdminToken != "" || fc.Cache.Redis != "" {
+		t.Errorf("credentials in the ConfigMap (admin_token %q, cache.redis %q): they belong in the Secret", fc.AdminToken, fc.Cache.Redis)
+	}
+	if server.BoolOr(fc.Demo, true) {
+		t.Error("demo is on: replicas would seed demo models into the shared registry")
+	}
+	if !server.BoolOr(fc.Cache.Enabled, true) {
+		t.Error("the cache is off")
+	}
+	if fc.ShutdownTimeout <= 0 {
+		t.Error("shutdown_timeout is not set; the grace period check needs it")
+	}
+}
+
+// podSpecs returns the pod specs that run the server, by owner.
+func podSpecs(t *testing.T, m map[string]obj) map[string]obj {
+	return map[string]obj{
+		"Deployment":       get(t, m["Deployment/signalforge"], "spec", "template", "spec").(obj),
+		"InferenceService": get(t, m["InferenceService/signalforge"], "spec", "predictor").(obj),
+	}
+}
+
+func TestPodSpecsRunTheServerAsConfigured(t *testing.T) {
+	m := manifests(t)
+	fc := serverConfig(t, m)
+	secret := m["Secret/"+secretName]
+	pvcName := str(t, m["PersistentVolumeClaim/signalforge-registry"], "metadata", "name")
+	for owner, ps := range podSpecs(t, m) {
+		t.Run(owner, func(t *testing.T) {
+			c := get(t, ps, "containers", 0).(obj)
+			if owner == "InferenceService" && c["name"] != "kserve-container" {
+				t.Errorf("KServe custom predictor container is %q, want kserve-container", c["name"])
+			}
+			var args []string
+			for _, a := range get(t, c, "args").([]any) {
+				args = append(args, a.(string))
+			}
+			if !slices.Equal(args, wantArgs) {
+				t.Errorf("args %q, want %q", args, wantArgs)
+			}
+			if p := num(t, c, "ports", 0, "containerPort"); p != wantPort || str(t, c, "ports", 0, "name") != "http" {
+				t.Errorf("port %d %q, want %d named http", p, str(t, c, "ports", 0, "name"), wantPort)
+			}
+			for probe, path := range map[string]string{"readinessProbe": wantReady, "livenessProbe": wantLive, "startupProbe": wantLive} {
+				if got := str(t, c, probe, "httpGet", "path"); got != path {
+					t.Errorf("%s path %q, want %q", probe, got, path)
+				}
+				if got := get(t, c, probe, "httpGet", "port"); got != "http" {
+					t.Errorf("%s port %v, want http", probe, got)
+				}
+			}
+
+			env := map[string]obj{}
+			for _, e := range get(t, c, "env").([]any) {
+				env[e.(obj)["name"].(string)] = e.(obj)
+			}
+			for name, key := range map[string]string{"SIGNALFORGE_REDIS": "redis-url", "SIGNALFORGE_ADMIN_TOKEN": "admin-token"} {
+				e, ok := env[name]
+				if !ok {
+					t.Errorf("no %s in env", name)
+					continue
+				}
+				if str(t, e, "valueFrom", "secretKeyRef", "name") != secretName || str(t, e, "valueFrom", "secretKeyRef", "key") != key {
+					t.Errorf("%s does not come from secret %s key %s: %v", name, secretName, key, e)
+				}
+				if _, ok := get(t, secret, "stringData").(obj)[key]; !ok {
+					t.Errorf("secret.example.yaml has no key %s", key)
+				}
+			}
+
+			mounts := map[string]string{}
+			for _, v := range get(t, c, "volumeMounts").([]any) {
+				mounts[v.(obj)["name"].(string)] = v.(obj)["mountPath"].(string)
+			}
+			vols := map[string]obj{}
+			for _, v := range get(t, ps, "volumes").([]any) {
+				vols[v.(obj)["name"].(string)] = v.(obj)
+			}
+			if mounts["config"] != filepath.Dir(wantConfigPath) || str(t, vols["config"], "configMap", "name") != "signalforge-config" {
+				t.Errorf("config volume: mounted at %q from %v", mounts["config"], vols["config"])
+			}
+			if mounts["registry"] != fc.Registry || str(t, vols["registry"], "persistentVolumeClaim", "claimName") != pvcName {
+				t.Errorf("registry: config says %q, mounted at %q from %v", fc.Registry, mounts["registry"], vols["registry"])
+			}
+			if get(t, c, "securityContext", "readOnlyRootFilesystem") == true && mounts["tmp"] != "/tmp" {
+				t.Error("read-only root filesystem without a writable /tmp")
+			}
+
+			grace := time.Duration(num(t, ps, "terminationGracePeriodSeconds")) * time.Second
+			pause := time.Duration(num(t, c, "lifecycle", "preStop", "sleep", "seconds")) * time.Second
+			if budget := pause + time.Duration(fc.ShutdownTimeout); budget+5*time.Second > grace {
+				t.Errorf("preStop %v + shutdown_timeout %v leaves less than 5s of the %v grace period", pause, time.Duration(fc.ShutdownTimeout), grace)
+			}
+			if _, ok := get(t, c, "resources", "requests").(obj)["cpu"]; !ok {
+				t.Error("no CPU request (GOMAXPROCS and the HPA derive from it)")
+			}
+			if _, ok := get(t, c, "resources", "limits").(obj)["memory"]; !ok {
+				t.Error("no memory limit (GOMEMLIMIT derives from it)")
+			}
+		})
+	}
+}
+
+func TestServiceHPAAndPDBSelectThePods(t *testing.T) {
+	m := manifests(t)
+	dep := m["Deployment/signalforge"]
+	podLabels := get(t, dep, "spec", "template", "metadata", "labels").(obj)
+	matches := func(sel obj) bool {
+		for k, v := range sel {
+			if podLabels[k] != v {
+				return false
+			}
+		}
+		return len(sel) > 0
+	}
+	if sel := get(t, dep, "spec", "selector", "matchLabels").(obj); !matches(sel) {
+		t.Errorf("Deployment selector %v does not match its pods %v", sel, podLabels)
+	}
+	svc := m["Service/signalforge"]
+	if sel := get(t, svc, "spec", "selector").(obj); !matches(sel) {
+		t.Errorf("Service selector %v does not match the pods %v", sel, podLabels)
+	}
+	if tp := get(t, svc, "spec", "ports", 0, "targetPort"); tp != "http" {
+		t.Errorf("Service targetPort %v, want the container port name http", tp)
+	}
+	if sel := get(t, m["PodDisruptionBudget/signalforge"], "spec", "selector", "matchLabels").(obj); !matches(sel) {
+		t.Errorf("PDB selector %v does not match the pods", sel)
+	}
+	hpa := m["HorizontalPodAutoscaler/signalforge"]
+	if k, n := str(t, hpa, "spec", "scaleTargetRef", "kind"), str(t, hpa, "spec", "scaleTargetRef", "name"); k != "Deployment" || n != "signalforge" {
+		t.Errorf("HPA targets %s/%s", k, n)
+	}
+	if _, ok := get(t, dep, "spec").(obj)["replicas"]; ok {
+		t.Error("the Deployment sets replicas, fighting the HPA on every apply")
+	}
+	if min := num(t, hpa, "spec", "minReplicas"); min < 2 {
+		t.Errorf("HPA minReplicas %d: one replica is not highly available", min)
+	}
+}
+
+func TestDockerfileMatchesTheManifests(t *testing.T) {
+	b, err := os.ReadFile("Dockerfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	df := string(b)
+	for _, want := range []string{
+		`ENTRYPOINT ["/usr/local/bin/signalforge"]`,
+		`CMD ["serve", "--config", "` + wantConfigPath + `"]`,
+		fmt.Sprintf("EXPOSE %d", wantPort),
+		"USER 65532:65532",
+		"ENV SIGNALFORGE_ORT_LIB=/usr/local/lib/libonnxruntime.so.1",
+		"CGO_ENABLED=1",
+	} {
+		if !strings.Contains(df, want) {
+			t.Errorf("Dockerfile lacks %q", want)
+		}
+	}
+	// The pinned ONNX Runtime must be the one scripts/deps.sh pins.
+	deps, err := os.ReadFile("../scripts/deps.sh")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, v := range []string{"ORT_VERSION", "ORT_TGZ_SHA256", "ORT_LIB_SHA256"} {
+		val := ""
+		for line := range strings.Lines(string(deps)) {
+			if after, ok := strings.CutPrefix(line, v+"="); ok {
+				val = strings.TrimSpace(after)
+			}
+		}
+		if val == "" || !strings.Contains(df, "ARG "+v+"="+val+"\n") {
+			t.Errorf("Dockerfile's %s differs from scripts/deps.sh (%q)", v, val)
+		}
+	}
+}
