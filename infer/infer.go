@@ -6,9 +6,16 @@
 // no cgo. Every engine must pass the conformance suite in infer/infertest.
 //
 //	eng, _ := ort.New(ort.Config{})
-//	sess, _ := eng.LoadFile(ctx, "model.onnx", infer.Options{})
+//	sess, _ := eng.LoadFile(ctx, "model.onnx", infer.Options{WarmupBatchSizes: []int{1, 32}})
 //	p, _ := infer.NewPredictor(sess, infer.PredictorConfig{})
-//	preds, _ := p.Predict(ctx, []infer.Row{{"rsi_14": {65}, "macd": {0.5}}})
+//	preds, err := p.Predict(ctx, []infer.Row{{"rsi_14": {65}, "macd": {0.5}}})
+//	var fe *infer.FeatureError
+//	if errors.As(err, &fe) { … } // fe.Code "missing_feature", message "row 0: missing feature: macd"
+//
+// Besides the interfaces: CheckInputs (engine-independent input checks with
+// one clear message), Warmup, BatchAxis (which axis of an IO is the dynamic
+// batch axis), and Measure/RandomInputs, the timing loop of `signalforge
+// bench`.
 package infer
 
 import (

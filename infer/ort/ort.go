@@ -16,6 +16,14 @@
 // Sessions are goroutine-safe (the binding's DynamicAdvancedSession); a
 // cancelled or expired ctx stops a running inference through ONNX Runtime's
 // RunOptions terminate flag.
+//
+// The hot path is kept close to a bare binding call: small runs reuse
+// pooled ONNX Runtime values (Go memory, copied in and out) instead of
+// creating and releasing values per call, outputs whose shapes follow from
+// the inputs are never allocated by ONNX Runtime, and RunOptions are
+// reused. On a 100-50-10 MLP at batch 1, Session.Run costs about 1.15× a
+// raw binding call with a background ctx and about 1.28× with a
+// cancellable one (the context.AfterFunc hook); see BenchmarkMLP100Overhead.
 package ort
 
 import (
