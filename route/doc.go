@@ -60,7 +60,18 @@
 // after healthy intervals. Every weight change it makes is reported through
 // AutopilotConfig.OnAction; when a registry is attached, the server must
 // write the new traffic and an audit-log entry there, otherwise the
-// registry's next Watch event would restore the old weights.
+// registry's next Watch event would restore the old weights. With this
+// project's registry that is one call, which also appends the audit event:
+//
+//	OnAction: func(ctx context.Context, a route.Action) error {
+//		pct := registry.Split{}
+//		for v, w := range a.To {
+//			pct[v] = 100 * w
+//		}
+//		ctx = registry.WithActor(ctx, "autopilot "+a.Kind.String()+": "+a.Verdict.Reason)
+//		_, err := reg.SetSplit(ctx, a.Model, pct)
+//		return err
+//	},
 //
 // # Shadow mode
 //
