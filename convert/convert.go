@@ -83,7 +83,8 @@ type Options struct {
 	Spec *Spec `json:"-"`
 	// SpecSHA256 is recorded in the lineage when a spec file was used.
 	SpecSHA256 string `json:"spec_sha256,omitempty"`
-	// Load bounds what reading the file may allocate.
+	// Load bounds what reading the file may allocate and lists extra
+	// classes to accept.
 	Load LoadOptions `json:"-"`
 }
 

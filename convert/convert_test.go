@@ -43,6 +43,8 @@ func convertFixture(t *testing.T, eng *ort.Engine, dir, name string) *convert.Ve
 	t.Helper()
 	// A model that starts with Flatten does not reveal its input shape.
 	opts := convert.Options{InputShape: map[string][]int64{"flatten": {-1, 2, 4}}[name]}
+	// custom_class.pt is torch.save of a Forecaster defined in the script.
+	opts.Load.AllowClasses = []string{"__main__.Forecaster"}
 	if _, err := os.Stat(filepath.Join(dir, name+".spec.json")); err == nil {
 		spec, err := convert.ReadSpecFile(filepath.Join(dir, name+".spec.json"))
 		if err != nil {
@@ -125,9 +127,11 @@ func TestRegenerate(t *testing.T) {
 	}
 }
 
-// TestBridge exports through torch.onnx.export and verifies against
-// reference outputs computed by the bridge, for a whole model and for a
-// state dict with a spec (which the bridge rebuilds in Python).
+// TestBridge exports through torch.onnx.export and verifies: a whole-model
+// pickle of a custom class (its class from --torch-module) against the
+// committed reference, and a state dict with a spec (which the bridge
+// rebuilds in Python) against live PyTorch outputs from the bridge. The Go
+// conversion of each file must agree with the same reference.
 func TestBridge(t *testing.T) {
 	t.Parallel()
 	b := torchBridge(t)
@@ -137,7 +141,7 @@ func TestBridge(t *testing.T) {
 		file, spec string
 		shape      []int64
 	}{
-		{"testdata/relu.pt", "", []int64{-1, 8}},
+		{"testdata/custom_class.pt", "", []int64{-1, 5, 4}},
 		{"testdata/lstm_bidir.pt", "testdata/lstm_bidir.spec.json", []int64{-1, 5, 4}},
 	}
 	for _, tt := range tests {
@@ -150,6 +154,11 @@ func TestBridge(t *testing.T) {
 					t.Fatal(err)
 				}
 				opts.Spec = spec
+			}
+			b := *b
+			if strings.Contains(tt.file, "custom") {
+				// The script defines Forecaster, which the pickle references.
+				b.TorchModule = "testdata/make_fixtures.py"
 			}
 			res, err := b.Export(ctx, tt.file, tt.shape, 0, opts)
 			if err != nil {
@@ -178,6 +187,10 @@ func TestBridge(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The Go conversion of the same file agrees with the bridge's reference too.
+			if strings.Contains(tt.file, "custom") {
+				opts.Load.AllowClasses = []string{"__main__.Forecaster"}
+				opts.Spec = mustSpec(t, "testdata/custom_class.spec.json")
+			}
 			goRes, err := convert.ConvertFile(tt.file, opts)
 			if err != nil {
 				t.Fatal(err)
@@ -295,6 +308,7 @@ func TestErrors(t *testing.T) {
 	}{
 		{"state dict without spec", "testdata/lstm.pt", "", []string{"state dict", "spec", "--exporter torch"}},
 		{"torchscript without spec", "testdata/mlp_script.pt", "", []string{"TorchScript", "spec"}},
+		{"custom class not allowed", "testdata/custom_class.pt", "", []string{"not allowed", "__main__.Forecaster", "--allow-class", "--exporter torch"}},
 		{"unsupported layer", "testdata/mlp_state.pt", "layers: [{type: Conv2d, param: '0'}]", []string{`"Conv2d"`, "Linear", "LSTM", "--exporter torch"}},
 		{"unknown argument", "testdata/mlp_state.pt", "layers: [{type: LeakyReLU, slope: 0.1}]", []string{`"slope"`, "negative_slope"}},
 		{"unused weights", "testdata/mlp_state.pt", "layers: [{type: Linear, param: '0'}]", []string{"does not use", "2.weight"}},

@@ -230,9 +230,16 @@ func (l *loader) findClass(module, name string) (interface{}, error) {
 			return &pyClass{name: name}, nil
 		}
 	}
-	return nil, fmt.Errorf("%w: %s.%s (loading never runs code; supported modules: %v; "+
-		"for a custom model use a state dict with an architecture spec, or --exporter torch)",
-		ErrRefused, module, name, SupportedModules())
+	full := module + "." + name
+	for _, c := range l.opts.AllowClasses {
+		if c == full {
+			return &pyClass{name: full}, nil
+		}
+	}
+	return nil, fmt.Errorf("%w: %s (loading never runs code; supported modules: %v; "+
+		"if it is your own nn.Module saved with torch.save(model), allow it with --allow-class %s "+
+		"(its state is read as data, never run) and give an architecture spec, or use --exporter torch)",
+		ErrRefused, full, SupportedModules(), full)
 }
 
 // persistentLoad resolves ('storage', StorageClass, key, location, numel).

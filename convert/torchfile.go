@@ -134,7 +134,8 @@ func halfToFloat(h uint16) float32 {
 // float64, string, []any (lists and tuples), map[string]any (dicts with
 // string keys, ordered keys lost), *Tensor and *Object.
 type Object struct {
-	// Class is the class name without its module ("Linear").
+	// Class is the class name without its module for torch.nn classes
+	// ("Linear"), with it for LoadOptions.AllowClasses ("__main__.Forecaster").
 	Class string
 	Attrs map[string]any
 	raw   map[string]interface{}
@@ -193,6 +194,12 @@ type LoadOptions struct {
 	// MaxTensorBytes caps the total bytes of tensor data read. If zero,
 	// 4 GiB.
 	MaxTensorBytes int64
+	// AllowClasses lists further classes ("__main__.Forecaster") a
+	// whole-model pickle may reference: the user's own nn.Module
+	// subclasses. Their instances are rebuilt as data (an Object holding
+	// their __dict__); their code is never run, so converting them needs a
+	// Spec.
+	AllowClasses []string
 }
 
 func (o *LoadOptions) defaults() {

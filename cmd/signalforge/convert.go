@@ -22,6 +22,7 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 	specPath := fs.String("spec", "", "architecture spec (YAML or JSON) for a state dict, TorchScript archive or custom forward")
 	exporter := fs.String("exporter", "go", "go (read the file in Go, never runs code) or torch (torch.onnx.export in a Python subprocess)")
 	python := fs.String("python", convert.DefaultPython, "Python interpreter with torch, for -exporter torch, reference outputs and -benchmark")
+	allowClass := fs.String("allow-class", "", "comma-separated classes of your own (e.g. __main__.Forecaster) a whole-model pickle may reference; read as data, never run; needs -spec")
 	torchModule := fs.String("torch-module", "", "torch exporter: Python file defining the custom classes a whole-model pickle references")
 	inputName := fs.String("input-name", "input", "name of the ONNX input")
 	outputName := fs.String("output-name", "output", "name of the ONNX output")
@@ -52,6 +53,7 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 		InputName: *inputName, OutputName: *outputName, Opset: *opset, StaticBatch: *staticBatch,
 		Features: splitNames(*features),
 	}
+	opts.Load.AllowClasses = splitNames(*allowClass)
 	var err error
 	if opts.InputShape, err = parseInt64s(*inputShape); err != nil {
 		return fmt.Errorf("-input-shape: %w", err)

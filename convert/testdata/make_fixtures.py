@@ -160,6 +160,21 @@ def main():
                    for k, v in views.items()}, f, indent=0)
         f.write("\n")
 
+    # A whole-model pickle of a custom class (__main__.Forecaster): Go reads
+    # it as data with --allow-class and a spec; the bridge with this file as
+    # --torch-module.
+    model = Forecaster(nn.LSTM(4, 5, batch_first=True), nn.Linear(5, 2)).eval()
+    x = torch.randn(BATCH, 5, 4)
+    with torch.no_grad():
+        y = model(x)
+    torch.save(model, os.path.join(OUT, "custom_class.pt"))
+    write_spec("custom_class", {"layers": [
+        {"type": "LSTM", "param": "rnn", "batch_first": True},
+        {"type": "LastStep"},
+        {"type": "Linear", "param": "head"},
+    ]})
+    write_ref("custom_class", x, y)
+
     for kind in ("LSTM", "GRU"):
         k = kind.lower()
         recurrent(k, kind, 4, 6, 1, False, True)
