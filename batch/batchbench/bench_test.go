@@ -164,13 +164,14 @@ func closedLoop(b *testing.B, callers int, x tensor.Tensor, call func(context.Co
 // BenchmarkBatcher is the must-show comparison: closed-loop callers (1, 8,
 // 32, 64) sending one-row requests to a 100-50-10 and a 512-1024-1024-1
 // MLP, unbatched (every caller calls Session.Run itself, concurrently) and
-// through a Batcher (MaxBatchSize 32, MaxInFlight 2) at several windows.
+// through a Batcher (MaxBatchSize 32, MaxInFlight 2, DefaultWindow).
 // Besides req/s and per-request p50/p99 it reports the batches' average
-// size and median execution time. Run with
+// size and median execution time. BenchmarkBatcherInterleaved compares
+// windows side by side. Run with
 //
-//	go test ./batch/batchbench -run '^$' -bench Batcher -benchtime 3000x -count 3
+//	go test ./batch/batchbench -run '^$' -bench 'Batcher$' -benchtime 3000x -count 3
 func BenchmarkBatcher(b *testing.B) {
-	windows := []time.Duration{250 * time.Microsecond, 500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond}
+	windows := []time.Duration{batch.DefaultWindow}
 	for _, sizes := range [][]int{{100, 50, 10}, {512, 1024, 1024, 1}} {
 		sess, m := load(b, sizes...)
 		x := m.RandomInput(1, 3)
@@ -252,17 +253,20 @@ func BenchmarkBatcherInterleaved(b *testing.B) {
 		for _, callers := range []int{1, 8, 32, 64} {
 			b.Run(fmt.Sprintf("mlp%d/callers=%d", sizes[0], callers), func(b *testing.B) {
 				type mode struct {
-					name   string
-					window time.Duration // 0: unbatched
-					rps    []float64
-					lat    []time.Duration
-					rows   float64 // rows per batch, all rounds
-					batch  time.Duration
+					name     string
+					window   time.Duration // 0: unbatched
+					inFlight int
+					rps      []float64
+					lat      []time.Duration
+					rows     float64 // rows per batch, all rounds
+					batch    time.Duration
 				}
 				modes := []*mode{{name: "unbatched"}}
 				for _, w := range windows {
-					modes = append(modes, &mode{name: "w=" + w.String(), window: w})
+					modes = append(modes, &mode{name: "w=" + w.String(), window: w, inFlight: 2})
 				}
+				// One batch at a time leaves a core to the Go side.
+				modes = append(modes, &mode{name: "w=500µs/inflight=1", window: 500 * time.Microsecond, inFlight: 1})
 				for b.Loop() {
 					for range rounds {
 						for _, md := range modes {
@@ -270,7 +274,7 @@ func BenchmarkBatcherInterleaved(b *testing.B) {
 							var bt *batch.Batcher
 							if md.window > 0 {
 								var err error
-								bt, err = batch.New(batch.Config{MaxBatchSize: 32, Window: md.window, MaxInFlight: 2}, sess.Run)
+								bt, err = batch.New(batch.Config{MaxBatchSize: 32, Window: md.window, MaxInFlight: md.inFlight}, sess.Run)
 								if err != nil {
 									b.Fatal(err)
 								}
