@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -272,11 +273,29 @@ func TestPodSpecsRunTheServerAsConfigured(t *testing.T) {
 			if _, ok := get(t, c, "resources", "requests").(obj)["cpu"]; !ok {
 				t.Error("no CPU request (GOMAXPROCS and the HPA derive from it)")
 			}
-			if _, ok := get(t, c, "resources", "limits").(obj)["memory"]; !ok {
-				t.Error("no memory limit (GOMEMLIMIT derives from it)")
+			limit := memBytes(t, str(t, c, "resources", "limits", "memory"), "i")
+			if soft := memBytes(t, str(t, env["GOMEMLIMIT"], "value"), "iB"); soft <= 0 || float64(soft) > 0.85*float64(limit) {
+				t.Errorf("GOMEMLIMIT %d bytes is not within 85%% of the memory limit %d (ONNX Runtime allocates outside the Go heap)", soft, limit)
 			}
 		})
 	}
+}
+
+// memBytes parses "768Mi" (Kubernetes, suffix "i") or "768MiB" (Go's
+// GOMEMLIMIT, suffix "iB") with a K, M or G binary prefix.
+func memBytes(t *testing.T, s, suffix string) int64 {
+	t.Helper()
+	for i, p := range []string{"K", "M", "G"} {
+		if num, ok := strings.CutSuffix(s, p+suffix); ok {
+			n, err := strconv.ParseInt(num, 10, 64)
+			if err != nil {
+				t.Fatalf("memory quantity %q: %v", s, err)
+			}
+			return n << (10 * (i + 1))
+		}
+	}
+	t.Fatalf("memory quantity %q: want a number with Ki/Mi/Gi (%s)", s, suffix)
+	return 0
 }
 
 func TestServiceHPAAndPDBSelectThePods(t *testing.T) {
