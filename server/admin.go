@@ -32,6 +32,13 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v1/admin/models/{name}/rollback", s.admin(s.handleRollback))
 	m.HandleFunc("GET /v1/admin/models/{name}/history", s.admin(s.handleHistory))
 	m.HandleFunc("GET /v1/admin/models/{name}/stats", s.admin(s.handleModelStats))
+	m.HandleFunc("POST /v1/admin/models/{name}/canary", s.admin(s.handleCanaryStart))
+	m.HandleFunc("GET /v1/admin/models/{name}/canary", s.admin(s.handleCanaryStatus))
+	m.HandleFunc("DELETE /v1/admin/models/{name}/canary", s.admin(s.handleCanaryStop))
+	m.HandleFunc("GET /v1/admin/models/{name}/judge", s.admin(s.handleJudge))
+	m.HandleFunc("PUT /v1/admin/models/{name}/shadow", s.admin(s.handleShadowStart))
+	m.HandleFunc("GET /v1/admin/models/{name}/shadow", s.admin(s.handleShadowStats))
+	m.HandleFunc("DELETE /v1/admin/models/{name}/shadow", s.admin(s.handleShadowStop))
 	m.HandleFunc("POST /v1/admin/cache/invalidate", s.admin(s.handleInvalidate))
 	m.HandleFunc("GET /v1/admin/cache/stats", s.admin(s.handleCacheStats))
 	// Open Inference Protocol v2.

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"slices"
 	"time"
 
 	"github.com/signalforge/signalforge/api"
@@ -248,6 +249,9 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		return resp, herr
 	}
 	s.router.Record(model, l.ref.Version, lat, nil)
+	if sh := s.shadowFor(model); sh != nil && !resp.Cached {
+		sh.Offer(req.RequestID, toRows(rows), slices.Concat(val.Predictions...), lat)
+	}
 	resp.Predictions = val.Predictions
 	resp.TotalMS = msSince(start)
 	return resp, nil

@@ -154,7 +154,9 @@ type Server struct {
 	mux    *http.ServeMux
 	met    *metrics
 
-	models *modelSet
+	models    *modelSet
+	autopilot *route.Autopilot
+	shadows   shadowSet
 
 	ready        atomic.Bool // initial load done and not shutting down
 	shuttingDown atomic.Bool
@@ -184,6 +186,11 @@ func New(cfg Config) (*Server, error) {
 		s.router = r
 	}
 	s.models = newModelSet(s)
+	ap, err := route.NewAutopilot(s.router, route.AutopilotConfig{OnAction: s.autopilotAction, Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	s.autopilot = ap
 	met, err := newMetrics(s, cfg.Metrics)
 	if err != nil {
 		return nil, err
@@ -266,6 +273,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if serr := hs.Shutdown(sctx); serr != nil && err == nil {
 		err = fmt.Errorf("server: shutdown: %w", serr)
 	}
+	s.autopilot.Close()
+	s.closeShadows()
 	stopFollow()
 	<-followDone
 	if cerr := s.models.closeAll(sctx); cerr != nil && err == nil {

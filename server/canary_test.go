@@ -1,0 +1,94 @@
+package server
+
+import (
+	"context"
+	"fmt"
+	"testing"
+
+	"github.com/signalforge/signalforge/api"
+	"github.com/signalforge/signalforge/route"
+)
+
+func TestShadowViaAdminAPI(t *testing.T) {
+	ts := startServer(t, testOpts{noCache: true})
+	ctx := context.Background()
+	admin := &api.Client{BaseURL: ts.URL}
+	if err := admin.Do(ctx, "PUT", "/v1/admin/models/forecast_mlp/shadow", map[string]any{"version": "v2.0", "rate": 1}, nil); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 40 {
+		r, err := admin.Predict(ctx, "forecast_mlp", &api.PredictRequest{RequestID: fmt.Sprint(i), Version: "v1.0", Features: demoFeatures(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if r.Version != "v1.0" {
+			t.Fatalf("pinned v1.0, answered by %s", r.Version)
+		}
+	}
+	var st route.ShadowStats
+	waitFor(t, func() bool {
+		if err := admin.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/shadow", nil, &st); err != nil {
+			t.Fatal(err)
+		}
+		return st.Compared+st.Dropped >= 40
+	})
+	if st.Compared == 0 || st.MaxAbsDiff <= 0 || st.DirectionAgreementPct < 0 || st.DirectionAgreementPct > 100 {
+		t.Fatalf("shadow stats %+v: two different models must differ", st)
+	}
+	if err := admin.Do(ctx, "DELETE", "/v1/admin/models/forecast_mlp/shadow", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := admin.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/shadow", nil, nil); err == nil {
+		t.Fatal("shadow still reported after DELETE")
+	}
+	err := admin.Do(ctx, "PUT", "/v1/admin/models/forecast_mlp/shadow", map[string]any{"version": "v9"}, nil)
+	if ae, ok := err.(*api.Error); !ok || ae.Status != 400 {
+		t.Fatalf("shadow of an unknown version: %v", err)
+	}
+}
+
+func TestCanaryPlanWritesRegistry(t *testing.T) {
+	ts := startServer(t, testOpts{noCache: true})
+	ctx := context.Background()
+	admin := &api.Client{BaseURL: ts.URL}
+	var st struct {
+		State string
+		Step  int
+	}
+	err := admin.Do(ctx, "POST", "/v1/admin/models/forecast_mlp/canary", map[string]any{
+		"canary": "v2.0", "baseline": "v1.0", "step_up": true, "steps_pct": []float64{10, 100}, "interval": "1h",
+	}, &st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.State != route.Running.String() || st.Step != 0 {
+		t.Fatalf("status %+v", st)
+	}
+	// The first step is applied at once, through the registry.
+	split, err := ts.reg.Split(ctx, "forecast_mlp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if split["v2.0"] < 9.99 || split["v2.0"] > 10.01 {
+		t.Fatalf("registry split %v, want v2.0 at 10%%", split)
+	}
+	hist, _ := ts.reg.History(ctx, "forecast_mlp")
+	if last := hist[len(hist)-1]; last.Actor != "autopilot" {
+		t.Fatalf("last audit event %+v, want actor autopilot", last)
+	}
+	waitFor(t, func() bool { s, _ := ts.srv.router.Split("forecast_mlp"); return s["v2.0"] > 0.09 && s["v2.0"] < 0.11 })
+	var v struct{ Decision, Reason string }
+	if err := admin.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/judge?canary=v2.0&baseline=v1.0", nil, &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Decision != route.Inconclusive.String() {
+		t.Fatalf("verdict with no traffic: %+v", v)
+	}
+	if err := admin.Do(ctx, "DELETE", "/v1/admin/models/forecast_mlp/canary", nil, nil); err != nil {
+		t.Fatal(err)
+	}
+	err = admin.Do(ctx, "POST", "/v1/admin/models/forecast_mlp/canary", map[string]any{"canary": "v7", "baseline": "v1.0"}, nil)
+	if ae, ok := err.(*api.Error); !ok || ae.Status != 400 {
+		t.Fatalf("canary of an unknown version: %v", err)
+	}
+}
