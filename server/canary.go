@@ -57,7 +57,7 @@ type canaryBody struct {
 	Rollback         *bool     `json:"rollback"` // default true
 	StepUp           bool      `json:"step_up"`
 	StepsPct         []float64 `json:"steps_pct"` // default 5, 25, 50, 100
-	IntervalText     string    `json:"interval"` // e.g. "5m"; default 1m
+	IntervalText     string    `json:"interval"`  // e.g. "5m"; default 1m
 	HealthyIntervals int       `json:"healthy_intervals"`
 	MinSamples       int       `json:"min_samples"`
 	MaxP99Ratio      float64   `json:"max_p99_ratio"`
@@ -226,4 +226,3 @@ func (s *Server) closeShadows() {
 		sh.Close()
 	}
 }
-
