@@ -560,6 +560,18 @@ func TestQueueFull(t *testing.T) {
 	})
 }
 
+func TestRetryAfterEstimate(t *testing.T) {
+	b := mustNew(t, Config{MaxBatchSize: 2, MaxQueue: 8, Window: time.Millisecond, MaxInFlight: 2}, (&fakeModel{}).run)
+	if got := b.retryAfter(5); got != time.Millisecond {
+		t.Errorf("no estimate yet: RetryAfter %v, want the window (1ms)", got)
+	}
+	b.estimate.Store(int64(4 * time.Millisecond))
+	// 5 rows = 3 batches of 4ms on 2 slots.
+	if got := b.retryAfter(5); got != 6*time.Millisecond {
+		t.Errorf("RetryAfter %v, want 6ms", got)
+	}
+}
+
 func TestModelErrorFailsExactlyItsBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		errModel := errors.New("model says no")
