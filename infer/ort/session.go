@@ -21,10 +21,11 @@ type Session struct {
 	eng  *Engine
 	sess *ortgo.DynamicAdvancedSession
 	info *modelInfo
-	// plans[i] says how to compute output i's shape from the inputs' shapes
-	// so Run can allocate it in Go and let ONNX Runtime write straight into
-	// it (no copy, fewer cgo calls). nil when the shape cannot be known
-	// before the run; ONNX Runtime then allocates and the binding copies.
+	// plans[i] says how to compute output i's shape from the inputs' shapes,
+	// so Run can hand ONNX Runtime an output buffer: a pooled one for small
+	// runs (see ioSet), else fresh Go memory it writes straight into. nil
+	// when the shape cannot be known before the run; ONNX Runtime then
+	// allocates and the binding copies.
 	plans [][]dimSource
 	// noPrealloc turns preallocation off after ONNX Runtime rejected a
 	// preallocated output (a model whose declared output shape is wrong).
