@@ -81,7 +81,17 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 			res, err = convert.ConvertFile(src, opts)
 		}
 	case "torch":
-		res, err = bridge.Export(ctx, src, opts.InputShape, 0, opts)
+		shape, batchAxis := opts.InputShape, 0
+		if shape == nil {
+			// Borrow the shape from the Go reader when it understands the
+			// file, else from the reference.
+			if goRes, gerr := convert.ConvertFile(src, opts); gerr == nil {
+				shape, batchAxis = goRes.InputShape, goRes.InputBatchAxis
+			} else if ref != nil {
+				shape = ref.Cases[0].Inputs[0].Shape
+			}
+		}
+		res, err = bridge.Export(ctx, src, shape, batchAxis, opts)
 	default:
 		return fmt.Errorf("-exporter %q: want go or torch", *exporter)
 	}
