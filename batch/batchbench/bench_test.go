@@ -239,8 +239,11 @@ func median(v []float64) float64 {
 // of closed-loop callers it runs rounds in which every mode (unbatched and
 // batched at each window) gets the same slice of time in turn, so load
 // spikes from elsewhere hit all modes alike. It reports per mode the median
-// throughput over the rounds and the p50/p99 of all requests' latencies.
-// One iteration does all rounds, so run it with -benchtime 1x:
+// throughput over the rounds and the p50/p99 of all requests' latencies;
+// for batched modes also rows per batch, the batch execution time (p50 and
+// p99) and the queue wait p99, so a latency tail can be traced to the model
+// call or to the queue. One iteration does all rounds, so run it with
+// -benchtime 1x:
 //
 //	go test ./batch/batchbench -run '^$' -bench Interleaved -benchtime 1x
 func BenchmarkBatcherInterleaved(b *testing.B) {
@@ -258,8 +261,10 @@ func BenchmarkBatcherInterleaved(b *testing.B) {
 					inFlight int
 					rps      []float64
 					lat      []time.Duration
-					rows     float64 // rows per batch, all rounds
-					batch    time.Duration
+					rows     float64       // rows per batch, mean over rounds
+					batch    time.Duration // batch execution p50, mean over rounds
+					batch99  time.Duration // batch execution p99, mean over rounds
+					wait99   time.Duration // queue wait p99, mean over rounds
 				}
 				modes := []*mode{{name: "unbatched"}}
 				for _, w := range windows {
@@ -293,6 +298,8 @@ func BenchmarkBatcherInterleaved(b *testing.B) {
 								st := bt.Stats()
 								md.rows += st.AvgBatchSize / rounds
 								md.batch += st.BatchTime.P50 / rounds
+								md.batch99 += st.BatchTime.P99 / rounds
+								md.wait99 += st.QueueWait.P99 / rounds
 							}
 						}
 					}
@@ -308,6 +315,8 @@ func BenchmarkBatcherInterleaved(b *testing.B) {
 					if md.window > 0 {
 						b.ReportMetric(md.rows, md.name+"-rows/batch")
 						b.ReportMetric(float64(md.batch)/1e3, md.name+"-batch-µs")
+						b.ReportMetric(float64(md.batch99)/1e3, md.name+"-batch-p99-µs")
+						b.ReportMetric(float64(md.wait99)/1e3, md.name+"-wait-p99-µs")
 					}
 				}
 			})
