@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -39,7 +40,7 @@ func fixtures(t testing.TB, dir string) []string {
 
 // convertFixture converts dir/name.pt (with dir/name.spec.json if present)
 // and verifies it against dir/name.ref.json in ONNX Runtime.
-func convertFixture(t *testing.T, eng *ort.Engine, dir, name string) *convert.VerifyReport {
+func convertFixture(t *testing.T, eng *ort.Engine, dir, name string) (*convert.VerifyReport, *convert.Result) {
 	t.Helper()
 	// A model that starts with Flatten does not reveal its input shape.
 	opts := convert.Options{InputShape: map[string][]int64{"flatten": {-1, 2, 4}}[name]}
@@ -72,7 +73,7 @@ func convertFixture(t *testing.T, eng *ort.Engine, dir, name string) *convert.Ve
 	if rep.MaxAbs > 1e-5 {
 		t.Fatalf("max abs error %g > 1e-5", rep.MaxAbs)
 	}
-	return rep
+	return rep, res
 }
 
 // TestFixtures converts every committed fixture (one per supported module
@@ -83,7 +84,7 @@ func TestFixtures(t *testing.T) {
 	eng := newEngine(t)
 	for _, name := range fixtures(t, "testdata") {
 		t.Run(name, func(t *testing.T) {
-			rep := convertFixture(t, eng, "testdata", name)
+			rep, _ := convertFixture(t, eng, "testdata", name)
 			t.Logf("max abs %.2g, max rel %.2g", rep.MaxAbs, rep.MaxRel)
 		})
 	}
@@ -123,7 +124,22 @@ func TestRegenerate(t *testing.T) {
 		t.Fatalf("script makes %v, testdata has %v: rerun make_fixtures.py and commit", fresh, committed)
 	}
 	for _, name := range fresh {
-		t.Run(name, func(t *testing.T) { convertFixture(t, eng, dir, name) })
+		t.Run(name, func(t *testing.T) {
+			_, res := convertFixture(t, eng, dir, name)
+			if err := os.WriteFile(filepath.Join(dir, name+".onnx"), res.Bytes, 0o644); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	// ONNX's own checker (with shape inference) accepts every model.
+	check := `import glob, sys, onnx
+fs = sorted(glob.glob(sys.argv[1] + "/*.onnx"))
+for f in fs:
+    onnx.checker.check_model(onnx.load(f), full_check=True)
+print(len(fs))`
+	out, err := exec.Command(convert.DefaultPython, "-c", check, dir).CombinedOutput()
+	if err != nil || strings.TrimSpace(string(out)) != strconv.Itoa(len(fresh)) {
+		t.Fatalf("onnx.checker: %v\n%s", err, out)
 	}
 }
 

@@ -109,7 +109,11 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 
 	if *verify {
 		if ref == nil {
-			cases, err := convert.BenchInputs(opts.InputName, res.InputShape, res.InputBatchAxis, []int{3}, *seqLen)
+			batch := 3
+			if *staticBatch {
+				batch = int(res.InputShape[res.InputBatchAxis])
+			}
+			cases, err := convert.BenchInputs(opts.InputName, res.InputShape, res.InputBatchAxis, []int{batch}, *seqLen)
 			if err != nil {
 				return err
 			}
