@@ -75,6 +75,18 @@ func (r *rawSession) run(b *testing.B) {
 	}
 }
 
+// runCancellable is the raw call with the same cancellation support as
+// Session.Run under a cancellable ctx: a RunOptions terminated by
+// context.AfterFunc.
+func (r *rawSession) runCancellable(b *testing.B, ctx context.Context, ro *ortgo.RunOptions) {
+	stop := context.AfterFunc(ctx, func() { ro.Terminate() })
+	err := r.sess.RunWithOptions(r.ins, r.outs, ro)
+	stop()
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
 func BenchmarkMLP100Raw(b *testing.B) {
 	_, _, data, x := benchMLP(b, 1)
 	raw := newRaw(b, data, x)
@@ -113,9 +125,17 @@ func BenchmarkMLP100SessionCancellable(b *testing.B) {
 }
 
 // BenchmarkMLP100Overhead measures the ratio on a busy machine: it
-// alternates blocks of raw calls and Session.Run calls (cancellable ctx,
-// as the server uses) on the same model and reports the median time per
-// call of each and their ratio, so load spikes hit both sides alike.
+// alternates blocks of calls on the same model and reports the median time
+// per call of each, so load spikes hit all sides alike:
+//
+//   - raw: the bare binding call (no cancellation);
+//   - raw-cancellable: the bare call plus the cancellation hook Session.Run
+//     uses (RunOptions + context.AfterFunc);
+//   - session: Session.Run with a cancellable ctx, as the server calls it;
+//   - session-bgctx: Session.Run with context.Background().
+//
+// ratio = session/raw, ratio-bgctx = session-bgctx/raw,
+// ratio-vs-raw-cancellable = session/raw-cancellable.
 func BenchmarkMLP100Overhead(b *testing.B) {
 	for _, batch := range []int{1, 8} {
 		b.Run(map[int]string{1: "batch=1", 8: "batch=8"}[batch], func(b *testing.B) {
@@ -129,9 +149,18 @@ func BenchmarkMLP100Overhead(b *testing.B) {
 			ctx, cancel := context.WithCancel(context.Background())
 			defer cancel()
 			in := []tensor.Tensor{x}
+			ro, err := ortgo.NewRunOptions()
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer ro.Destroy()
 			const block = 64
-			var rawNs, sessNs, bgNs []float64
+			var rawNs, rawCancelNs, sessNs, bgNs []float64
 			for b.Loop() {
+				tc := time.Now()
+				for range block {
+					raw.runCancellable(b, ctx, ro)
+				}
 				t0 := time.Now()
 				for range block {
 					raw.run(b)
@@ -149,12 +178,15 @@ func BenchmarkMLP100Overhead(b *testing.B) {
 					}
 				}
 				t3 := time.Now()
+				rawCancelNs = append(rawCancelNs, float64(t0.Sub(tc))/block)
 				rawNs = append(rawNs, float64(t1.Sub(t0))/block)
 				sessNs = append(sessNs, float64(t2.Sub(t1))/block)
 				bgNs = append(bgNs, float64(t3.Sub(t2))/block)
 			}
-			r, s, bg := median(rawNs), median(sessNs), median(bgNs)
+			r, rc, s, bg := median(rawNs), median(rawCancelNs), median(sessNs), median(bgNs)
 			b.ReportMetric(r, "raw-ns/call")
+			b.ReportMetric(rc, "raw-cancellable-ns/call")
+			b.ReportMetric(s/rc, "ratio-vs-raw-cancellable")
 			b.ReportMetric(s, "session-ns/call")
 			b.ReportMetric(bg, "session-bgctx-ns/call")
 			b.ReportMetric(s/r, "ratio")
