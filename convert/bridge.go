@@ -213,16 +213,13 @@ func (b *Bridge) Export(ctx context.Context, path string, inputShape []int64, ba
 		return nil, err
 	}
 	sum := sha256Hex(src)
-	optsJSON, _ := json.Marshal(opts)
-	meta := map[string]string{
-		MetaConverterVersion: Version + " (torch.onnx.export)",
-		MetaConvertOptions:   string(optsJSON),
-		MetaSourceSHA256:     sum,
+	format := Format(0)
+	// Record the file's format when Go can read it (a custom class cannot).
+	if cp, err := Load(bytes.NewReader(src), int64(len(src)), opts.Load); err == nil {
+		format = cp.Format
 	}
-	if len(opts.Features) > 0 {
-		meta[featuresKey] = strings.Join(opts.Features, ",")
-	}
-	setMetadata(m, meta)
+	conv := conversion(opts, "torch.onnx.export", format, shape)
+	writeLineage(func(k, v string) { setMetadata(m, map[string]string{k: v}) }, sum, conv, opts.Features)
 	data, err := onnx.Marshal(m)
 	if err != nil {
 		return nil, err
@@ -231,17 +228,8 @@ func (b *Bridge) Export(ctx context.Context, path string, inputShape []int64, ba
 	if g := m.GetGraph(); g != nil && len(g.GetOutput()) > 0 {
 		outShape = valueInfoShape(g.GetOutput()[0])
 	}
-	res := &Result{Model: m, Bytes: data, InputShape: shape, OutputShape: outShape,
-		InputBatchAxis: batchAxis, SourceSHA256: sum}
-	// Record the file's format when Go can read it (a custom class cannot).
-	if cp, err := Load(bytes.NewReader(src), int64(len(src)), opts.Load); err == nil {
-		res.Format = cp.Format
-		setMetadata(m, map[string]string{MetaSourceFormat: cp.Format.String()})
-		if res.Bytes, err = onnx.Marshal(m); err != nil {
-			return nil, err
-		}
-	}
-	return res, nil
+	return &Result{Model: m, Bytes: data, Format: format, InputShape: shape, OutputShape: outShape,
+		InputBatchAxis: batchAxis, SourceSHA256: sum, Conversion: conv}, nil
 }
 
 func setMetadata(m *onnx.ModelProto, kv map[string]string) {

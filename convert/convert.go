@@ -28,10 +28,11 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"sort"
+	"strconv"
 	"strings"
 
 	"github.com/signalforge/signalforge/infer"
@@ -43,12 +44,12 @@ import (
 const Version = "signalforge-convert/1.0"
 
 // Metadata keys written into the ONNX model's metadata_props, besides
-// infer.FeaturesMetadataKey. They are the registry's lineage fields.
+// infer.FeaturesMetadataKey: the registry's lineage fields. Every entry of
+// Result.Conversion is also written as MetaConvertPrefix+key
+// ("signalforge.convert.opset"), like quantize's "signalforge.quantize.*".
 const (
-	MetaSourceSHA256     = "signalforge.source_sha256"
-	MetaSourceFormat     = "signalforge.source_format"
-	MetaConverterVersion = "signalforge.converter_version"
-	MetaConvertOptions   = "signalforge.convert_options"
+	MetaSourceSHA256  = "signalforge.source_sha256"
+	MetaConvertPrefix = "signalforge.convert."
 )
 
 // Opset bounds. DefaultOpset matches the seed's ONNXConverter(opset_version=14).
@@ -63,29 +64,27 @@ const (
 type Options struct {
 	// InputName and OutputName name the graph's input and output. If
 	// empty, "input" and "output" (or the spec's input name).
-	InputName  string `json:"input_name,omitempty"`
-	OutputName string `json:"output_name,omitempty"`
+	InputName  string
+	OutputName string
 	// StaticBatch fixes the batch axis to the size in InputShape (1 if
 	// none) instead of the default dynamic "batch" axis.
-	StaticBatch bool `json:"static_batch,omitempty"`
+	StaticBatch bool
 	// Opset is the ONNX opset. If zero, 14; 13 to 17 are accepted.
-	Opset int `json:"opset,omitempty"`
+	Opset int
 	// InputShape is the full PyTorch input shape, -1 for a dynamic size.
 	// Only needed when the first layer does not determine it (a model
 	// starting with Flatten or an activation). Overrides the spec's.
-	InputShape []int64 `json:"input_shape,omitempty"`
+	InputShape []int64
 	// Features are the ordered feature names of the input's last axis,
 	// written to metadata_props under infer.FeaturesMetadataKey.
-	Features []string `json:"features,omitempty"`
+	Features []string
 	// Spec is the architecture for a state dict, a TorchScript archive or
 	// a custom forward. For a whole-model Sequential it is optional and
 	// replaces the pickled structure.
-	Spec *Spec `json:"-"`
-	// SpecSHA256 is recorded in the lineage when a spec file was used.
-	SpecSHA256 string `json:"spec_sha256,omitempty"`
+	Spec *Spec
 	// Load bounds what reading the file may allocate and lists extra
 	// classes to accept.
-	Load LoadOptions `json:"-"`
+	Load LoadOptions
 }
 
 func (o *Options) defaults() error {
@@ -128,6 +127,46 @@ type Result struct {
 	// SourceSHA256 is the hex sha256 of the converted file ("" for
 	// Convert on an in-memory checkpoint).
 	SourceSHA256 string
+	// Conversion holds the conversion parameters for the registry's
+	// lineage (registry.Lineage.Conversion): converter_version, exporter,
+	// opset, input_name, output_name, dynamic_batch, input_shape,
+	// source_format and spec_sha256 when a spec was used.
+	Conversion map[string]string
+}
+
+// conversion returns the lineage parameters of a conversion.
+func conversion(opts Options, exporter string, format Format, inShape []int64) map[string]string {
+	c := map[string]string{
+		"converter_version": Version,
+		"exporter":          exporter,
+		"opset":             strconv.Itoa(opts.Opset),
+		"input_name":        opts.InputName,
+		"output_name":       opts.OutputName,
+		"dynamic_batch":     strconv.FormatBool(!opts.StaticBatch),
+		"input_shape":       fmt.Sprint(inShape),
+		"source_format":     format.String(),
+	}
+	if opts.Spec != nil && opts.Spec.SHA256 != "" {
+		c["spec_sha256"] = opts.Spec.SHA256
+	}
+	return c
+}
+
+func writeLineage(set func(k, v string), sum string, conv map[string]string, features []string) {
+	if len(features) > 0 {
+		set(infer.FeaturesMetadataKey, strings.Join(features, ","))
+	}
+	if sum != "" {
+		set(MetaSourceSHA256, sum)
+	}
+	keys := make([]string, 0, len(conv))
+	for k := range conv {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		set(MetaConvertPrefix+k, conv[k])
+	}
 }
 
 // ConvertFile reads a PyTorch file and converts it. The file's sha256 and
@@ -197,15 +236,9 @@ func convert(cp *Checkpoint, opts Options, sum string) (*Result, error) {
 		if last.Fixed() && int64(len(opts.Features)) != last.Value {
 			return nil, fmt.Errorf("convert: %d feature names for an input with %d features", len(opts.Features), last.Value)
 		}
-		b.SetMetadata(infer.FeaturesMetadataKey, strings.Join(opts.Features, ","))
 	}
-	optsJSON, _ := json.Marshal(opts)
-	b.SetMetadata(MetaConverterVersion, Version)
-	b.SetMetadata(MetaConvertOptions, string(optsJSON))
-	b.SetMetadata(MetaSourceFormat, cp.Format.String())
-	if sum != "" {
-		b.SetMetadata(MetaSourceSHA256, sum)
-	}
+	conv := conversion(opts, "go", cp.Format, dimsToInts(inShape))
+	writeLineage(b.SetMetadata, sum, conv, opts.Features)
 	m, err := b.Build()
 	if err != nil {
 		return nil, fmt.Errorf("convert: %w", err)
@@ -217,7 +250,7 @@ func convert(cp *Checkpoint, opts Options, sum string) (*Result, error) {
 	return &Result{
 		Model: m, Bytes: data, Format: cp.Format,
 		InputShape: dimsToInts(inShape), OutputShape: dimsToInts(x.shape),
-		InputBatchAxis: inBatch, OutputBatchAxis: x.batchAxis, SourceSHA256: sum,
+		InputBatchAxis: inBatch, OutputBatchAxis: x.batchAxis, SourceSHA256: sum, Conversion: conv,
 	}, nil
 }
 

@@ -265,18 +265,22 @@ func TestMetadataAndShapes(t *testing.T) {
 	}
 	meta := metadata(res)
 	want := map[string]string{
-		infer.FeaturesMetadataKey:    "rsi_14,macd,vol,ret",
-		convert.MetaConverterVersion: convert.Version,
-		convert.MetaSourceFormat:     "state dict",
-		convert.MetaSourceSHA256:     res.SourceSHA256,
+		infer.FeaturesMetadataKey:               "rsi_14,macd,vol,ret",
+		convert.MetaSourceSHA256:                res.SourceSHA256,
+		"signalforge.convert.converter_version": convert.Version,
+		"signalforge.convert.source_format":     "state dict",
+		"signalforge.convert.opset":             "14",
+		"signalforge.convert.dynamic_batch":     "true",
+		"signalforge.convert.exporter":          "go",
+		"signalforge.convert.spec_sha256":       res.Conversion["spec_sha256"],
 	}
 	for k, v := range want {
 		if meta[k] != v {
 			t.Errorf("metadata %s = %q, want %q", k, meta[k], v)
 		}
 	}
-	if !strings.Contains(meta[convert.MetaConvertOptions], `"opset":14`) {
-		t.Errorf("options lineage %q", meta[convert.MetaConvertOptions])
+	if len(res.Conversion["spec_sha256"]) != 64 || res.Conversion["opset"] != "14" {
+		t.Errorf("conversion lineage %v", res.Conversion)
 	}
 	if len(res.SourceSHA256) != 64 {
 		t.Errorf("sha256 %q", res.SourceSHA256)

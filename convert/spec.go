@@ -42,6 +42,9 @@ import (
 type Spec struct {
 	Input  SpecInput   `yaml:"input"`
 	Layers []SpecLayer `yaml:"layers"`
+	// SHA256 is the hex sha256 of the spec's bytes (set by ReadSpec),
+	// recorded in the converted model's lineage.
+	SHA256 string `yaml:"-"`
 }
 
 // SpecInput describes the model input.
@@ -107,6 +110,7 @@ func ReadSpec(r io.Reader) (*Spec, error) {
 	if err := checkSpecLayers(s.Layers, "layers", 0); err != nil {
 		return nil, err
 	}
+	s.SHA256 = sha256Hex(data)
 	return &s, nil
 }
 
