@@ -334,6 +334,7 @@ func TestErrors(t *testing.T) {
 		{"unused weights", "testdata/mlp_state.pt", "layers: [{type: Linear, param: '0'}]", []string{"does not use", "2.weight"}},
 		{"missing weight", "testdata/mlp_state.pt", "layers: [{type: Linear, param: head}]", []string{"head.weight", "missing"}},
 		{"wrong size", "testdata/lstm.pt", "layers: [{type: LSTM, param: rnn, hidden_size: 7}, {type: LastStep}, {type: Linear, param: head}]", []string{"hidden_size"}},
+		{"typo in spec", "testdata/mlp_state.pt", "input: {shap: [1]}\nlayers: [{type: ReLU}]", []string{"shap"}},
 		{"LastStep without RNN", "testdata/mlp_state.pt", "layers: [{type: LastStep}]", []string{"LastStep"}},
 	}
 	for _, tt := range tests {

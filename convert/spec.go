@@ -101,6 +101,7 @@ func ReadSpec(r io.Reader) (*Spec, error) {
 	}
 	var s Spec
 	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
 	if err := dec.Decode(&s); err != nil {
 		return nil, fmt.Errorf("convert: spec: %w", err)
 	}
