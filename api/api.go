@@ -220,6 +220,10 @@ type VersionSummary struct {
 // UnmarshalJSON decodes an object of feature values, naming the feature in
 // any error.
 func (f *Features) UnmarshalJSON(b []byte) error {
+	if out, ok := fastFeatures(b); ok {
+		*f = out
+		return nil
+	}
 	var raw map[string]json.RawMessage
 	if err := json.Unmarshal(b, &raw); err != nil {
 		return fmt.Errorf("%w: features must be an object of name → number or array of numbers", ErrValue)

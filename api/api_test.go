@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"testing"
 )
@@ -99,6 +100,102 @@ func FuzzPredictRequest(f *testing.F) {
 				}
 			}
 			t.Fatalf("re-encode %q: %v", b, err)
+		}
+	})
+}
+
+// slowFeatures decodes with the general path only.
+func slowFeatures(b []byte) (Features, error) {
+	var raw map[string]json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil {
+		return nil, err
+	}
+	out := Features{}
+	for k, r := range raw {
+		var v Value
+		if err := v.UnmarshalJSON(r); err != nil {
+			return nil, err
+		}
+		out[k] = v
+	}
+	return out, nil
+}
+
+func TestFastFeaturesAgreesWithGeneralPath(t *testing.T) {
+	for _, in := range []string{
+		`{}`, ` { "a" : 1 , "b":[1, 2.5e3,-0.25] } `, `{"a":[]}`, `{"a":-0}`, `{"a":1e400}`, `{"a":01}`,
+		`{"a":"NaN"}`, `{"a\u00e9":1}`, `{"a":1,}`, `{"a":1}x`, `{"a":[1,]}`, `{"a":.5}`, `{"a":1.}`, `{"a":1e}`,
+		`{"a":1,"a":2}`,
+	} {
+		fast, ok := fastFeatures([]byte(in))
+		slow, err := slowFeatures([]byte(in))
+		if !ok {
+			continue // the general path decides
+		}
+		if err != nil {
+			t.Errorf("%s: fast path accepted what the general path refuses: %v", in, err)
+			continue
+		}
+		if !sameFeatures(fast, slow) {
+			t.Errorf("%s: fast %+v, general %+v", in, fast, slow)
+		}
+	}
+}
+
+func sameFeatures(a, b Features) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for k, va := range a {
+		vb, ok := b[k]
+		if !ok || va.Seq != vb.Seq || len(va.Values) != len(vb.Values) {
+			return false
+		}
+		for i := range va.Values {
+			if va.Values[i] != vb.Values[i] {
+				return false
+			}
+		}
+	}
+	return true
+}
+
+func FuzzFastFeatures(f *testing.F) {
+	f.Add([]byte(`{"rsi_14":65.0,"macd":[0.5,1e-3]}`))
+	f.Add([]byte(`{"a":-0,"b":[]}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast, ok := fastFeatures(b)
+		if !ok {
+			return
+		}
+		slow, err := slowFeatures(b)
+		if err != nil {
+			t.Fatalf("%q: fast path accepted, general path: %v", b, err)
+		}
+		if !sameFeatures(fast, slow) {
+			t.Fatalf("%q: fast %+v, general %+v", b, fast, slow)
+		}
+	})
+}
+
+func BenchmarkDecodeFeatures100(b *testing.B) {
+	f := Features{}
+	for i := range 100 {
+		f[fmt.Sprintf("f%02d", i)] = Scalar(float64(i) * 1.25)
+	}
+	body, _ := json.Marshal(f)
+	b.Run("fast", func(b *testing.B) {
+		for b.Loop() {
+			if _, ok := fastFeatures(body); !ok {
+				b.Fatal("fast path refused")
+			}
+		}
+	})
+	b.Run("general", func(b *testing.B) {
+		for b.Loop() {
+			if _, err := slowFeatures(body); err != nil {
+				b.Fatal(err)
+			}
 		}
 	})
 }

@@ -2,6 +2,7 @@ package server
 
 import (
 	"encoding/json"
+	"strings"
 	"testing"
 
 	"github.com/signalforge/signalforge/tensor"
@@ -72,6 +73,70 @@ func FuzzDecodeV2Data(f *testing.F) {
 		tt, err := decodeV2Data("x", "FP32", []int64{a, b}, data, 1<<16)
 		if err == nil && int64(tt.NumElements()) != a*b {
 			t.Fatalf("shape [%d %d] but %d elements", a, b, tt.NumElements())
+		}
+	})
+}
+
+func TestFlattenErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		`[1,,2]`:              "malformed array at byte 3",
+		`[1 2]`:               "missing comma",
+		`[1,]`:                "a value is missing",
+		`[[1],[2]]x`:          "unexpected data after the array",
+		`[1, "a"]`:            `want a number, got "a"`,
+		`[1, true]`:           "want a number, got true",
+		`[1`:                  "array is not closed",
+		`[1e999]`:             "want a number, got 1e999",
+		`[[[[[[[[[1]]]]]]]]]`: "nested more than 8 deep",
+	} {
+		var out []float64
+		err := flatten([]byte(in), &out, 100, 0)
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("flatten(%s) = %v, want an error containing %q", in, err, want)
+		}
+	}
+	var out []float64
+	if err := flatten([]byte(" [ [1, -2.5e1] , [ ], [3] ] "), &out, 100, 0); err != nil || len(out) != 3 || out[1] != -25 {
+		t.Fatalf("flatten = %v, %v", out, err)
+	}
+}
+
+// FuzzFlatten checks the one-pass scanner against encoding/json: whatever
+// it accepts is a valid JSON array whose numbers, in order, it returned.
+func FuzzFlatten(f *testing.F) {
+	f.Add([]byte(`[[1,2],[3,4]]`))
+	f.Add([]byte(`[1e3, -0.5, []]`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		var out []float64
+		if err := flatten(b, &out, 1<<16, 0); err != nil {
+			return
+		}
+		var v any
+		if err := json.Unmarshal(b, &v); err != nil {
+			t.Fatalf("flatten accepted invalid JSON %q: %v", b, err)
+		}
+		var want []float64
+		var walk func(any)
+		walk = func(x any) {
+			switch x := x.(type) {
+			case []any:
+				for _, e := range x {
+					walk(e)
+				}
+			case float64:
+				want = append(want, x)
+			default:
+				t.Fatalf("flatten accepted %q with a non-number %v", b, x)
+			}
+		}
+		walk(v)
+		if len(want) != len(out) {
+			t.Fatalf("%q: flatten %v, json %v", b, out, want)
+		}
+		for i := range want {
+			if want[i] != out[i] {
+				t.Fatalf("%q: flatten %v, json %v", b, out, want)
+			}
 		}
 	})
 }
