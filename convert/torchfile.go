@@ -10,6 +10,7 @@ import (
 	"math"
 	"math/big"
 	"os"
+	"runtime"
 	"sort"
 	"strings"
 
@@ -258,6 +259,9 @@ func Load(r io.ReaderAt, size int64, opts LoadOptions) (cp *Checkpoint, err erro
 	// input, not a bug of ours.
 	defer func() {
 		if p := recover(); p != nil {
+			if strictPanics && !panickedInGopickle() {
+				panic(p) // under fuzzing, a panic of ours must surface
+			}
 			cp, err = nil, fmt.Errorf("%w: %v", ErrFormat, p)
 		}
 	}()
@@ -297,6 +301,32 @@ func Load(r io.ReaderAt, size int64, opts LoadOptions) (cp *Checkpoint, err erro
 		}
 	}
 	return cp, nil
+}
+
+// strictPanics is set by FuzzLoad: Load then re-raises panics that did
+// not start inside gopickle, so the fuzzer finds our bugs instead of the
+// recover hiding them.
+var strictPanics = false
+
+// panickedInGopickle reports, from a deferred recover, whether the panic
+// was raised by gopickle's code (hostile pickles make it index out of
+// range or hash unhashable keys) rather than ours.
+func panickedInGopickle() bool {
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(0, pcs)])
+	afterPanic := false
+	for {
+		f, more := frames.Next()
+		if afterPanic && !strings.HasPrefix(f.Function, "runtime.") {
+			return strings.Contains(f.Function, "nlpodyssey/gopickle")
+		}
+		if f.Function == "runtime.gopanic" {
+			afterPanic = true
+		}
+		if !more {
+			return false
+		}
+	}
 }
 
 type loader struct {

@@ -166,6 +166,8 @@ func TestLoadMalformed(t *testing.T) {
 		"huge length field": []byte("\x80\x02X\xff\xff\xff\x7f."),
 		"no STOP":           []byte("\x80\x02N"),
 		"unknown opcode":    []byte("\x80\x02\xff."),
+		// Found by FuzzLoad: gopickle indexes out of range inside DICT.
+		"gopickle panic": []byte("ctorch._utils\n_rebuild_tensor\n0(B\a\x00\x00\x000000000d."),
 	}
 	for name, pkl := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -206,6 +208,8 @@ func FuzzLoad(f *testing.F) {
 		}
 	}
 	f.Add([]byte("\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03."))
+	strictPanics = true
+	f.Cleanup(func() { strictPanics = false })
 	f.Fuzz(func(t *testing.T, pkl []byte) {
 		data := pickleZip(t, pkl)
 		cp, err := Load(bytes.NewReader(data), int64(len(data)), LoadOptions{MaxTensorBytes: 1 << 20})
