@@ -211,11 +211,13 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		return resp, badRequest("model %s takes raw tensors, not named features (%v); use POST /v2/models/%s/versions/%s/infer", l.ref, l.predErr, model, l.ref.Version)
 	}
 	rows := req.Rows()
-	x, err := l.pred.Encode(toRows(rows))
-	if err != nil {
-		return resp, modelError(err, l)
-	}
+	// Encoding (and so validation) happens on a cache miss only: a hit means
+	// an identical request was valid before.
 	compute := func(ctx context.Context) (cache.Value, error) {
+		x, err := l.pred.Encode(toRows(rows))
+		if err != nil {
+			return cache.Value{}, err
+		}
 		out, err := l.batcher.Predict(ctx, []tensor.Tensor{x})
 		if err != nil {
 			return cache.Value{}, err
@@ -230,10 +232,17 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	if s.cache != nil && !req.NoCache && len(rows) == 1 {
 		typ := s.cfg.PredictionType(model, l.ref.Version, req.Horizon)
 		key, kerr := cache.MakeKey(featureKey(model, l.ref.Version, req.Ticker, req.Horizon, typ, rows[0]))
-		if kerr != nil {
+		var fe *cache.FeatureError
+		switch {
+		case errors.As(kerr, &fe):
+			// A value the key refuses (NaN, ±Inf): the predictor's
+			// validation names it in the API's own terms.
+			val, err = compute(ctx)
+		case kerr != nil:
 			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: kerr.Error(), Err: kerr}
+		default:
+			val, resp.Cached, err = s.cache.GetOrCompute(ctx, key, compute)
 		}
-		val, resp.Cached, err = s.cache.GetOrCompute(ctx, key, compute)
 	} else {
 		val, err = compute(ctx)
 	}
