@@ -225,6 +225,9 @@ func convert(cp *Checkpoint, opts Options, sum string) (*Result, error) {
 		return nil, fmt.Errorf("convert: %w", err)
 	}
 	x = e.materialize(x)
+	if e.err != nil {
+		return nil, fmt.Errorf("convert: %w", e.err)
+	}
 	if unused := e.unusedParams(cp.Names); len(unused) > 0 {
 		return nil, fmt.Errorf("convert: the architecture does not use these weights of the file: %s", strings.Join(unused, ", "))
 	}

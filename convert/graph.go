@@ -33,6 +33,7 @@ type emitter struct {
 	opset  int
 	params map[string]*Tensor
 	used   map[string]bool
+	err    error // first weight whose size does not fit its declared shape
 }
 
 func (e *emitter) param(l *layer, name string) (*Tensor, bool) {
@@ -56,8 +57,18 @@ func (e *emitter) mustParam(l *layer, name string) (*Tensor, error) {
 
 func isFloat(d DType) bool { return d == Float32 || d == Float64 || d == Float16 || d == BFloat16 }
 
+// init adds a float initializer. Weights from a file may be inconsistent
+// with each other (a hostile or mismatched file); a size that does not fit
+// the shape is recorded as an error rather than a panic.
 func (e *emitter) init(name string, shape []int64, data []float32) string {
-	return e.b.Initializer(e.b.Unique(sanitize(name)), tensor.Must(tensor.Shape(shape), data))
+	t, err := tensor.New(tensor.Shape(shape), data)
+	if err != nil {
+		if e.err == nil {
+			e.err = fmt.Errorf("weight %s: %d values do not fit shape %v", strings.TrimSuffix(name, "."), len(data), shape)
+		}
+		t, _ = tensor.Zeros(tensor.Float32, tensor.Shape{0})
+	}
+	return e.b.Initializer(e.b.Unique(sanitize(name)), t)
 }
 
 func (e *emitter) initInts(name string, shape []int64, data []int64) string {
@@ -602,6 +613,9 @@ func (e *emitter) recurrent(l *layer, x value) (value, error) {
 			if err != nil {
 				return x, err
 			}
+			if len(wih.Shape) != 2 || len(whh.Shape) != 2 {
+				return x, fmt.Errorf("%s %s: layer %d weight shapes %v, %v", typ, l.prefix, k, wih.Shape, whh.Shape)
+			}
 			in = wih.Shape[1]
 			if wih.Shape[0] != int64(gates*h) || whh.Shape[0] != int64(gates*h) || whh.Shape[1] != hidden {
 				return x, fmt.Errorf("%s %s: layer %d weight shapes %v, %v", typ, l.prefix, k, wih.Shape, whh.Shape)
@@ -610,6 +624,9 @@ func (e *emitter) recurrent(l *layer, x value) (value, error) {
 			R = append(R, reorderGates(whh.Float32s(), order, h, h)...)
 			for _, bn := range []string{"bias_ih", "bias_hh"} {
 				if b, ok := e.param(l, name(bn)); ok {
+					if b.NumElements() != int64(gates*h) {
+						return x, fmt.Errorf("%s %s: %s has shape %v, want [%d]", typ, l.prefix, name(bn), b.Shape, gates*h)
+					}
 					B = append(B, reorderGates(b.Float32s(), order, h, 1)...)
 				} else {
 					B = append(B, make([]float32, gates*h)...)

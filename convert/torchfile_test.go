@@ -269,3 +269,41 @@ func FuzzReadReference(f *testing.F) {
 		}
 	})
 }
+
+// TestInconsistentWeights: weights that contradict each other (here the two
+// directions of a bidirectional LSTM disagree on the input size) give an
+// error, never a panic.
+func TestInconsistentWeights(t *testing.T) {
+	w := func(shape ...int64) *Tensor {
+		n := int64(1)
+		for _, d := range shape {
+			n *= d
+		}
+		return &Tensor{DType: Float32, Shape: shape, Data: make([]byte, 4*n)}
+	}
+	cp := &Checkpoint{Format: FormatStateDict, Params: map[string]*Tensor{
+		"rnn.weight_ih_l0":         w(8, 3),
+		"rnn.weight_hh_l0":         w(8, 2),
+		"rnn.weight_ih_l0_reverse": w(8, 4),
+		"rnn.weight_hh_l0_reverse": w(8, 2),
+		"rnn.bias_ih_l0":           w(7),
+	}}
+	for n := range cp.Params {
+		cp.Names = append(cp.Names, n)
+	}
+	spec, err := ReadSpec(strings.NewReader("layers: [{type: LSTM, param: rnn, batch_first: true}, {type: LastStep}]"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Convert(cp, Options{Spec: spec}); err == nil || !strings.Contains(err.Error(), "bias_ih_l0") {
+		t.Fatalf("bad bias: err = %v", err)
+	}
+	delete(cp.Params, "rnn.bias_ih_l0")
+	cp.Names = nil
+	for n := range cp.Params {
+		cp.Names = append(cp.Names, n)
+	}
+	if _, err := Convert(cp, Options{Spec: spec}); err == nil || !strings.Contains(err.Error(), "do not fit") {
+		t.Fatalf("directions disagree: err = %v", err)
+	}
+}
