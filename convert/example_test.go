@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log"
+	"os"
 	"strings"
 
 	"github.com/signalforge/signalforge/convert"
@@ -58,4 +59,28 @@ layers:
 	// state dict [-1 -1 4] → [-1 2]
 	// batch 3: max abs error below 1e-6: true
 	// batch 6: max abs error below 1e-6: true
+}
+
+// The seed's benchmark_comparison(model, onnx_path, input, iterations):
+// PyTorch eager (timed inside a Python subprocess, one thread) against ONNX
+// Runtime (one thread) on the same inputs, at several batch sizes. Needs
+// Debian's PyTorch at /usr/bin/python3.
+func ExampleBenchmark() {
+	res, err := convert.ConvertFile("model.pt", convert.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	eng, err := ort.New(ort.Config{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer eng.Close()
+	rows, err := convert.Benchmark(context.Background(), eng, res, "model.pt", convert.BenchOptions{
+		BatchSizes: []int{1, 8, 32},
+		Iterations: 200,
+	})
+	if err != nil {
+		log.Fatal(err)
+	}
+	convert.WriteBenchTable(os.Stdout, rows)
 }
