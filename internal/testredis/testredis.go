@@ -35,10 +35,12 @@ type Server struct {
 	// Port is Addr's port.
 	Port int
 
-	t    testing.TB
-	bin  string
-	dir  string
-	args []string
+	t       testing.TB
+	bin     string
+	dir     string
+	args    []string
+	cluster bool // cluster-enabled, with a bus port of its own
+	busPort int
 
 	mu   sync.Mutex // guards cmd and done
 	cmd  *exec.Cmd
@@ -49,11 +51,16 @@ type Server struct {
 // Extra arguments are passed on (e.g. "--maxmemory", "10mb").
 func Start(t testing.TB, extraArgs ...string) *Server {
 	t.Helper()
+	return start(t, false, extraArgs)
+}
+
+func start(t testing.TB, cluster bool, extraArgs []string) *Server {
+	t.Helper()
 	bin, err := findBinary(os.Getenv("SIGNALFORGE_REDIS_SERVER"))
 	if err != nil {
 		t.Fatalf("testredis: %v", err)
 	}
-	s := &Server{t: t, bin: bin, dir: t.TempDir(), args: extraArgs}
+	s := &Server{t: t, bin: bin, dir: t.TempDir(), args: extraArgs, cluster: cluster}
 	var lastErr error
 	// A free port found by listening on :0 can be taken by someone else
 	// before redis-server binds it; try a few.
@@ -115,6 +122,17 @@ func (s *Server) start() error {
 		"--daemonize", "no",
 		"--logfile", logPath,
 	}, s.args...)
+	if s.cluster {
+		// The bus port defaults to port+10000, which may not exist for
+		// an ephemeral port; give it a free one of its own.
+		bus, err := freePort()
+		if err != nil {
+			return err
+		}
+		s.busPort = bus
+		args = append(args, "--cluster-enabled", "yes", "--cluster-port", strconv.Itoa(bus),
+			"--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "2000")
+	}
 	cmd := exec.Command(s.bin, args...)
 	cmd.Dir = s.dir
 	setDeathSignal(cmd)

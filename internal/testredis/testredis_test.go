@@ -70,3 +70,32 @@ func TestMissingFromPathFailsLoudly(t *testing.T) {
 		t.Fatalf("findBinary with redis-server absent from PATH = %v", err)
 	}
 }
+
+func TestCluster(t *testing.T) {
+	c := StartCluster(t, 3)
+	if len(c.Addrs) != 3 {
+		t.Fatalf("%d addresses", len(c.Addrs))
+	}
+	for _, a := range c.Addrs {
+		info, err := do(a, "CLUSTER", "INFO")
+		if err != nil || !strings.Contains(info, "cluster_slots_assigned:16384") {
+			t.Fatalf("%s: CLUSTER INFO = %q, %v", a, info, err)
+		}
+	}
+	// A key lands on exactly one master; the others redirect.
+	var owners, moved int
+	for _, a := range c.Addrs {
+		_, err := do(a, "SET", "somekey", "v")
+		switch {
+		case err == nil:
+			owners++
+		case strings.Contains(err.Error(), "MOVED"):
+			moved++
+		default:
+			t.Fatalf("SET on %s: %v", a, err)
+		}
+	}
+	if owners != 1 || moved != 2 {
+		t.Fatalf("somekey accepted by %d masters, redirected by %d", owners, moved)
+	}
+}
