@@ -3,6 +3,7 @@ package convert_test
 import (
 	"context"
 	"errors"
+	"flag"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/infer/ort"
 )
+
+var update = flag.Bool("update", false, "TestRegenerate: rewrite testdata/ with the installed PyTorch")
 
 func newEngine(t testing.TB) *ort.Engine {
 	t.Helper()
@@ -109,10 +112,17 @@ func torchBridge(t testing.TB) *convert.Bridge {
 // committed script, into a temporary folder) and checks the converter
 // against the fresh outputs, so the committed fixtures cannot drift from
 // what the script and PyTorch produce.
+//
+// With -update it rewrites testdata/ instead (then commit the result):
+//
+//	go test ./convert -run TestRegenerate -update
 func TestRegenerate(t *testing.T) {
 	t.Parallel()
 	torchBridge(t)
 	dir := t.TempDir()
+	if *update {
+		dir = "testdata"
+	}
 	cmd := exec.Command(convert.DefaultPython, "testdata/make_fixtures.py", dir)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("make_fixtures.py: %v\n%s", err, out)
@@ -123,10 +133,11 @@ func TestRegenerate(t *testing.T) {
 	if strings.Join(committed, ",") != strings.Join(fresh, ",") {
 		t.Fatalf("script makes %v, testdata has %v: rerun make_fixtures.py and commit", fresh, committed)
 	}
+	onnxDir := t.TempDir()
 	for _, name := range fresh {
 		t.Run(name, func(t *testing.T) {
 			_, res := convertFixture(t, eng, dir, name)
-			if err := os.WriteFile(filepath.Join(dir, name+".onnx"), res.Bytes, 0o644); err != nil {
+			if err := os.WriteFile(filepath.Join(onnxDir, name+".onnx"), res.Bytes, 0o644); err != nil {
 				t.Fatal(err)
 			}
 		})
@@ -137,7 +148,7 @@ fs = sorted(glob.glob(sys.argv[1] + "/*.onnx"))
 for f in fs:
     onnx.checker.check_model(onnx.load(f), full_check=True)
 print(len(fs))`
-	out, err := exec.Command(convert.DefaultPython, "-c", check, dir).CombinedOutput()
+	out, err := exec.Command(convert.DefaultPython, "-c", check, onnxDir).CombinedOutput()
 	if err != nil || strings.TrimSpace(string(out)) != strconv.Itoa(len(fresh)) {
 		t.Fatalf("onnx.checker: %v\n%s", err, out)
 	}
