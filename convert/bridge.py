@@ -118,6 +118,14 @@ def is_torchscript(path):
         return False
 
 
+def torch_load(path):
+    try:
+        return torch.load(path, map_location="cpu")
+    except AttributeError as e:
+        raise ValueError("%s (the pickle references a class of your own: pass -torch-module FILE.py "
+                         "defining it)" % e)
+
+
 def load_model(req):
     path = req["model"]
     if req.get("torch_module"):
@@ -131,7 +139,7 @@ def load_model(req):
         if is_torchscript(path):
             state = torch.jit.load(path, map_location="cpu").state_dict()
         else:
-            state = torch.load(path, map_location="cpu")
+            state = torch_load(path)
             if isinstance(state, nn.Module):
                 state = state.state_dict()
             for key in ("state_dict", "model_state_dict", "model"):
@@ -141,7 +149,7 @@ def load_model(req):
     elif is_torchscript(path):
         model = torch.jit.load(path, map_location="cpu")
     else:
-        model = torch.load(path, map_location="cpu")
+        model = torch_load(path)
         if not isinstance(model, nn.Module):
             raise ValueError("%s holds a %s, not a model; give an architecture spec" % (path, type(model).__name__))
     model.eval()
