@@ -1,6 +1,7 @@
 package api
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -194,6 +195,100 @@ func BenchmarkDecodeFeatures100(b *testing.B) {
 	b.Run("general", func(b *testing.B) {
 		for b.Loop() {
 			if _, err := slowFeatures(body); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+func generalPredictRequest(b []byte) (PredictRequest, error) {
+	var r PredictRequest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return r, err
+	}
+	if dec.More() {
+		return r, errTrailing
+	}
+	return r, nil
+}
+
+func samePredictRequest(a, b PredictRequest) bool {
+	if a.RequestID != b.RequestID || a.Ticker != b.Ticker || a.Horizon != b.Horizon || a.Version != b.Version ||
+		a.TimeoutMS != b.TimeoutMS || a.NoCache != b.NoCache || (a.Features == nil) != (b.Features == nil) ||
+		(a.Instances == nil) != (b.Instances == nil) || len(a.Instances) != len(b.Instances) || !sameFeatures(a.Features, b.Features) {
+		return false
+	}
+	for i := range a.Instances {
+		if !sameFeatures(a.Instances[i], b.Instances[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestDecodePredictRequestFastPath(t *testing.T) {
+	for _, in := range []string{
+		`{"request_id":"req_123","ticker":"AAPL","horizon":5,"features":{"rsi_14":65.0,"macd":0.5}}`,
+		`{"instances":[{"a":1},{"a":[1,2]}],"version":"v2","timeout_ms":50,"no_cache":true}`,
+		`{"horizon":5.0,"features":{}}`, `{"horizon":1e1}`, `{"ticker":"A\u0042"}`, `{"bogus":1}`, `{"horizon":5,"horizon":6}`,
+		`{"features":{"a":1}} x`, `{"instances":[]}`, `{}`,
+	} {
+		fast, ok := fastPredictRequest([]byte(in))
+		gen, err := generalPredictRequest([]byte(in))
+		if ok && err != nil {
+			t.Errorf("%s: fast path accepted what encoding/json refuses: %v", in, err)
+		}
+		if ok && !samePredictRequest(fast, gen) {
+			t.Errorf("%s: fast %+v, encoding/json %+v", in, fast, gen)
+		}
+		dec, derr := DecodePredictRequest([]byte(in))
+		if (derr == nil) != (err == nil) || (derr == nil && !samePredictRequest(dec, gen)) {
+			t.Errorf("%s: DecodePredictRequest = %+v, %v; encoding/json %+v, %v", in, dec, derr, gen, err)
+		}
+	}
+	if _, ok := fastPredictRequest([]byte(`{"request_id":"req_123","ticker":"AAPL","horizon":5,"features":{"rsi_14":65.0}}`)); !ok {
+		t.Fatal("the common request shape missed the fast path")
+	}
+}
+
+func FuzzDecodePredictRequest(f *testing.F) {
+	f.Add([]byte(`{"request_id":"r","ticker":"AAPL","horizon":5,"features":{"rsi_14":65.0,"macd":[0.5]}}`))
+	f.Add([]byte(`{"instances":[{"a":1}],"no_cache":false,"timeout_ms":-3}`))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		fast, ok := fastPredictRequest(b)
+		if !ok {
+			return
+		}
+		gen, err := generalPredictRequest(b)
+		if err != nil {
+			t.Fatalf("%q: fast path accepted, encoding/json: %v", b, err)
+		}
+		if !samePredictRequest(fast, gen) {
+			t.Fatalf("%q: fast %+v, encoding/json %+v", b, fast, gen)
+		}
+	})
+}
+
+func BenchmarkDecodePredictRequest100(b *testing.B) {
+	f := Features{}
+	for i := range 100 {
+		f[fmt.Sprintf("f%02d", i)] = Scalar(float64(i) * 1.25)
+	}
+	body, _ := json.Marshal(PredictRequest{RequestID: "req_1", Ticker: "AAPL", Horizon: 5, Features: f})
+	b.Run("fast", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := DecodePredictRequest(body); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("encoding-json", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if _, err := generalPredictRequest(body); err != nil {
 				b.Fatal(err)
 			}
 		}

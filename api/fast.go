@@ -1,6 +1,10 @@
 package api
 
 import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"io"
 	"strconv"
 )
 
@@ -12,38 +16,60 @@ import (
 // messages. Decoding 100 features this way is several times faster than
 // encoding/json, and feature decoding dominated the server's profile.
 func fastFeatures(b []byte) (Features, bool) {
-	i := skipWS(b, 0)
-	if i >= len(b) || b[i] != '{' {
+	f, end, ok := featuresAt(b, skipWS(b, 0))
+	if !ok || skipWS(b, end) != len(b) {
 		return nil, false
 	}
-	out := make(Features, 16)
+	return f, true
+}
+
+// featuresAt parses a features object starting at b[i] and returns it and
+// the index after its closing brace.
+func featuresAt(b []byte, i int) (Features, int, bool) {
+	if i >= len(b) || b[i] != '{' {
+		return nil, 0, false
+	}
+	// Size the map from the number of ':' ahead (capped), so that a
+	// 100-feature row does not grow it four times.
+	hint := 0
+	for _, c := range b[i:min(len(b), i+16<<10)] {
+		if c == ':' {
+			hint++
+			if hint == 256 {
+				break
+			}
+		}
+	}
+	out := make(Features, hint)
+	// Scalars share one backing array instead of one allocation each.
+	var scalars []float64
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return out, skipWS(b, i+1) == len(b)
+		return out, i + 1, true
 	}
 	for {
 		// key
 		if i >= len(b) || b[i] != '"' {
-			return nil, false
+			return nil, 0, false
 		}
 		j := i + 1
 		for j < len(b) && b[j] != '"' {
 			if b[j] == '\\' || b[j] < 0x20 || b[j] >= 0x80 {
-				return nil, false
+				return nil, 0, false
 			}
 			j++
 		}
 		if j >= len(b) {
-			return nil, false
+			return nil, 0, false
 		}
 		key := string(b[i+1 : j])
 		i = skipWS(b, j+1)
 		if i >= len(b) || b[i] != ':' {
-			return nil, false
+			return nil, 0, false
 		}
 		i = skipWS(b, i+1)
 		if i >= len(b) {
-			return nil, false
+			return nil, 0, false
 		}
 		var v Value
 		if b[i] == '[' {
@@ -55,7 +81,7 @@ func fastFeatures(b []byte) (Features, bool) {
 				for {
 					f, n, ok := number(b, i)
 					if !ok {
-						return nil, false
+						return nil, 0, false
 					}
 					vals = append(vals, f)
 					i = skipWS(b, n)
@@ -67,20 +93,25 @@ func fastFeatures(b []byte) (Features, bool) {
 						i++
 						break
 					}
-					return nil, false
+					return nil, 0, false
 				}
 			}
 			v = Value{Values: vals, Seq: true}
 		} else {
 			f, n, ok := number(b, i)
 			if !ok {
-				return nil, false
+				return nil, 0, false
 			}
-			v = Value{Values: []float64{f}}
+			if len(scalars) == cap(scalars) {
+				scalars = make([]float64, 0, max(hint, 8))
+			}
+			scalars = append(scalars, f)
+			k := len(scalars)
+			v = Value{Values: scalars[k-1 : k : k]}
 			i = n
 		}
 		if _, dup := out[key]; dup {
-			return nil, false // let the general decoder apply its rule
+			return nil, 0, false // let the general decoder apply its rule
 		}
 		out[key] = v
 		i = skipWS(b, i)
@@ -89,9 +120,9 @@ func fastFeatures(b []byte) (Features, bool) {
 			continue
 		}
 		if i < len(b) && b[i] == '}' {
-			return out, skipWS(b, i+1) == len(b)
+			return out, i + 1, true
 		}
-		return nil, false
+		return nil, 0, false
 	}
 }
 
@@ -145,3 +176,162 @@ func number(b []byte, i int) (float64, int, bool) {
 	}
 	return f, j, true
 }
+
+// plainString parses a JSON string without escapes or non-ASCII bytes at
+// b[i] and returns it and the index after its closing quote.
+func plainString(b []byte, i int) (string, int, bool) {
+	if i >= len(b) || b[i] != '"' {
+		return "", 0, false
+	}
+	j := i + 1
+	for j < len(b) && b[j] != '"' {
+		if b[j] == '\\' || b[j] < 0x20 || b[j] >= 0x80 {
+			return "", 0, false
+		}
+		j++
+	}
+	if j >= len(b) {
+		return "", 0, false
+	}
+	return string(b[i+1 : j]), j + 1, true
+}
+
+// fastPredictRequest decodes the common shape of a PredictRequest in one
+// pass. Like fastFeatures it gives up (ok=false) on anything unusual —
+// unknown or repeated keys, escapes, nulls, fractional integers — and the
+// caller then uses encoding/json, which also words the errors.
+func fastPredictRequest(b []byte) (PredictRequest, bool) {
+	var r PredictRequest
+	i := skipWS(b, 0)
+	if i >= len(b) || b[i] != '{' {
+		return r, false
+	}
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == '}' {
+		return r, skipWS(b, i+1) == len(b)
+	}
+	seen := 0
+	for {
+		key, n, ok := plainString(b, i)
+		if !ok {
+			return r, false
+		}
+		i = skipWS(b, n)
+		if i >= len(b) || b[i] != ':' {
+			return r, false
+		}
+		i = skipWS(b, i+1)
+		var bit int
+		switch key {
+		case "request_id", "ticker", "version":
+			s, n, ok := plainString(b, i)
+			if !ok {
+				return r, false
+			}
+			switch key {
+			case "request_id":
+				r.RequestID, bit = s, 1
+			case "ticker":
+				r.Ticker, bit = s, 2
+			default:
+				r.Version, bit = s, 4
+			}
+			i = n
+		case "horizon", "timeout_ms":
+			f, n, ok := number(b, i)
+			if !ok || f > 1<<31 || f < -(1<<31) || bytes.ContainsAny(b[i:n], ".eE") {
+				return r, false // integers only, as encoding/json wants for int
+			}
+			if key == "horizon" {
+				r.Horizon, bit = int(f), 8
+			} else {
+				r.TimeoutMS, bit = int(f), 16
+			}
+			i = n
+		case "no_cache":
+			switch {
+			case len(b)-i >= 4 && string(b[i:i+4]) == "true":
+				r.NoCache, i = true, i+4
+			case len(b)-i >= 5 && string(b[i:i+5]) == "false":
+				r.NoCache, i = false, i+5
+			default:
+				return r, false
+			}
+			bit = 32
+		case "features":
+			f, n, ok := featuresAt(b, i)
+			if !ok {
+				return r, false
+			}
+			r.Features, i, bit = f, n, 64
+		case "instances":
+			if i >= len(b) || b[i] != '[' {
+				return r, false
+			}
+			i = skipWS(b, i+1)
+			r.Instances = make([]Features, 0, 4)
+			if i < len(b) && b[i] == ']' {
+				i++
+			} else {
+				for {
+					f, n, ok := featuresAt(b, i)
+					if !ok {
+						return r, false
+					}
+					r.Instances = append(r.Instances, f)
+					i = skipWS(b, n)
+					if i < len(b) && b[i] == ',' {
+						i = skipWS(b, i+1)
+						continue
+					}
+					if i < len(b) && b[i] == ']' {
+						i++
+						break
+					}
+					return r, false
+				}
+			}
+			bit = 128
+		default:
+			return r, false
+		}
+		if seen&bit != 0 {
+			return r, false
+		}
+		seen |= bit
+		i = skipWS(b, i)
+		if i < len(b) && b[i] == ',' {
+			i = skipWS(b, i+1)
+			continue
+		}
+		if i < len(b) && b[i] == '}' {
+			return r, skipWS(b, i+1) == len(b)
+		}
+		return r, false
+	}
+}
+
+// DecodePredictRequest decodes a native prediction request strictly
+// (unknown fields are errors). Common requests take a one-pass fast path;
+// everything else, and every error, goes through encoding/json.
+func DecodePredictRequest(b []byte) (PredictRequest, error) {
+	if r, ok := fastPredictRequest(b); ok {
+		return r, nil
+	}
+	var r PredictRequest
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&r); err != nil {
+		return PredictRequest{}, err
+	}
+	if dec.More() {
+		return PredictRequest{}, errTrailing
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return PredictRequest{}, errTrailing
+	}
+	return r, nil
+}
+
+// errTrailing reports data after the request object.
+var errTrailing = errors.New("malformed JSON: unexpected data after the request object")

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -57,4 +58,34 @@ func jsonError(err error, limit int64) error {
 		return badRequest("%s", strings.TrimPrefix(err.Error(), "json: "))
 	}
 	return badRequest("malformed JSON: %v", err)
+}
+
+// readBody reads r's body, at most limit bytes.
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+	body := http.MaxBytesReader(w, r.Body, limit)
+	n := r.ContentLength
+	if n < 0 || n > limit {
+		n = 512
+	}
+	buf := bytes.NewBuffer(make([]byte, 0, n+1))
+	if _, err := buf.ReadFrom(body); err != nil {
+		return nil, jsonError(err, limit)
+	}
+	return buf.Bytes(), nil
+}
+
+// decodePredict reads and decodes a native prediction request.
+func decodePredict(w http.ResponseWriter, r *http.Request, limit int64) (api.PredictRequest, error) {
+	b, err := readBody(w, r, limit)
+	if err != nil {
+		return api.PredictRequest{}, err
+	}
+	req, err := api.DecodePredictRequest(b)
+	if err != nil {
+		if strings.HasPrefix(err.Error(), "malformed JSON") {
+			return req, badRequest("%v", err)
+		}
+		return req, jsonError(err, limit)
+	}
+	return req, nil
 }

@@ -176,8 +176,8 @@ func (s *Server) handlePredict(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, start time.Time) (*api.PredictResponse, error) {
-	var req api.PredictRequest
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+	req, err := decodePredict(w, r, s.cfg.MaxBodyBytes)
+	if err != nil {
 		return nil, err
 	}
 	switch {
