@@ -36,11 +36,24 @@ func BenchmarkKey(b *testing.B) {
 		}
 		return cache.KeyInput{Model: "lstm_model", Version: "v2.0", Ticker: "AAPL", Horizon: 5, Sequences: s}
 	}
+	sorted := func(in cache.KeyInput) cache.KeyInput {
+		for n := range in.Features {
+			in.SortedNames = append(in.SortedNames, n)
+		}
+		for n := range in.Sequences {
+			in.SortedNames = append(in.SortedNames, n)
+		}
+		slices.Sort(in.SortedNames)
+		return in
+	}
 	for name, in := range map[string]cache.KeyInput{
-		"features=2":     point(2),
-		"features=16":    point(16),
-		"features=100":   point(100),
-		"sequence=16x32": seq(16, 32),
+		"features=2":            point(2),
+		"features=16":           point(16),
+		"features=100":          point(100),
+		"sequence=16x32":        seq(16, 32),
+		"sorted-features=16":    sorted(point(16)),
+		"sorted-features=100":   sorted(point(100)),
+		"sorted-sequence=16x32": sorted(seq(16, 32)),
 	} {
 		b.Run(name, func(b *testing.B) {
 			b.ReportAllocs()

@@ -128,6 +128,7 @@ func (cfg *Config) init() error {
 // Cache is the prediction cache. It is safe for concurrent use.
 type Cache struct {
 	store Store
+	local bool // store implements Local: no per-call timeout
 	cfg   Config
 	br    *breaker
 
@@ -178,6 +179,9 @@ func New(store Store, cfg Config) (*Cache, error) {
 		gens:  make(map[string]genEntry),
 		types: make(map[string]*typeCounters),
 	}
+	if l, ok := store.(Local); ok && l.Local() {
+		c.local = true
+	}
 	c.types[DefaultType] = &typeCounters{}
 	c.types[OtherType] = &typeCounters{}
 	for t := range cfg.TypeTTL {
@@ -204,9 +208,14 @@ func (c *Cache) do(ctx context.Context, fn func(ctx context.Context) error) erro
 		c.rejected.Add(1)
 		return ErrBreakerOpen
 	}
-	tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
-	err := fn(tctx)
-	cancel()
+	var err error
+	if c.local {
+		err = fn(ctx)
+	} else {
+		tctx, cancel := context.WithTimeout(ctx, c.cfg.Timeout)
+		err = fn(tctx)
+		cancel()
+	}
 	var changed string
 	switch {
 	case err == nil || errors.Is(err, ErrNotFound):

@@ -288,3 +288,32 @@ func TestValueRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+func TestKeySortedNames(t *testing.T) {
+	in := base()
+	in.Features = map[string]float64{"rsi_14": 65, "macd": 0.5}
+	in.Sequences = map[string][]float64{"close": {1, 2}}
+	want := mustKey(t, in)
+	in.SortedNames = []string{"close", "macd", "rsi_14"}
+	if got := mustKey(t, in); got != want {
+		t.Fatalf("SortedNames changed the key: %v vs %v", got, want)
+	}
+	for name, names := range map[string][]string{
+		"unsorted":  {"macd", "close", "rsi_14"},
+		"repeat":    {"close", "close", "rsi_14"},
+		"missing":   {"close", "macd"},
+		"extra":     {"close", "macd", "rsi_14", "z"},
+		"wrong":     {"close", "macd", "rsi_15"},
+		"wrong seq": {"clos", "macd", "rsi_14"},
+	} {
+		in.SortedNames = names
+		if _, err := MakeKey(in); !errors.Is(err, ErrInvalidKey) {
+			t.Errorf("%s SortedNames %q: MakeKey = %v, want ErrInvalidKey", name, names, err)
+		}
+	}
+	// A name in both maps cannot be listed consistently.
+	dup := KeyInput{Model: "m", Version: "v", Features: map[string]float64{"a": 1}, Sequences: map[string][]float64{"a": {1}}, SortedNames: []string{"a"}}
+	if _, err := MakeKey(dup); !errors.Is(err, ErrInvalidKey) {
+		t.Errorf("point and sequence of one name with SortedNames: %v", err)
+	}
+}

@@ -41,6 +41,7 @@ type memEntry struct {
 
 var _ Store = (*Memory)(nil)
 var _ EvictionCounter = (*Memory)(nil)
+var _ Local = (*Memory)(nil)
 
 // NewMemory returns an in-memory Store.
 func NewMemory(cfg MemoryConfig) (*Memory, error) {
@@ -150,6 +151,9 @@ func (m *Memory) Scan(ctx context.Context, match string, count int, fn func(keys
 // Evictions implements EvictionCounter: entries removed for size or
 // expiry (not by Delete or overwrite).
 func (m *Memory) Evictions() int64 { return m.evictions.Load() }
+
+// Local implements the Local interface: the memory store never blocks.
+func (m *Memory) Local() bool { return true }
 
 // Len returns the approximate number of entries.
 func (m *Memory) Len() int { return m.c.EstimatedSize() }

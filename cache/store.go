@@ -43,6 +43,13 @@ type EvictionCounter interface {
 	Evictions() int64
 }
 
+// Local is implemented by stores that answer from process memory and
+// never block on I/O; the Cache then skips the per-call timeout (a timer
+// per call would cost more than the lookup).
+type Local interface {
+	Local() bool
+}
+
 // Match reports whether s matches the Redis glob pattern, with Redis's
 // semantics (stringmatchlen in util.c): '*' matches any run of bytes
 // including ':', '?' any one byte, [abc] [^abc] [a-z] a class, '\' escapes
