@@ -86,7 +86,9 @@ func BenchmarkGetHit(b *testing.B) {
 	for _, name := range []string{"memory", "redis"} {
 		s := benchStores(b)[name]
 		b.Run(name, func(b *testing.B) {
-			c, _ := cache.New(s, cache.Config{})
+			// A generous timeout: a fail-open miss on a loaded machine
+			// would end the benchmark.
+			c, _ := cache.New(s, cache.Config{Timeout: time.Second})
 			ctx := context.Background()
 			k := key(b, c, "lstm_model", "v2.0", "AAPL", 5, 65)
 			if err := c.Set(ctx, k, cache.Value{Predictions: [][]float32{{0.1, 0.2, 0.3, 0.4}}}, time.Hour); err != nil {
@@ -100,7 +102,7 @@ func BenchmarkGetHit(b *testing.B) {
 			}
 		})
 		b.Run(name+"/parallel", func(b *testing.B) {
-			c, _ := cache.New(s, cache.Config{})
+			c, _ := cache.New(s, cache.Config{Timeout: time.Second})
 			ctx := context.Background()
 			k := key(b, c, "lstm_model", "v2.0", "AAPL", 5, 66)
 			if err := c.Set(ctx, k, cache.Value{Predictions: [][]float32{{0.1, 0.2, 0.3, 0.4}}}, time.Hour); err != nil {
@@ -188,7 +190,7 @@ func BenchmarkRepeatWorkload(b *testing.B) {
 			s := benchStores(b)[name]
 			var overall, warm float64
 			for b.Loop() {
-				c, _ := cache.New(s, cache.Config{Prefix: fmt.Sprintf("run%d", rand.Uint32())})
+				c, _ := cache.New(s, cache.Config{Prefix: fmt.Sprintf("run%d", rand.Uint32()), Timeout: time.Second})
 				overall, warm, _ = repeatWorkload(b, c, 20_000, 500, 1_000)
 			}
 			b.ReportMetric(overall, "hit%")
