@@ -3,6 +3,7 @@ package server
 import (
 	"context"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/signalforge/signalforge/api"
@@ -90,5 +91,43 @@ func TestCanaryPlanWritesRegistry(t *testing.T) {
 	err = admin.Do(ctx, "POST", "/v1/admin/models/forecast_mlp/canary", map[string]any{"canary": "v7", "baseline": "v1.0"}, nil)
 	if ae, ok := err.(*api.Error); !ok || ae.Status != 400 {
 		t.Fatalf("canary of an unknown version: %v", err)
+	}
+}
+
+// TestClientFailuresDoNotCountAgainstVersion: a client's own short
+// timeout or bad input must not raise a version's error rate (else any
+// client could roll back a healthy canary).
+func TestClientFailuresDoNotCountAgainstVersion(t *testing.T) {
+	ts := startServer(t, testOpts{noCache: true})
+	for i := range 50 {
+		body := mustJSON(t, map[string]any{"version": "v2.0", "timeout_ms": 1, "request_id": fmt.Sprint(i), "features": demoFeatures(i)})
+		post(t, ts.URL+"/v1/models/forecast_mlp/predict", body)
+		post(t, ts.URL+"/v1/models/forecast_mlp/predict", `{"version":"v2.0","features":{"rsi_14":1}}`)
+	}
+	vs, _ := ts.srv.router.VersionStats("forecast_mlp", "v2.0")
+	if vs.Total.Errors != 0 {
+		t.Fatalf("client-caused failures counted against v2.0: %+v", vs.Total)
+	}
+}
+
+// TestNonFiniteOutput: inputs that overflow the model give a clear 422,
+// not a 200 with an empty body.
+func TestNonFiniteOutput(t *testing.T) {
+	ts := startServer(t, testOpts{})
+	f := api.Features{}
+	for name := range demoFeatures(0) {
+		f[name] = api.Scalar(3e38)
+	}
+	code, body, _ := post(t, ts.URL+"/v1/models/forecast_mlp/predict", mustJSON(t, api.PredictRequest{Version: "v1.0", Features: f}))
+	if code != 422 || !strings.Contains(string(body), "non_finite_output") {
+		t.Fatalf("%d %s", code, body)
+	}
+	data := make([]float32, 8)
+	for i := range data {
+		data[i] = 3e38
+	}
+	code, body, _ = post(t, ts.URL+"/v2/models/forecast_mlp/versions/v1.0/infer", `{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":`+mustJSON(t, data)+`}]}`)
+	if code != 422 || !strings.Contains(string(body), "produced") {
+		t.Fatalf("v2: %d %s", code, body)
 	}
 }

@@ -55,12 +55,18 @@ func ctxError(err error) *HTTPError {
 	return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: "request cancelled", Err: err}
 }
 
-// writeJSON writes v with the given status.
+// writeJSON writes v with the given status. v is encoded before anything
+// is written, so an encoding failure (a non-finite float) becomes an error
+// answer instead of a 200 with an empty body.
 func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status = http.StatusInternalServerError
+		b, _ = json.Marshal(api.ErrorBody{Error: api.ErrorDetail{Code: api.CodeInternal, Message: "answer could not be encoded: " + err.Error()}})
+	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	enc := json.NewEncoder(w)
-	_ = enc.Encode(v)
+	w.Write(append(b, '\n'))
 }
 
 // writeError writes err in the native error format. v2 selects the OIP v2
@@ -82,9 +88,10 @@ func (s *Server) writeError(w http.ResponseWriter, r *http.Request, err error, v
 		}
 		w.Header().Set("Retry-After", strconv.Itoa(secs))
 	}
+	msg := capMessage(he.Error())
 	if v2 {
-		writeJSON(w, he.Status, api.V2Error{Error: he.Error()})
+		writeJSON(w, he.Status, api.V2Error{Error: msg})
 		return
 	}
-	writeJSON(w, he.Status, api.ErrorBody{Error: api.ErrorDetail{Code: he.Code, Message: he.Error()}})
+	writeJSON(w, he.Status, api.ErrorBody{Error: api.ErrorDetail{Code: he.Code, Message: msg}})
 }

@@ -140,12 +140,16 @@ func promhttpHandler(g prometheus.Gatherer) http.Handler {
 	return promhttp.HandlerFor(g, promhttp.HandlerOpts{})
 }
 
-// metricModel is the model label of a request: names of models that do
-// not exist are folded into one label, so clients cannot grow the metric
-// set without bound.
-func metricModel(model string, status int) string {
-	if status == http.StatusNotFound {
-		return "_unknown"
+// metricLabels returns the model and version labels of a request: names
+// that are not loaded are folded into "_unknown", so clients can neither
+// grow the metric set without bound nor put invalid UTF-8 into a label.
+func (s *Server) metricLabels(model, version string) (string, string) {
+	vs, ok := s.models.current()[model]
+	if !ok {
+		return "_unknown", ""
 	}
-	return model
+	if _, ok := vs[version]; !ok {
+		version = ""
+	}
+	return model, version
 }

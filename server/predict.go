@@ -6,8 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
+	"sync/atomic"
 	"time"
 
 	"github.com/signalforge/signalforge/api"
@@ -154,7 +156,7 @@ func (s *Server) handlePredict(w http.ResponseWriter, r *http.Request) {
 	model := r.PathValue("name")
 	version, cached, status := "", false, http.StatusOK
 	defer func() {
-		m := metricModel(model, status)
+		m, version := s.metricLabels(model, version)
 		s.met.requests.WithLabelValues("v1", m, version, codeLabel(status)).Inc()
 		s.met.latency.WithLabelValues("v1", m, fmt.Sprint(cached)).Observe(time.Since(start).Seconds())
 	}()
@@ -176,6 +178,10 @@ func (s *Server) handlePredict(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, start time.Time) (*api.PredictResponse, error) {
+	// A client that sends its body slowly must not hold a connection (or
+	// a graceful shutdown) for long: the body has the longest request
+	// timeout to arrive.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.MaxTimeout))
 	req, err := decodePredict(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
 		return nil, err
@@ -191,6 +197,12 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		return nil, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("too many rows: %d instances, the limit is %d", len(req.Instances), s.cfg.MaxRows)}
 	case req.Horizon < 0:
 		return nil, badRequest("field \"horizon\": must not be negative, got %d", req.Horizon)
+	}
+	if err := checkTicker(req.Ticker); err != nil {
+		return nil, err
+	}
+	if err := checkRequestID(req.RequestID); err != nil {
+		return nil, err
 	}
 	timeout, err := s.requestTimeout(req.TimeoutMS)
 	if err != nil {
@@ -211,6 +223,9 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		return resp, badRequest("model %s takes raw tensors, not named features (%v); use POST /v2/models/%s/versions/%s/infer", l.ref, l.predErr, model, l.ref.Version)
 	}
 	rows := req.Rows()
+	// inferUS is written by compute, which a cache may still be running
+	// after this request gave up; hence atomic.
+	var inferUS atomic.Int64
 	// Encoding (and so validation) happens on a cache miss only: a hit means
 	// an identical request was valid before.
 	compute := func(ctx context.Context) (cache.Value, error) {
@@ -218,12 +233,17 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		if err != nil {
 			return cache.Value{}, err
 		}
+		t0 := time.Now()
 		out, err := l.batcher.Predict(ctx, []tensor.Tensor{x})
 		if err != nil {
 			return cache.Value{}, err
 		}
+		inferUS.Store(time.Since(t0).Microseconds())
 		preds, err := l.pred.Decode(out)
 		if err != nil {
+			return cache.Value{}, err
+		}
+		if err := checkFinite(l, preds); err != nil {
 			return cache.Value{}, err
 		}
 		return cache.Value{Predictions: preds}, nil
@@ -249,10 +269,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	lat := time.Since(start)
 	if err != nil {
 		herr := modelError(err, l)
-		// Client mistakes are not the version's fault; everything else
-		// counts against it for the canary judge.
-		var he *HTTPError
-		if !errors.As(herr, &he) || he.Status >= 500 || he.Status == http.StatusTooManyRequests {
+		if s.versionsFault(herr, timeout) {
 			s.router.Record(model, l.ref.Version, lat, err)
 		}
 		return resp, herr
@@ -263,7 +280,48 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	}
 	resp.Predictions = val.Predictions
 	resp.TotalMS = msSince(start)
+	if !resp.Cached {
+		resp.InferenceMS = float64(inferUS.Load()) / 1000
+	}
 	return resp, nil
+}
+
+// versionsFault reports whether a failed request counts against the
+// version in the router's stats, which drive the canary judge and
+// automatic rollback. Only failures the version can cause count: model
+// errors, and deadlines missed within the server's default timeout. A
+// client's mistakes, its own shorter timeout_ms, or its going away never
+// count — otherwise any client could roll back a healthy canary.
+func (s *Server) versionsFault(err error, timeout time.Duration) bool {
+	var he *HTTPError
+	if !errors.As(err, &he) {
+		return true // an unexpected (internal) error
+	}
+	switch {
+	case errors.Is(err, context.Canceled):
+		return false
+	case he.Status == http.StatusGatewayTimeout:
+		return timeout >= s.cfg.DefaultTimeout
+	case he.Code == codeNonFinite:
+		return false // depends on the input
+	}
+	return he.Status >= 500
+}
+
+const codeNonFinite = "non_finite_output"
+
+// checkFinite refuses predictions JSON cannot carry (NaN, ±Inf): they
+// come from inputs outside the model's range.
+func checkFinite(l *loaded, preds [][]float32) error {
+	for i, row := range preds {
+		for j, v := range row {
+			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+				return &HTTPError{Status: http.StatusUnprocessableEntity, Code: codeNonFinite,
+					Msg: fmt.Sprintf("model %s produced %v for row %d, output %d: the inputs are probably outside the range the model was trained on", l.ref, v, i, j)}
+			}
+		}
+	}
+	return nil
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }

@@ -264,7 +264,8 @@ func TestBadInputs(t *testing.T) {
 		{"too many rows", "/v1/models/forecast_mlp/predict", mustJSON(t, api.PredictRequest{Instances: many}), 400, "row_count", "too many rows: 65 instances, the limit is 64"},
 		{"body too large", "/v1/models/forecast_mlp/predict", `{"features":{"a":` + strings.Repeat(" ", 70<<10) + `1}}`, 413, "too_large", "larger than the limit of 65536 bytes"},
 		{"negative horizon", "/v1/models/forecast_mlp/predict", `{"horizon":-1,"features":` + full + `}`, 400, "bad_request", `"horizon": must not be negative`},
-		{"bad ticker", "/v1/models/forecast_mlp/predict", `{"ticker":"A*","features":` + full + `}`, 400, "invalid_input", "ticker"},
+		{"bad ticker", "/v1/models/forecast_mlp/predict", `{"ticker":"A*","features":` + full + `}`, 400, "bad_request", `field "ticker": "A*" is not a ticker`},
+		{"long request id", "/v1/models/forecast_mlp/predict", `{"request_id":"` + strings.Repeat("r", 200) + `","features":` + full + `}`, 400, "bad_request", "at most 128 bytes"},
 		{"wrong field type", "/v1/models/forecast_mlp/predict", `{"horizon":"5","features":` + full + `}`, 400, "bad_request", `field "horizon"`},
 		{"unknown endpoint", "/v1/nothing", `{}`, 404, "not_found", "no such endpoint"},
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/http"
 	"slices"
 	"time"
@@ -92,7 +93,7 @@ func (s *Server) handleV2Infer(w http.ResponseWriter, r *http.Request) {
 	name, version := r.PathValue("name"), r.PathValue("version")
 	status, servedBy := http.StatusOK, ""
 	defer func() {
-		m := metricModel(name, status)
+		m, servedBy := s.metricLabels(name, servedBy)
 		s.met.requests.WithLabelValues("v2", m, servedBy, codeLabel(status)).Inc()
 		s.met.latency.WithLabelValues("v2", m, "false").Observe(time.Since(start).Seconds())
 	}()
@@ -113,8 +114,12 @@ func (s *Server) handleV2Infer(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version string, start time.Time) (*api.InferResponse, error) {
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.MaxTimeout))
 	var req api.InferRequest
 	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+		return nil, err
+	}
+	if err := checkRequestID(req.ID); err != nil {
 		return nil, err
 	}
 	if len(req.Inputs) == 0 {
@@ -142,6 +147,14 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 			return resp, badRequest("input %q appears twice", in.Name)
 		}
 		byName[in.Name] = in
+	}
+	wantOut := map[string]bool{}
+	outNames := ioNames(l.sess.Outputs())
+	for _, o := range req.Outputs {
+		if !slices.Contains(outNames, o.Name) {
+			return resp, badRequest("model %s has no output %q (outputs are %v)", l.ref, o.Name, outNames)
+		}
+		wantOut[o.Name] = true
 	}
 	maxElems := int64(s.cfg.MaxRows)
 	ins := make([]tensor.Tensor, len(want))
@@ -187,22 +200,23 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	}
 	if err != nil {
 		herr := modelError(err, l)
-		var he *HTTPError
-		if !errors.As(herr, &he) || he.Status >= 500 {
+		if s.versionsFault(herr, timeout) {
 			s.router.Record(name, l.ref.Version, time.Since(start), err)
 		}
 		return resp, herr
 	}
 	s.router.Record(name, l.ref.Version, time.Since(start), nil)
-	wantOut := map[string]bool{}
-	for _, o := range req.Outputs {
-		wantOut[o.Name] = true
-	}
 	for i, io := range l.sess.Outputs() {
 		if len(wantOut) > 0 && !wantOut[io.Name] {
 			continue
 		}
 		t := outs[i]
+		for j, v := range t.Float32s() {
+			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+				return resp, &HTTPError{Status: http.StatusUnprocessableEntity, Code: codeNonFinite,
+					Msg: fmt.Sprintf("model %s produced %v in output %q, element %d: the inputs are probably outside the range the model was trained on", l.ref, v, io.Name, j)}
+			}
+		}
 		resp.Outputs = append(resp.Outputs, api.InferTensor{Name: io.Name, Shape: slices.Clone(t.Shape()), Datatype: v2Name(t.DType()), Data: encodeV2Data(t)})
 	}
 	return resp, nil

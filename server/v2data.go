@@ -52,7 +52,7 @@ func decodeV2Data(name, datatype string, shape []int64, data json.RawMessage, ma
 		n *= d
 	}
 	flat := make([]float64, 0, n)
-	if err := flatten(data, &flat, maxElems, 0); err != nil {
+	if err := flatten(data, &flat, maxElems, shape); err != nil {
 		return tensor.Tensor{}, fmt.Errorf("input %q: data: %v", name, err)
 	}
 	if int64(len(flat)) != n {
@@ -62,8 +62,8 @@ func decodeV2Data(name, datatype string, shape []int64, data json.RawMessage, ma
 	case tensor.Float32:
 		out := make([]float32, n)
 		for i, v := range flat {
-			if math.IsNaN(v) || math.IsInf(v, 0) {
-				return tensor.Tensor{}, fmt.Errorf("input %q: element %d is %v; values must be finite", name, i, v)
+			if math.IsNaN(v) || math.IsInf(v, 0) || math.Abs(v) > math.MaxFloat32 {
+				return tensor.Tensor{}, fmt.Errorf("input %q: element %d is %v; FP32 values must be finite and within ±3.4e38", name, i, v)
 			}
 			out[i] = float32(v)
 		}
@@ -88,10 +88,13 @@ func convertInts[T int64 | int8 | uint8](name string, flat []float64, shape []in
 	return tensor.New(tensor.Shape(shape), out)
 }
 
-// flatten appends the numbers of a (possibly nested) JSON array to out in
-// one pass, without building intermediate values: OIP v2 bodies can carry
-// thousands of numbers and decoding them dominated the infer profile.
-func flatten(b []byte, out *[]float64, max int64, _ int) error {
+// flatten appends the numbers of a JSON array to out in one pass, without
+// building intermediate values: OIP v2 bodies can carry thousands of
+// numbers and decoding them dominated the infer profile. The array is
+// either flat (row-major) or nested exactly as shape says: numbers only at
+// depth len(shape), every array at depth d holding shape[d-1] items.
+// A nil shape accepts any nesting.
+func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 	i := skip(b, 0)
 	if i >= len(b) {
 		return fmt.Errorf("missing")
@@ -101,6 +104,13 @@ func flatten(b []byte, out *[]float64, max int64, _ int) error {
 	}
 	depth := 0
 	expectValue := true // after '[' or ','
+	nested := shape != nil && skip(b, i+1) < len(b) && b[skip(b, i+1)] == '['
+	var counts [10]int64 // items seen in the open array at each depth
+	item := func() {
+		if nested && depth >= 1 && depth <= len(shape) {
+			counts[depth]++
+		}
+	}
 	for i < len(b) {
 		c := b[i]
 		switch {
@@ -108,10 +118,18 @@ func flatten(b []byte, out *[]float64, max int64, _ int) error {
 			if !expectValue {
 				return fmt.Errorf("malformed array at byte %d", i)
 			}
+			item()
 			depth++
 			if depth > 8 {
 				return fmt.Errorf("arrays nested more than 8 deep")
 			}
+			if shape != nil && !nested && depth > 1 {
+				return fmt.Errorf("an array inside flat data at byte %d: send the data flat or nested exactly as the shape %v", i, shape)
+			}
+			if nested && depth > len(shape) {
+				return fmt.Errorf("nested %d deep at byte %d, but the shape %v has %d axes", depth, i, shape, len(shape))
+			}
+			counts[depth] = 0
 			i = skip(b, i+1)
 			if i < len(b) && b[i] == ']' {
 				expectValue = false
@@ -122,6 +140,9 @@ func flatten(b []byte, out *[]float64, max int64, _ int) error {
 		case c == ']':
 			if expectValue {
 				return fmt.Errorf("malformed array at byte %d: a value is missing", i)
+			}
+			if nested && counts[depth] != shape[depth-1] {
+				return fmt.Errorf("an array at depth %d has %d items, shape %v wants %d (ragged data)", depth, counts[depth], shape, shape[depth-1])
 			}
 			depth--
 			i = skip(b, i+1)
@@ -143,6 +164,10 @@ func flatten(b []byte, out *[]float64, max int64, _ int) error {
 			if !expectValue {
 				return fmt.Errorf("malformed array at byte %d: missing comma", i)
 			}
+			if nested && depth != len(shape) {
+				return fmt.Errorf("a number at depth %d (byte %d), but nested data for shape %v has numbers only at depth %d", depth, i, shape, len(shape))
+			}
+			item()
 			j, ok := scanNumber(b, i)
 			if !ok {
 				end := j

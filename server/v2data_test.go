@@ -90,13 +90,13 @@ func TestFlattenErrors(t *testing.T) {
 		`[[[[[[[[[1]]]]]]]]]`: "nested more than 8 deep",
 	} {
 		var out []float64
-		err := flatten([]byte(in), &out, 100, 0)
+		err := flatten([]byte(in), &out, 100, nil)
 		if err == nil || !strings.Contains(err.Error(), want) {
 			t.Errorf("flatten(%s) = %v, want an error containing %q", in, err, want)
 		}
 	}
 	var out []float64
-	if err := flatten([]byte(" [ [1, -2.5e1] , [ ], [3] ] "), &out, 100, 0); err != nil || len(out) != 3 || out[1] != -25 {
+	if err := flatten([]byte(" [ [1, -2.5e1] , [ ], [3] ] "), &out, 100, nil); err != nil || len(out) != 3 || out[1] != -25 {
 		t.Fatalf("flatten = %v, %v", out, err)
 	}
 }
@@ -108,7 +108,7 @@ func FuzzFlatten(f *testing.F) {
 	f.Add([]byte(`[1e3, -0.5, []]`))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		var out []float64
-		if err := flatten(b, &out, 1<<16, 0); err != nil {
+		if err := flatten(b, &out, 1<<16, nil); err != nil {
 			return
 		}
 		var v any
@@ -139,4 +139,27 @@ func FuzzFlatten(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestRaggedData(t *testing.T) {
+	for _, tt := range []struct {
+		data  string
+		shape []int64
+		want  string
+	}{
+		{`[[1,2,3],[4,5,6,7,8]]`, []int64{1, 8}, "depth 2 has 3 items, shape [1 8] wants 8"},
+		{`[1,[4],2]`, []int64{1, 3}, "an array inside flat data"},
+		{`[[1,2],3]`, []int64{2, 2}, "a number at depth 1"},
+		{`[[1,2],[3,4],[5,6]]`, []int64{2, 2}, "depth 1 has 3 items"},
+		{`[[[1]]]`, []int64{1, 1}, "nested 3 deep"},
+		{`[1e39]`, []int64{1}, "within ±3.4e38"},
+	} {
+		_, err := decodeV2Data("x", "FP32", tt.shape, json.RawMessage(tt.data), 100)
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s as %v: %v, want an error containing %q", tt.data, tt.shape, err, tt.want)
+		}
+	}
+	if _, err := decodeV2Data("x", "FP32", []int64{2, 2}, json.RawMessage(`[[1,2],[3,4]]`), 100); err != nil {
+		t.Fatal(err)
+	}
 }
