@@ -48,9 +48,21 @@ class RNNOutput(nn.Module):
         return self.rnn(x)[0]
 
 
+# Layer types that own no parameters or buffers: they never load weights, so
+# a spec entry without "param" cannot hand them the whole state dict.
+WEIGHTLESS = {"LeakyReLU", "GELU", "Softmax", "Flatten", "ReLU", "SiLU", "Tanh", "Sigmoid", "Identity",
+              "Dropout", "LastStep", "Sequential"}
+
+
 def sub_state(state, prefix):
-    p = prefix + "." if prefix else ""
-    return {k[len(p):]: v for k, v in state.items() if k.startswith(p)}
+    """The direct parameters of the leaf module at prefix ("" is the root).
+
+    Leaf modules' own keys never contain a dot, so deeper keys ("0.weight"
+    when the prefix is the root) belong to other layers and are left out,
+    exactly as the Go converter looks up prefix + "weight".
+    """
+    p = prefix.rstrip(".") + "." if prefix else ""
+    return {k[len(p):]: v for k, v in state.items() if k.startswith(p) and "." not in k[len(p):]}
 
 
 def build(layers, state, ctx):
@@ -58,7 +70,7 @@ def build(layers, state, ctx):
     for l in layers:
         t = l["type"]
         args = {k: v for k, v in l.items() if k not in ("type", "param", "layers")}
-        sd = sub_state(state, l.get("param", ""))
+        sd = {} if t in WEIGHTLESS else sub_state(state, l.get("param") or "")
         if t == "Sequential":
             m = build(l.get("layers", []), state, ctx)
             mods.append(m)

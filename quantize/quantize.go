@@ -181,7 +181,9 @@ type Config struct {
 	// OpTypes selects the op types to quantize. If empty: MatMul, Gemm and
 	// LSTM for Dynamic; MatMul, Gemm and Conv for Static.
 	OpTypes []string
-	// Exclude lists node names to keep in fp32.
+	// Exclude lists node names to keep in fp32. Each must name a node of
+	// one of OpTypes: Quantize returns an error wrapping ErrConfig, listing
+	// the nodes that can be excluded, for any other name.
 	Exclude []string
 	// BatchSize is the number of rows per calibration/evaluation run.
 	// If zero, 64.
@@ -241,6 +243,42 @@ func New(cfg Config) (*Quantizer, error) {
 	cfg.OpTypes = slices.Clone(cfg.OpTypes)
 	cfg.Exclude = slices.Clone(cfg.Exclude)
 	return &Quantizer{cfg: cfg}, nil
+}
+
+// checkExclude refuses an exclusion that names no node of a selected op
+// type: a typo would otherwise quantize the very node the user meant to
+// keep in fp32, while the report claims it was excluded.
+func (q *Quantizer) checkExclude(m *onnx.ModelProto, exclude []string) error {
+	if len(exclude) == 0 {
+		return nil
+	}
+	opOf := map[string]string{}
+	var selectable []string
+	for _, n := range m.GetGraph().GetNode() {
+		if n.GetName() == "" {
+			continue
+		}
+		opOf[n.GetName()] = n.GetOpType()
+		if (n.GetDomain() == "" || n.GetDomain() == "ai.onnx") && slices.Contains(q.cfg.OpTypes, n.GetOpType()) {
+			selectable = append(selectable, n.GetName())
+		}
+	}
+	list := "none"
+	if len(selectable) > 0 {
+		list = strings.Join(selectable, ", ")
+	}
+	for _, name := range exclude {
+		op, ok := opOf[name]
+		switch {
+		case !ok:
+			return fmt.Errorf("%w: cannot exclude %q: the model has no node of that name; nodes of the selected op types (%s): %s",
+				ErrConfig, name, strings.Join(q.cfg.OpTypes, ","), list)
+		case !slices.Contains(selectable, name):
+			return fmt.Errorf("%w: cannot exclude %q: it is a %s node, which is never quantized with op types %s; nodes that are: %s",
+				ErrConfig, name, op, strings.Join(q.cfg.OpTypes, ","), list)
+		}
+	}
+	return nil
 }
 
 func supported(m Mode, op string) bool {
@@ -322,6 +360,9 @@ func (q *Quantizer) quantize(ctx context.Context, model *onnx.ModelProto, calib 
 	m := proto.Clone(model).(*onnx.ModelProto)
 	gr, err := newGraph(m)
 	if err != nil {
+		return nil, err
+	}
+	if err := q.checkExclude(m, exclude); err != nil {
 		return nil, err
 	}
 	ex := map[string]bool{}

@@ -218,6 +218,23 @@ type Budget struct {
 	MinSignAgreement float64
 }
 
+// Validate checks the budget's fields: MaxError must be a finite number
+// ≥ 0, MinSQNR finite, and MinSignAgreement a fraction in [0, 1] (0.95
+// means 95% of output elements keep fp32's sign). A negative or NaN bound
+// would otherwise be silently ignored, and a sign agreement above 1 could
+// never be met.
+func (b Budget) Validate() error {
+	switch {
+	case math.IsNaN(b.MaxError) || math.IsInf(b.MaxError, 0) || b.MaxError < 0:
+		return fmt.Errorf("%w: max error %v: want a finite number ≥ 0 (0: not checked)", ErrConfig, b.MaxError)
+	case math.IsNaN(b.MinSQNR) || math.IsInf(b.MinSQNR, 0):
+		return fmt.Errorf("%w: min SQNR %v dB: want a finite number (0: not checked)", ErrConfig, b.MinSQNR)
+	case math.IsNaN(b.MinSignAgreement) || b.MinSignAgreement < 0 || b.MinSignAgreement > 1:
+		return fmt.Errorf("%w: min sign agreement %v: want a fraction between 0 and 1 (0.95 for 95%% of output elements; 0: not checked)", ErrConfig, b.MinSignAgreement)
+	}
+	return nil
+}
+
 // Met reports whether r is within b.
 func (b Budget) Met(r *Report) bool {
 	maxErr, sqnr, sign := r.Worst()
@@ -256,7 +273,10 @@ type GateResult struct {
 // upstream, and can look healthy when a large, later-discarded channel
 // dominates it while the rest of the tensor is ruined.
 func (q *Quantizer) QuantizeWithBudget(ctx context.Context, model *onnx.ModelProto, calib, eval Dataset, b Budget) (*GateResult, error) {
-	if b.MaxError <= 0 && b.MinSQNR == 0 && b.MinSignAgreement <= 0 {
+	if err := b.Validate(); err != nil {
+		return nil, err
+	}
+	if b.MaxError == 0 && b.MinSQNR == 0 && b.MinSignAgreement == 0 {
 		return nil, fmt.Errorf("%w: empty budget", ErrConfig)
 	}
 	if eval == nil {
