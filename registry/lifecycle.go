@@ -96,10 +96,37 @@ func promote(m *Model, version string, pct float64) (detail string, err error) {
 	return "", nil
 }
 
+// ChangeOption adjusts a lifecycle call (Archive, Demote, Rollback).
+type ChangeOption func(*changeOptions)
+
+type changeOptions struct {
+	allowEmpty bool
+}
+
+func applyOptions(opts []ChangeOption) changeOptions {
+	var o changeOptions
+	for _, f := range opts {
+		if f != nil {
+			f(&o)
+		}
+	}
+	return o
+}
+
+// AllowEmpty lets Archive, Demote or Rollback leave a model with no version
+// serving traffic, which takes the model offline: every request for it
+// fails until a version is promoted again. Without it such a change is
+// refused with an *EmptySplitError, because one mistyped command must not
+// take a model down; going offline has to be asked for.
+func AllowEmpty() ChangeOption {
+	return func(o *changeOptions) { o.allowEmpty = true }
+}
+
 // takeTraffic removes a production version's traffic for Archive and
 // Demote: without force it must have none; with force the others are
-// rescaled to take its share.
-func takeTraffic(m *Model, v *Version, to Status, force bool) (detail string, err error) {
+// rescaled to take its share. When no other version could take it, the
+// change would take the model offline and needs allowEmpty as well.
+func takeTraffic(m *Model, v *Version, to Status, force, allowEmpty bool, op Action) (detail string, err error) {
 	ref := v.Ref()
 	if v.Traffic <= eps {
 		v.Traffic = 0
@@ -113,8 +140,12 @@ func takeTraffic(m *Model, v *Version, to Status, force bool) (detail string, er
 		if others > 0 {
 			return "", &TransitionError{ref, v.Status, to, "no other production version has traffic to scale up; set a split first"}
 		}
+		if !allowEmpty {
+			return "", &EmptySplitError{Name: m.Name, Action: op,
+				Hint: fmt.Sprintf("%s serves all its traffic; promote another version or set a split first, or allow an empty split", ref)}
+		}
 		v.Traffic = 0
-		return fmt.Sprintf("forced: %s had all the traffic; nothing serves the model now", ref), nil
+		return fmt.Sprintf("forced, empty split allowed: %s had all the traffic; nothing serves the model now", ref), nil
 	}
 	was := v.Traffic
 	give(m, v.Version, 0)
@@ -212,8 +243,11 @@ func applySplit(m *Model, split Split, demote bool) error {
 // Archive retires a version for good. A production version that still has
 // traffic is refused unless force is set, in which case its share is
 // rescaled onto the other production versions (and refused if none of them
-// has traffic while some exist: set a split first).
-func (r *Registry) Archive(ctx context.Context, ref Ref, force bool) (Split, error) {
+// has traffic while some exist: set a split first). Archiving the only
+// version with traffic would leave the model with no serving version: that
+// needs AllowEmpty besides force.
+func (r *Registry) Archive(ctx context.Context, ref Ref, force bool, opts ...ChangeOption) (Split, error) {
+	o := applyOptions(opts)
 	return r.change(ctx, ref, func(m *Model, ev *Event) error {
 		ev.Action = ActionArchive
 		v := m.version(ref.Version)
@@ -221,7 +255,7 @@ func (r *Registry) Archive(ctx context.Context, ref Ref, force bool) (Split, err
 		case StatusArchived:
 			return &TransitionError{ref, v.Status, StatusArchived, "already archived"}
 		case StatusProduction:
-			detail, err := takeTraffic(m, v, StatusArchived, force)
+			detail, err := takeTraffic(m, v, StatusArchived, force, o.allowEmpty, ActionArchive)
 			if err != nil {
 				return err
 			}
@@ -233,15 +267,16 @@ func (r *Registry) Archive(ctx context.Context, ref Ref, force bool) (Split, err
 }
 
 // Demote moves a production version back to staging, with the same traffic
-// rules as Archive.
-func (r *Registry) Demote(ctx context.Context, ref Ref, force bool) (Split, error) {
+// rules as Archive (AllowEmpty included).
+func (r *Registry) Demote(ctx context.Context, ref Ref, force bool, opts ...ChangeOption) (Split, error) {
+	o := applyOptions(opts)
 	return r.change(ctx, ref, func(m *Model, ev *Event) error {
 		ev.Action = ActionDemote
 		v := m.version(ref.Version)
 		if v.Status != StatusProduction {
 			return &TransitionError{ref, v.Status, StatusStaging, "only production versions can be demoted"}
 		}
-		detail, err := takeTraffic(m, v, StatusStaging, force)
+		detail, err := takeTraffic(m, v, StatusStaging, force, o.allowEmpty, ActionDemote)
 		if err != nil {
 			return err
 		}
@@ -257,7 +292,13 @@ func (r *Registry) Demote(ctx context.Context, ref Ref, force bool) (Split, erro
 // event toSeq of this model. The restored split is applied exactly:
 // versions in it become production with their share, other production
 // versions go back to staging. A version archived since is refused.
-func (r *Registry) Rollback(ctx context.Context, name string, toSeq uint64) (Split, error) {
+//
+// A restored split in which no version has traffic (undoing a model's
+// first promotion, or rolling back to its registration) would take the
+// model offline; it is refused with an *EmptySplitError unless AllowEmpty
+// is passed.
+func (r *Registry) Rollback(ctx context.Context, name string, toSeq uint64, opts ...ChangeOption) (Split, error) {
+	o := applyOptions(opts)
 	if err := ValidateName(name); err != nil {
 		return nil, err
 	}
@@ -265,7 +306,7 @@ func (r *Registry) Rollback(ctx context.Context, name string, toSeq uint64) (Spl
 	// changes the split in between, the undo would be of the wrong change,
 	// so that case is detected under the lock and retried.
 	for attempt := 0; ; attempt++ {
-		split, err := r.rollback(ctx, name, toSeq)
+		split, err := r.rollback(ctx, name, toSeq, o)
 		if err != errStaleRollback || attempt == 4 {
 			return split, err
 		}
@@ -274,7 +315,7 @@ func (r *Registry) Rollback(ctx context.Context, name string, toSeq uint64) (Spl
 
 var errStaleRollback = fmt.Errorf("%w: the split changed while rolling back; try again", ErrTraffic)
 
-func (r *Registry) rollback(ctx context.Context, name string, toSeq uint64) (Split, error) {
+func (r *Registry) rollback(ctx context.Context, name string, toSeq uint64, o changeOptions) (Split, error) {
 	evs, err := r.store.Events(ctx, name, 0)
 	if err != nil {
 		return nil, err
@@ -301,6 +342,10 @@ func (r *Registry) rollback(ctx context.Context, name string, toSeq uint64) (Spl
 	return r.changeModel(ctx, name, func(m *Model, ev *Event) error {
 		if toSeq == 0 && !m.Split().Equal(from.SplitAfter) {
 			return errStaleRollback
+		}
+		if target.Total() <= eps && m.Split().Total() > eps && !o.allowEmpty {
+			return &EmptySplitError{Name: name, Action: ActionRollback,
+				Hint: fmt.Sprintf("it would restore the split %s; archive or set a split explicitly, or allow an empty split", target)}
 		}
 		ev.Action = ActionRollback
 		if toSeq == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strings"
 	"testing"
 
 	"github.com/signalforge/signalforge/registry"
@@ -192,15 +193,80 @@ func TestTrafficRules(t *testing.T) {
 	refused("nothing to roll back", err, registry.ErrNotFound)
 }
 
-func TestForcedArchiveOfLastServingVersion(t *testing.T) {
+// TestNoOneCommandTakesAModelOffline: every change that would leave a
+// serving model with no version serving traffic is refused, leaves the
+// registry untouched and names the model; AllowEmpty is the explicit way
+// to do it anyway.
+func TestNoOneCommandTakesAModelOffline(t *testing.T) {
 	ctx := context.Background()
-	r, dir := setup(t, 1, registry.Split{"v1": 100})
-	if _, err := r.Archive(ctx, ref("m:v1"), false); !errors.Is(err, registry.ErrTransition) {
-		t.Fatalf("archive without force = %v", err)
+	registerSeq := func(t *testing.T, r *registry.Registry) uint64 {
+		h, err := r.History(ctx, "m")
+		if err != nil || h[0].Action != registry.ActionRegister {
+			t.Fatalf("history: %v, %v", h, err)
+		}
+		return h[0].Seq
 	}
-	s, err := r.Archive(ctx, ref("m:v1"), true)
-	if err != nil || len(s) != 0 {
-		t.Fatalf("forced archive of the only version = %v, %v; want an empty split", s, err)
+	for _, tc := range []struct {
+		name string
+		op   func(r *registry.Registry, opts ...registry.ChangeOption) (registry.Split, error)
+	}{
+		{"undo the first promotion", func(r *registry.Registry, opts ...registry.ChangeOption) (registry.Split, error) {
+			return r.Rollback(ctx, "m", 0, opts...)
+		}},
+		{"roll back to the registration", func(r *registry.Registry, opts ...registry.ChangeOption) (registry.Split, error) {
+			return r.Rollback(ctx, "m", registerSeq(t, r), opts...)
+		}},
+		{"forced archive of the only serving version", func(r *registry.Registry, opts ...registry.ChangeOption) (registry.Split, error) {
+			return r.Archive(ctx, ref("m:v1"), true, opts...)
+		}},
+		{"forced demote of the only serving version", func(r *registry.Registry, opts ...registry.ChangeOption) (registry.Split, error) {
+			return r.Demote(ctx, ref("m:v1"), true, opts...)
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// v1 promoted (100%), v2 staging: v2 exists so that "empty"
+			// is not merely "the model has one version".
+			r, dir := setup(t, 2, nil)
+			if _, err := r.Promote(ctx, ref("m:v1"), 100); err != nil {
+				t.Fatal(err)
+			}
+			before := snapshot(t, dir)
+			_, err := tc.op(r)
+			var ese *registry.EmptySplitError
+			if !errors.Is(err, registry.ErrNoServing) || !errors.Is(err, registry.ErrTransition) || !errors.As(err, &ese) {
+				t.Fatalf("err = %v; want an EmptySplitError (ErrNoServing, ErrTransition)", err)
+			}
+			if msg := err.Error(); !strings.Contains(msg, "would leave m with no serving version") {
+				t.Fatalf("message %q does not say what would happen", msg)
+			}
+			if after := snapshot(t, dir); after != before {
+				t.Fatalf("a refused change wrote to the registry:\nbefore %s\nafter %s", before, after)
+			}
+			s, err := tc.op(r, registry.AllowEmpty())
+			if err != nil || s.Total() != 0 {
+				t.Fatalf("with AllowEmpty = %v, %v; want a split with no traffic", s, err)
+			}
+			checkConsistent(t, dir)
+		})
+	}
+
+	// Registered straight into production, then rolled back: also refused.
+	r := openReg(t, t.TempDir())
+	if _, err := r.Register(ctx, registry.RegisterRequest{Name: "p", ONNX: onnxModel(t, 1, feats...), Status: registry.StatusProduction, Traffic: 100}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.Rollback(ctx, "p", 0); !errors.Is(err, registry.ErrNoServing) {
+		t.Fatalf("rollback of a registration as production = %v; want ErrNoServing", err)
+	}
+
+	// What stays as it was: a forced archive with another version to take
+	// the traffic, and a rollback between two non-empty splits.
+	r2, dir := setup(t, 2, registry.Split{"v1": 50, "v2": 50})
+	if s, err := r2.Archive(ctx, ref("m:v1"), true); err != nil || !s.Equal(registry.Split{"v2": 100}) {
+		t.Fatalf("forced archive with another serving version = %v, %v", s, err)
+	}
+	if s, err := r2.Rollback(ctx, "m", 0); !errors.Is(err, registry.ErrTransition) || errors.Is(err, registry.ErrNoServing) {
+		t.Fatalf("rollback onto an archived version = %v, %v; want the archived-version refusal", s, err)
 	}
 	checkConsistent(t, dir)
 }

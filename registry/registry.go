@@ -173,8 +173,11 @@ func ActorFrom(ctx context.Context) string {
 type RegisterRequest struct {
 	// Name is the model's name.
 	Name string
-	// Version is the version string. If empty, the next of v1, v2, … (one
-	// more than the highest vN registered for the model).
+	// Version is the version string. If empty, "v<N+1>" where N is the
+	// highest leading integer of the model's versions named v<int> or
+	// v<int>.<anything> ("v3", "v3.0", "v3.1-int8" all count as 3; archived
+	// versions count too, so a number is never reused): v1, v2, … for a
+	// fresh model, v4 after v1.0, v2.0 and v3.0.
 	Version string
 	// ONNX holds the artifact's bytes. If nil, ONNXPath is read.
 	ONNX []byte
@@ -193,10 +196,20 @@ type RegisterRequest struct {
 	// Traffic is the percentage a version registered as production gets,
 	// with the same rules as Promote.
 	Traffic float64
+	// Lineage records where the version came from. What it leaves empty
+	// is filled from the artifact's own metadata_props when our converter
+	// or quantizer wrote them (see LineageFromMetadata): the source
+	// sha256, the calibration sha256, and the conversion and quantization
+	// parameters key by key; the request's values always win. A parent
+	// recorded by the quantizer is used only if it names an existing
+	// version of this model ("v1" or "NAME:v1"); otherwise it is kept only
+	// in Quantization["parent"].
 	Lineage Lineage
 }
 
-var autoVersion = regexp.MustCompile(`^v([0-9]{1,18})$`)
+// autoVersion matches the versions that count for the next automatic one:
+// v<int>, optionally followed by "." and anything.
+var autoVersion = regexp.MustCompile(`^v([0-9]{1,18})(?:\..*)?$`)
 
 // Register validates the artifact (InspectONNX, then Config.Validator),
 // matches its inputs to the declared features, stores it content-addressed
@@ -270,6 +283,19 @@ func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, 
 	if err != nil {
 		return Version{}, err
 	}
+	found := LineageFromMetadata(info.Metadata)
+	lineage := mergeLineage(req.Lineage, found)
+	// Only what the artifact supplied needs checking; the request's own
+	// values were checked above.
+	for key, sum := range map[string]string{MetaSourceSHA256: found.SourceSHA256, MetaQuantizePrefix + "calibration_sha256": found.CalibrationSHA256} {
+		explicit := req.Lineage.SourceSHA256
+		if key != MetaSourceSHA256 {
+			explicit = req.Lineage.CalibrationSHA256
+		}
+		if explicit == "" && sum != "" && checkSHA(sum) != nil {
+			return Version{}, fmt.Errorf("%w: metadata %s %q is not a lowercase hex sha256", ErrInvalidArtifact, key, sum)
+		}
+	}
 	if r.validator != nil {
 		if info, err = r.validator.Validate(ctx, data); err != nil {
 			if !errors.Is(err, ErrInvalidArtifact) && ctx.Err() == nil {
@@ -304,7 +330,7 @@ func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, 
 		Metrics:     req.Metrics,
 		Tags:        req.Tags,
 		Description: req.Description,
-		Lineage:     req.Lineage,
+		Lineage:     lineage,
 		Artifact:    Artifact{SHA256: art.SHA256, Size: art.Size},
 		CreatedAt:   now,
 		UpdatedAt:   now,
@@ -320,6 +346,9 @@ func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, 
 		}
 		if p := v.Lineage.Parent; p != "" && m.version(p) == nil {
 			return fmt.Errorf("%w: lineage parent %s:%s", ErrNotFound, v.Name, p)
+		}
+		if v.Lineage.Parent == "" && found.Parent != "" {
+			v.Lineage.Parent = metadataParent(m, found.Parent)
 		}
 		m.Versions = append(m.Versions, v)
 		ev.Action, ev.Version = ActionRegister, v.Version
@@ -343,17 +372,67 @@ func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, 
 	return v, nil
 }
 
+// readArtifactFile reads an artifact from path without trusting it: the
+// path must name a regular file (devices such as /dev/zero, FIFOs and
+// directories are refused before anything is read) no larger than
+// Config.MaxArtifactBytes, and the bytes read must be exactly the size the
+// file had when it was opened (a file growing or shrinking underneath is
+// refused). At most size+1 bytes are ever read. Symbolic links are
+// followed; the file they reach is what is checked.
 func (r *Registry) readArtifactFile(path string) ([]byte, error) {
+	bad := func(format string, args ...any) error {
+		return fmt.Errorf("%w: %s: %s", ErrInvalidArtifact, path, fmt.Sprintf(format, args...))
+	}
+	// Stat before opening: opening a FIFO blocks until a writer appears.
+	st, err := os.Stat(path)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrInvalidArtifact, err)
+	}
+	if err := r.checkArtifactFile(st); err != nil {
+		return nil, bad("%v", err)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidArtifact, err)
 	}
 	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, r.maxBytes+1))
+	// The path may have been replaced between Stat and Open: check what
+	// was opened.
+	fst, err := f.Stat()
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %w", ErrInvalidArtifact, path, err)
+		return nil, fmt.Errorf("%w: %w", ErrInvalidArtifact, err)
 	}
-	return data, nil
+	if !os.SameFile(st, fst) {
+		return nil, bad("the file changed while it was opened")
+	}
+	if err := r.checkArtifactFile(fst); err != nil {
+		return nil, bad("%v", err)
+	}
+	size := fst.Size()
+	data := make([]byte, size+1)
+	n, err := io.ReadFull(io.LimitReader(f, size+1), data)
+	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
+		return nil, bad("%v", err)
+	}
+	if int64(n) != size {
+		return nil, bad("read %d bytes but the file is %d bytes; it changed while it was read", n, size)
+	}
+	return data[:n:n], nil
+}
+
+// checkArtifactFile checks a file's type and size before it is read.
+func (r *Registry) checkArtifactFile(st os.FileInfo) error {
+	switch mode := st.Mode(); {
+	case mode.IsDir():
+		return errors.New("is a directory, not an ONNX file")
+	case !mode.IsRegular():
+		return fmt.Errorf("is not a regular file (mode %v); only regular files are read", mode.Type())
+	case st.Size() == 0:
+		return errors.New("is empty")
+	case st.Size() > r.maxBytes:
+		return fmt.Errorf("is %d bytes, more than the %d allowed (Config.MaxArtifactBytes)", st.Size(), r.maxBytes)
+	}
+	return nil
 }
 
 func checkFinite(what string, m map[string]float64) error {
@@ -368,7 +447,8 @@ func checkFinite(what string, m map[string]float64) error {
 	return nil
 }
 
-// nextVersion returns v<N+1> for the highest vN among m's versions.
+// nextVersion returns v<N+1> for the highest leading integer N among m's
+// versions that match autoVersion.
 func nextVersion(m *Model) string {
 	n := uint64(0)
 	for _, v := range m.Versions {

@@ -23,7 +23,27 @@ var (
 	ErrTransition      = errors.New("registry: transition not allowed")
 	ErrTraffic         = errors.New("registry: invalid traffic")
 	ErrClosed          = errors.New("registry: closed")
+	// ErrNoServing marks a change refused because it would leave a model
+	// with no version serving traffic (see AllowEmpty). Errors wrapping it
+	// also wrap ErrTransition.
+	ErrNoServing = errors.New("registry: the model would have no serving version")
 )
+
+// EmptySplitError refuses a change that would leave a model with no
+// version serving traffic (see AllowEmpty). It wraps ErrNoServing and
+// ErrTransition.
+type EmptySplitError struct {
+	Name   string
+	Action Action // ActionRollback, ActionArchive or ActionDemote
+	Hint   string // why, and what to do instead
+}
+
+func (e *EmptySplitError) Error() string {
+	return fmt.Sprintf("registry: %s would leave %s with no serving version: %s", e.Action, e.Name, e.Hint)
+}
+
+// Unwrap returns ErrNoServing and ErrTransition.
+func (e *EmptySplitError) Unwrap() []error { return []error{ErrNoServing, ErrTransition} }
 
 // TransitionError explains a refused lifecycle change. It wraps
 // ErrTransition.
