@@ -39,6 +39,13 @@ type ShadowConfig[In any] struct {
 	// the primary's machine takes a core's worth of CPU otherwise; 0.25
 	// limits it to a quarter of one. If zero, 1 (no cap).
 	MaxBusy float64
+	// Nice is the scheduling niceness (1–19) of the workers' OS threads on
+	// Linux: each worker is locked to its own thread, whose nice value is
+	// raised so that when the CPU is short the kernel runs the primary's
+	// threads first. It covers work Run does on the calling goroutine
+	// (a cgo session Run included), not goroutines Run hands work to (a
+	// batcher's). If zero, 19; negative leaves the priority alone.
+	Nice int
 	// Timeout bounds one shadow run. If zero, 10s.
 	Timeout time.Duration
 	// Salt varies the sampled subset. If empty, none.
@@ -119,6 +126,9 @@ func NewShadow[In any](cfg ShadowConfig[In]) (*Shadow[In], error) {
 	if cfg.MaxBusy == 0 {
 		cfg.MaxBusy = 1
 	}
+	if cfg.Nice == 0 {
+		cfg.Nice = 19
+	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 10 * time.Second
 	}
@@ -130,6 +140,8 @@ func NewShadow[In any](cfg ShadowConfig[In]) (*Shadow[In], error) {
 		return nil, fmt.Errorf("route: shadow Rate %v not in (0, 1]", cfg.Rate)
 	case !(cfg.MaxBusy > 0 && cfg.MaxBusy <= 1):
 		return nil, fmt.Errorf("route: shadow MaxBusy %v not in (0, 1]", cfg.MaxBusy)
+	case cfg.Nice > 19:
+		return nil, fmt.Errorf("route: shadow Nice %d above 19", cfg.Nice)
 	case cfg.QueueSize < 0 || cfg.Workers < 0 || cfg.Timeout < 0:
 		return nil, errors.New("route: shadow QueueSize, Workers and Timeout must be positive")
 	}
@@ -185,6 +197,11 @@ func (s *Shadow[In]) Offer(key string, in In, primary []float32, primaryLatency 
 
 func (s *Shadow[In]) worker(ctx context.Context) {
 	defer s.wg.Done()
+	if s.cfg.Nice > 0 {
+		if err := lowerThreadPriority(s.cfg.Nice); err != nil {
+			s.cfg.Logger.Warn("route: shadow worker keeps normal priority", "err", err)
+		}
+	}
 	for {
 		select {
 		case <-ctx.Done():

@@ -229,13 +229,14 @@ func spin(d time.Duration) float64 {
 // compares the primary's latency with and without a shadow that is 10×
 // slower, mirrored at Rate 1 (so its queue is always full and it drops).
 // Rounds alternate the two modes so drift on a shared machine hits both.
-// "cpu" burns CPU in both (the shadow competes for a core), the second
-// caps the shadow at a quarter of a core with MaxBusy; "wait" blocks the
-// shadow without CPU (a remote or I/O-bound shadow). Run with
+// "cpu" burns CPU in both (the shadow competes for a core) with the
+// default nice 19 shadow thread; "cpu-nice-off" keeps normal priority;
+// "cpu-maxbusy-0.25" also caps the shadow at a quarter of a core; "wait"
+// blocks the shadow without CPU (a remote or I/O-bound shadow). Run with
 // -benchtime 100x or more: each round is 100 requests per mode.
 func BenchmarkShadowPrimaryP99(b *testing.B) {
 	const primary = 200 * time.Microsecond
-	for _, mode := range []string{"cpu", "cpu-maxbusy-0.25", "wait"} {
+	for _, mode := range []string{"cpu-nice-off", "cpu", "cpu-maxbusy-0.25", "wait"} {
 		b.Run(mode, func(b *testing.B) {
 			var sink float64
 			var mu sync.Mutex // guards sink
@@ -272,7 +273,11 @@ func BenchmarkShadowPrimaryP99(b *testing.B) {
 				if mode == "cpu-maxbusy-0.25" {
 					maxBusy = 0.25
 				}
-				sh, err := NewShadow(ShadowConfig[[]float32]{Run: run, MaxBusy: maxBusy})
+				nice := 0 // the default, 19
+				if mode == "cpu-nice-off" {
+					nice = -1
+				}
+				sh, err := NewShadow(ShadowConfig[[]float32]{Run: run, MaxBusy: maxBusy, Nice: nice})
 				if err != nil {
 					b.Fatal(err)
 				}
