@@ -347,7 +347,19 @@ func (c *Cache) typeStats(typ string) *typeCounters {
 // Get returns the cached prediction for k. Any failure of the store is a
 // miss: Get never makes a request fail.
 func (c *Cache) Get(ctx context.Context, k Key) (Value, bool) {
-	v, ok := c.get(ctx, k)
+	v, ok, _ := c.lookup(ctx, k)
+	return v, ok
+}
+
+// lookup is Get that also returns the stored key it looked under ("" if
+// the generation could not be read).
+func (c *Cache) lookup(ctx context.Context, k Key) (Value, bool, string) {
+	sk, err := c.storeKeyOf(ctx, k)
+	var v Value
+	ok := false
+	if err == nil {
+		v, ok = c.get(ctx, sk)
+	}
 	tc := c.typeStats(k.Type)
 	if ok {
 		c.hits.Add(1)
@@ -356,16 +368,12 @@ func (c *Cache) Get(ctx context.Context, k Key) (Value, bool) {
 		c.misses.Add(1)
 		tc.misses.Add(1)
 	}
-	return v, ok
+	return v, ok, sk
 }
 
-func (c *Cache) get(ctx context.Context, k Key) (Value, bool) {
-	sk, err := c.storeKeyOf(ctx, k)
-	if err != nil {
-		return Value{}, false
-	}
+func (c *Cache) get(ctx context.Context, sk string) (Value, bool) {
 	var b []byte
-	err = c.do(ctx, func(ctx context.Context) error {
+	err := c.do(ctx, func(ctx context.Context) error {
 		var err error
 		b, err = c.store.Get(ctx, sk)
 		return err
@@ -389,15 +397,20 @@ func (c *Cache) Set(ctx context.Context, k Key, v Value, ttl time.Duration) erro
 	if ttl < 0 {
 		return fmt.Errorf("cache: negative TTL %v", ttl)
 	}
+	sk, err := c.storeKeyOf(ctx, k)
+	if err != nil {
+		return err
+	}
+	return c.set(ctx, k, sk, v, ttl)
+}
+
+// set writes v under the stored key sk.
+func (c *Cache) set(ctx context.Context, k Key, sk string, v Value, ttl time.Duration) error {
 	if ttl == 0 {
 		ttl = c.TTL(k.Type)
 	}
 	if v.CreatedAt.IsZero() {
 		v.CreatedAt = time.Now()
-	}
-	sk, err := c.storeKeyOf(ctx, k)
-	if err != nil {
-		return err
 	}
 	b := EncodeValue(nil, v)
 	if err := c.do(ctx, func(ctx context.Context) error { return c.store.Set(ctx, sk, b, ttl) }); err != nil {
@@ -430,11 +443,19 @@ func (e *PanicError) Error() string { return fmt.Sprintf("cache: compute panicke
 // caller stops waiting when its own ctx ends. The returned Value may be
 // shared between callers and must not be modified.
 func (c *Cache) GetOrCompute(ctx context.Context, k Key, compute func(ctx context.Context) (Value, error)) (v Value, cached bool, err error) {
-	if v, ok := c.Get(ctx, k); ok {
+	v, ok, sk := c.lookup(ctx, k)
+	if ok {
 		return v, true, nil
 	}
+	// The result is written under the generation the lookup saw: a
+	// computation that started before a BumpGeneration must not file its
+	// (possibly stale) answer under the new generation.
+	flight := sk
+	if flight == "" { // generation unknown (store down): still collapse
+		flight = k.String()
+	}
 	ran := false // set only if this caller's function is the one that runs
-	ch := c.flights.DoChan(k.String(), func() (res any, err error) {
+	ch := c.flights.DoChan(flight, func() (res any, err error) {
 		ran = true
 		c.computes.Add(1)
 		cctx := context.WithoutCancel(ctx)
@@ -455,7 +476,9 @@ func (c *Cache) GetOrCompute(ctx context.Context, k Key, compute func(ctx contex
 		if v.CreatedAt.IsZero() {
 			v.CreatedAt = time.Now()
 		}
-		_ = c.Set(context.WithoutCancel(ctx), k, v, 0) // fail-open: counted in Stats
+		if sk != "" {
+			_ = c.set(context.WithoutCancel(ctx), k, sk, v, 0) // fail-open: counted in Stats
+		}
 		return v, nil
 	})
 	select {

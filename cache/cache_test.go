@@ -487,3 +487,37 @@ func TestStatsTypeCardinalityBounded(t *testing.T) {
 		t.Fatalf("ByType = %+v; want default, other and 3 types, 7 misses under other", st)
 	}
 }
+
+// TestBumpDuringComputeDoesNotLeak: an answer computed before a
+// BumpGeneration is not filed under the new generation.
+func TestBumpDuringComputeDoesNotLeak(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mem, _ := cache.NewMemory(cache.MemoryConfig{})
+		defer mem.Close()
+		c := newCache(t, mem, cache.Config{})
+		ctx := context.Background()
+		k := key(t, c, "m", "v1", "AAPL", 5, 1)
+		release := make(chan struct{})
+		done := make(chan struct{})
+		go func() {
+			defer close(done)
+			v, _, err := c.GetOrCompute(ctx, k, func(context.Context) (cache.Value, error) {
+				<-release
+				return val(1), nil // computed by the old weights
+			})
+			if err != nil || v.Predictions[0][0] != 1 {
+				t.Errorf("GetOrCompute = %v, %v", v.Predictions, err)
+			}
+		}()
+		synctest.Wait()
+		if _, err := c.BumpGeneration(ctx, "m", "v1"); err != nil {
+			t.Fatal(err)
+		}
+		close(release)
+		<-done
+		mustMiss(t, c, k)
+		if st := c.Stats(); st.Writes != 1 {
+			t.Fatalf("Writes = %d: the answer was not written at all", st.Writes)
+		}
+	})
+}
