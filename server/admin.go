@@ -3,6 +3,7 @@ package server
 import (
 	"crypto/subtle"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"strconv"
@@ -10,7 +11,6 @@ import (
 
 	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/registry"
-	"github.com/signalforge/signalforge/route"
 )
 
 // Version is the server's version string (OIP v2 server metadata).
@@ -55,9 +55,47 @@ func (s *Server) routes() {
 	m.HandleFunc("GET /healthz", s.handleLive)
 	m.HandleFunc("GET /readyz", s.handleReady)
 	m.Handle("GET /metrics", promhttpHandler(s.cfg.Gatherer))
-	m.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		s.writeError(w, r, notFound("no such endpoint: %s %s (see the README for the API)", r.Method, r.URL.Path), strings.HasPrefix(r.URL.Path, "/v2"))
-	})
+}
+
+// ServeHTTP serves the API. Requests no route matches get a JSON 404, or a
+// JSON 405 with an Allow header when the path exists for other methods.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	h, pattern := s.mux.Handler(r)
+	if pattern != "" {
+		s.mux.ServeHTTP(w, r) // sets the path values
+		return
+	}
+	// Let the mux decide between 404 and 405 (and fill Allow), then answer
+	// in our format.
+	rec := &statusRecorder{header: http.Header{}}
+	h.ServeHTTP(rec, r)
+	v2 := strings.HasPrefix(r.URL.Path, "/v2")
+	if rec.status == http.StatusMethodNotAllowed {
+		w.Header().Set("Allow", rec.header.Get("Allow"))
+		s.writeError(w, r, &HTTPError{Status: http.StatusMethodNotAllowed, Code: api.CodeMethodNotAllo,
+			Msg: fmt.Sprintf("%s is not allowed on %s; allowed: %s", r.Method, r.URL.Path, rec.header.Get("Allow"))}, v2)
+		return
+	}
+	s.writeError(w, r, notFound("no such endpoint: %s %s (the API is described in docs/API.md)", r.Method, r.URL.Path), v2)
+}
+
+// statusRecorder captures a handler's status and headers, dropping its body.
+type statusRecorder struct {
+	header http.Header
+	status int
+}
+
+func (r *statusRecorder) Header() http.Header { return r.header }
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	if r.status == 0 {
+		r.status = http.StatusOK
+	}
+	return len(b), nil
+}
+func (r *statusRecorder) WriteHeader(code int) {
+	if r.status == 0 {
+		r.status = code
+	}
 }
 
 // admin wraps an admin handler with the bearer-token check.
@@ -167,7 +205,14 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 			return jsonError(err, s.cfg.MaxUploadBytes)
 		}
 		q := r.URL.Query()
-		req.ONNX, req.Version, req.Status = body, q.Get("version"), registry.Status(q.Get("status"))
+		for k := range q {
+			switch k {
+			case "version", "status", "features", "traffic_pct", "description":
+			default:
+				return badRequest("unknown query parameter %q (known: version, status, features, traffic_pct, description)", k)
+			}
+		}
+		req.ONNX, req.Version, req.Status, req.Description = body, q.Get("version"), registry.Status(q.Get("status")), q.Get("description")
 		if f := q.Get("features"); f != "" {
 			req.Features = strings.Split(f, ",")
 		}
@@ -188,6 +233,11 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 		}
 		req.Version, req.ONNXPath, req.Features, req.Metrics, req.Tags = b.Version, b.ONNXPath, b.Features, b.Metrics, b.Tags
 		req.Description, req.Status, req.Traffic, req.Lineage = b.Description, registry.Status(b.Status), b.TrafficPct, b.Lineage
+	}
+	switch req.Status {
+	case "", registry.StatusStaging, registry.StatusProduction:
+	default:
+		return badRequest("status %q: a new version is \"staging\" (default) or \"production\"", req.Status)
 	}
 	v, err := s.reg.Register(r.Context(), req)
 	if err != nil {
@@ -315,21 +365,19 @@ func (s *Server) handleHistory(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) handleModelStats(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	type verStats struct {
-		Router route.VersionStats `json:"router"`
-		Batch  any                `json:"batch,omitempty"`
+		Router *versionStatsView `json:"router,omitempty"`
+		Batch  *batchView        `json:"batch,omitempty"`
 	}
 	out := map[string]verStats{}
 	for _, vs := range s.router.Stats() {
 		if vs.Model == name {
-			out[vs.Version] = verStats{Router: vs}
+			out[vs.Version] = verStats{Router: &versionStatsView{Weight: vs.Weight, Window: viewMetrics(vs.Window), Total: viewMetrics(vs.Total)}}
 		}
 	}
 	for ver, l := range s.models.current()[name] {
 		st := out[ver]
-		st.Batch = l.batcher.Stats()
-		if st.Router.Model == "" {
-			st.Router.Model, st.Router.Version = name, ver
-		}
+		b := viewBatch(l.batcher.Stats())
+		st.Batch = &b
 		out[ver] = st
 	}
 	if len(out) == 0 {

@@ -94,7 +94,7 @@ func (s *Server) handleCanaryStart(w http.ResponseWriter, r *http.Request) error
 		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
 	}
 	st, _ := s.autopilot.Status(r.Context(), name)
-	writeJSON(w, http.StatusOK, st)
+	writeJSON(w, http.StatusOK, viewCanary(st))
 	return nil
 }
 
@@ -103,7 +103,7 @@ func (s *Server) handleCanaryStatus(w http.ResponseWriter, r *http.Request) erro
 	if err != nil {
 		return notFound("no canary plan for model %q", r.PathValue("name"))
 	}
-	writeJSON(w, http.StatusOK, st)
+	writeJSON(w, http.StatusOK, viewCanary(st))
 	return nil
 }
 
@@ -122,8 +122,15 @@ func (s *Server) handleJudge(w http.ResponseWriter, r *http.Request) error {
 	if canary == "" || baseline == "" {
 		return badRequest("query parameters \"canary\" and \"baseline\" are required")
 	}
+	for _, v := range []string{canary, baseline} {
+		if _, ok := s.router.VersionStats(name, v); !ok {
+			if s.models.current().get(name, v) == nil {
+				return notFound("version %q of model %q is not serving", v, name)
+			}
+		}
+	}
 	v := s.router.Judge(name, canary, baseline, route.Judge{})
-	writeJSON(w, http.StatusOK, v)
+	writeJSON(w, http.StatusOK, viewVerdict(v))
 	return nil
 }
 
@@ -184,7 +191,7 @@ func (s *Server) handleShadowStart(w http.ResponseWriter, r *http.Request) error
 	if old != nil {
 		old.Close()
 	}
-	writeJSON(w, http.StatusOK, sh.Stats())
+	writeJSON(w, http.StatusOK, viewShadow(sh.Stats()))
 	return nil
 }
 
@@ -193,7 +200,7 @@ func (s *Server) handleShadowStats(w http.ResponseWriter, r *http.Request) error
 	if sh == nil {
 		return notFound("no shadow for model %q", r.PathValue("name"))
 	}
-	writeJSON(w, http.StatusOK, sh.Stats())
+	writeJSON(w, http.StatusOK, viewShadow(sh.Stats()))
 	return nil
 }
 
@@ -210,9 +217,8 @@ func (s *Server) handleShadowStop(w http.ResponseWriter, r *http.Request) error 
 	if sh == nil {
 		return notFound("no shadow for model %q", name)
 	}
-	st := sh.Stats()
 	sh.Close()
-	writeJSON(w, http.StatusOK, st)
+	writeJSON(w, http.StatusOK, viewShadow(sh.Stats()))
 	return nil
 }
 

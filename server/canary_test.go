@@ -26,7 +26,7 @@ func TestShadowViaAdminAPI(t *testing.T) {
 			t.Fatalf("pinned v1.0, answered by %s", r.Version)
 		}
 	}
-	var st route.ShadowStats
+	var st shadowView
 	waitFor(t, func() bool {
 		if err := admin.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/shadow", nil, &st); err != nil {
 			t.Fatal(err)

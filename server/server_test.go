@@ -581,3 +581,21 @@ func TestMetricsEndpoint(t *testing.T) {
 		}
 	}
 }
+
+func TestMethodNotAllowed(t *testing.T) {
+	ts := startServer(t, testOpts{})
+	resp, err := http.Get(ts.URL + "/v1/models/forecast_mlp/predict")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var eb api.ErrorBody
+	json.NewDecoder(resp.Body).Decode(&eb)
+	resp.Body.Close()
+	if resp.StatusCode != 405 || resp.Header.Get("Allow") == "" || eb.Error.Code != "method_not_allowed" {
+		t.Fatalf("GET predict: %d Allow=%q %+v", resp.StatusCode, resp.Header.Get("Allow"), eb)
+	}
+	code, body, _ := post(t, ts.URL+"/v2/health/ready", "")
+	if code != 405 || !strings.Contains(string(body), `"error"`) {
+		t.Fatalf("POST ready: %d %s", code, body)
+	}
+}

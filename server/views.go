@@ -1,0 +1,138 @@
+package server
+
+import (
+	"time"
+
+	"github.com/signalforge/signalforge/batch"
+	"github.com/signalforge/signalforge/route"
+)
+
+// JSON views of the core packages' Stats snapshots for the admin API:
+// snake_case names and milliseconds, like the rest of the API (the core
+// structs are plain Go values with durations in nanoseconds).
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
+
+type metricsView struct {
+	Count        int64   `json:"count"`
+	Errors       int64   `json:"errors"`
+	ErrorRatePct float64 `json:"error_rate_pct"`
+	AvgLatencyMS float64 `json:"avg_latency_ms"`
+	P50MS        float64 `json:"p50_ms"`
+	P95MS        float64 `json:"p95_ms"`
+	P99MS        float64 `json:"p99_ms"`
+}
+
+func viewMetrics(m route.Metrics) metricsView {
+	return metricsView{Count: m.Count, Errors: m.Errors, ErrorRatePct: m.ErrorRatePct,
+		AvgLatencyMS: ms(m.AvgLatency), P50MS: ms(m.P50), P95MS: ms(m.P95), P99MS: ms(m.P99)}
+}
+
+type versionStatsView struct {
+	Weight float64     `json:"weight"`
+	Window metricsView `json:"window"`
+	Total  metricsView `json:"total"`
+}
+
+type latencyView struct {
+	AvgMS float64 `json:"avg_ms"`
+	P50MS float64 `json:"p50_ms"`
+	P95MS float64 `json:"p95_ms"`
+	P99MS float64 `json:"p99_ms"`
+	MaxMS float64 `json:"max_ms"`
+}
+
+func viewLatency(l batch.Latency) latencyView {
+	return latencyView{AvgMS: ms(l.Avg), P50MS: ms(l.P50), P95MS: ms(l.P95), P99MS: ms(l.P99), MaxMS: ms(l.Max)}
+}
+
+type batchView struct {
+	Requests     int64       `json:"requests"`
+	Rows         int64       `json:"rows"`
+	Batches      int64       `json:"batches"`
+	AvgBatchSize float64     `json:"avg_batch_size"`
+	BatchSizes   []int64     `json:"batch_size_histogram"`
+	BatchTime    latencyView `json:"batch_time"`
+	QueueWait    latencyView `json:"queue_wait"`
+	QueueDepth   int         `json:"queue_depth"`
+	InFlight     int         `json:"in_flight"`
+	Expired      int64       `json:"expired"`
+	Cancelled    int64       `json:"cancelled"`
+	Rejected     int64       `json:"rejected"`
+	Failed       int64       `json:"failed"`
+	Panics       int64       `json:"panics"`
+}
+
+func viewBatch(st batch.Stats) batchView {
+	return batchView{Requests: st.Requests, Rows: st.Rows, Batches: st.Batches, AvgBatchSize: st.AvgBatchSize,
+		BatchSizes: st.BatchSizes, BatchTime: viewLatency(st.BatchTime), QueueWait: viewLatency(st.QueueWait),
+		QueueDepth: st.QueueDepth, InFlight: st.InFlight, Expired: st.Expired, Cancelled: st.Cancelled,
+		Rejected: st.Rejected, Failed: st.Failed, Panics: st.Panics}
+}
+
+type verdictView struct {
+	Decision   route.Decision `json:"decision"`
+	Reason     string         `json:"reason"`
+	Canary     metricsView    `json:"canary"`
+	Baseline   metricsView    `json:"baseline"`
+	RateDiff   float64        `json:"error_rate_diff"`
+	PValue     float64        `json:"p_value"`
+	Z          float64        `json:"z"`
+	UpperBound float64        `json:"upper_bound"`
+	P99Ratio   float64        `json:"p99_ratio"`
+}
+
+func viewVerdict(v route.Verdict) verdictView {
+	return verdictView{Decision: v.Decision, Reason: v.Reason, Canary: viewMetrics(v.Canary), Baseline: viewMetrics(v.Baseline),
+		RateDiff: v.RateDiff, PValue: v.PValue, Z: v.Z, UpperBound: v.UpperBound, P99Ratio: v.P99Ratio}
+}
+
+type canaryView struct {
+	Model            string            `json:"model"`
+	Canary           string            `json:"canary"`
+	Baseline         string            `json:"baseline"`
+	State            route.CanaryState `json:"state"`
+	StepsPct         []float64         `json:"steps_pct"`
+	Step             int               `json:"step"`
+	StepUp           bool              `json:"step_up"`
+	Rollback         bool              `json:"rollback"`
+	IntervalMS       float64           `json:"interval_ms"`
+	HealthyIntervals int               `json:"healthy_intervals"`
+	Healthy          int               `json:"healthy"`
+	Judged           int               `json:"judged"`
+	Last             verdictView       `json:"last_verdict"`
+	Note             string            `json:"note,omitempty"`
+}
+
+func viewCanary(st route.CanaryStatus) canaryView {
+	p := st.Plan
+	steps := make([]float64, len(p.Steps))
+	for i, w := range p.Steps {
+		steps[i] = w * 100
+	}
+	return canaryView{Model: p.Model, Canary: p.Canary, Baseline: p.Baseline, State: st.State, StepsPct: steps, Step: st.Step,
+		StepUp: p.StepUp, Rollback: p.Rollback, IntervalMS: ms(p.Interval), HealthyIntervals: p.HealthyIntervals,
+		Healthy: st.Healthy, Judged: st.Judged, Last: viewVerdict(st.Last), Note: st.Note}
+}
+
+type shadowView struct {
+	Model                 string      `json:"model"`
+	Version               string      `json:"version"`
+	Offered               int64       `json:"offered"`
+	Sampled               int64       `json:"sampled"`
+	Dropped               int64       `json:"dropped"`
+	Compared              int64       `json:"compared"`
+	Mismatched            int64       `json:"mismatched"`
+	MeanAbsDiff           float64     `json:"mean_abs_diff"`
+	MaxAbsDiff            float64     `json:"max_abs_diff"`
+	NonFinite             int64       `json:"non_finite"`
+	DirectionAgreementPct float64     `json:"direction_agreement_pct"`
+	Shadow                metricsView `json:"shadow_latency"`
+	Primary               metricsView `json:"primary_latency"`
+}
+
+func viewShadow(st route.ShadowStats) shadowView {
+	return shadowView{Model: st.Model, Version: st.Version, Offered: st.Offered, Sampled: st.Sampled, Dropped: st.Dropped,
+		Compared: st.Compared, Mismatched: st.Mismatched, MeanAbsDiff: st.MeanAbsDiff, MaxAbsDiff: st.MaxAbsDiff,
+		NonFinite: st.NonFinite, DirectionAgreementPct: st.DirectionAgreementPct, Shadow: viewMetrics(st.Shadow), Primary: viewMetrics(st.Primary)}
+}
