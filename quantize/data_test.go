@@ -270,6 +270,11 @@ func TestFixturesReproducible(t *testing.T) {
 	if err != nil || len(made) < 7 {
 		t.Fatalf("script made %v (%v)", made, err)
 	}
+	csvs, err := filepath.Glob(filepath.Join(dir, "*.csv"))
+	if err != nil || len(csvs) == 0 {
+		t.Fatalf("script made no calibration CSV (%v)", err)
+	}
+	made = append(made, csvs...)
 	for _, p := range made {
 		got, _ := os.ReadFile(p)
 		want, err := os.ReadFile(filepath.Join("testdata", filepath.Base(p)))

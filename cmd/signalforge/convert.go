@@ -3,21 +3,144 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
 	"github.com/signalforge/signalforge/convert"
+	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/onnx"
+	"github.com/signalforge/signalforge/registry"
 )
+
+// convertAbout and convertExamples are printed by `signalforge convert -h`.
+// Every example runs from the repository root with the committed fixtures
+// (TestConvertExamples runs them).
+const convertAbout = `Converts a PyTorch file to ONNX, checks it in ONNX Runtime against PyTorch's
+own outputs at two batch sizes (which also proves the batch axis is dynamic),
+writes it atomically and, with --register, adds it to the model registry with
+its lineage (source checkpoint and sha256, conversion parameters).
+
+State dicts, whole-model pickles (torch.save(model)) and TorchScript archives
+are read in Go, which never runs code from the file; a state dict or a custom
+forward needs an architecture spec (-spec). Reference outputs come from
+-reference, or else from PyTorch in a Python subprocess (Debian's
+/usr/bin/python3 with python3-torch).`
+
+var convertExamples = []example{
+	{"a state dict with its spec, verified against live PyTorch, registered as mlp",
+		"signalforge convert -spec convert/testdata/mlp_state.spec.json -features a,b,c,d,e,f,g,h -o /tmp/mlp.onnx --register mlp --registry /tmp/sf-registry convert/testdata/mlp_state.pt"},
+	{"an LSTM forecaster, verified against committed reference outputs (no Python needed)",
+		"signalforge convert -spec convert/testdata/lstm.spec.json -reference convert/testdata/lstm.ref.json -o /tmp/lstm.onnx convert/testdata/lstm.pt"},
+	{"a TorchScript archive, with the PyTorch eager vs ONNX Runtime speed-up table",
+		"signalforge convert -spec convert/testdata/mlp_script.spec.json -benchmark -bench-iterations 50 -o /tmp/mlp_script.onnx convert/testdata/mlp_script.pt"},
+}
+
+// example is one command line in a command's -h, with what it shows.
+type example struct{ what, cmd string }
+
+// setUsage makes fs print a synopsis paragraph and examples before the flags.
+func setUsage(e *env, fs *flag.FlagSet, name, synopsis, about string, examples []example) {
+	fs.Usage = func() {
+		fmt.Fprintf(e.stderr, "Usage: signalforge %s %s\n\n%s\n\nExamples (from the repository root):\n", name, synopsis, about)
+		for _, ex := range examples {
+			fmt.Fprintf(e.stderr, "  # %s:\n  %s\n", ex.what, ex.cmd)
+		}
+		fmt.Fprintln(e.stderr, "\nFlags:")
+		fs.PrintDefaults()
+	}
+}
+
+// checkOutput refuses an output path that is the input file itself (the
+// same cleaned absolute path, or the same file through a link): the output
+// is written by renaming a temporary file over it, which would replace the
+// source.
+func checkOutput(in, out string) error {
+	ai, err1 := filepath.Abs(in)
+	ao, err2 := filepath.Abs(out)
+	same := err1 == nil && err2 == nil && ai == ao
+	if !same {
+		if si, err := os.Stat(in); err == nil {
+			if so, err := os.Stat(out); err == nil {
+				same = os.SameFile(si, so)
+			}
+		}
+	}
+	if same {
+		return fmt.Errorf("-o %s is the input file itself: writing it would destroy the source; choose another output path", out)
+	}
+	return nil
+}
+
+// registerFlags are --register and --registry, shared by convert and
+// quantize.
+type registerFlags struct {
+	target string // NAME[:VERSION]
+	dir    string
+	name   string // parsed from target
+	ver    string // "" for the next vN
+}
+
+func addRegisterFlags(e *env, fs *flag.FlagSet) *registerFlags {
+	rf := &registerFlags{}
+	def := e.getenv(modelsEnvRegistry)
+	if def == "" {
+		def = modelsDefaultDir
+	}
+	fs.StringVar(&rf.target, "register", "", "after success, register the output in the registry as NAME or NAME:VERSION (default version: the next vN), with its lineage")
+	fs.StringVar(&rf.dir, "registry", def, "registry folder for --register (default $"+modelsEnvRegistry+", else "+modelsDefaultDir+")")
+	return rf
+}
+
+// parse validates --register before any work is done.
+func (rf *registerFlags) parse() error {
+	if rf.target == "" {
+		return nil
+	}
+	rf.name, rf.ver, _ = strings.Cut(rf.target, ":")
+	if err := registry.ValidateName(rf.name); err != nil {
+		return fmt.Errorf("--register %s: model name: %w", rf.target, err)
+	}
+	if strings.Contains(rf.target, ":") {
+		if err := registry.ValidateName(rf.ver); err != nil {
+			return fmt.Errorf("--register %s: version: %w", rf.target, err)
+		}
+	}
+	return nil
+}
+
+// register adds the ONNX bytes to the registry as a staging version, checked
+// in ONNX Runtime (eng) like `signalforge models register`, and prints the
+// new version's id.
+func (rf *registerFlags) register(ctx context.Context, e *env, eng infer.Engine, data []byte, lineage registry.Lineage, description string) (registry.Version, error) {
+	r, err := registry.Open(ctx, registry.Config{Dir: rf.dir, Validator: registry.EngineValidator(eng)})
+	if err != nil {
+		return registry.Version{}, err
+	}
+	defer r.Close()
+	if actor := e.getenv("USER"); actor != "" {
+		ctx = registry.WithActor(ctx, actor)
+	}
+	v, err := r.Register(ctx, registry.RegisterRequest{
+		Name: rf.name, Version: rf.ver, ONNX: data, Description: description, Lineage: lineage,
+	})
+	if err != nil {
+		return registry.Version{}, fmt.Errorf("the model was written, but registering it in %s failed: %w", rf.dir, err)
+	}
+	fmt.Fprintf(e.stdout, "registered %s (%s) in %s\n", v.Ref(), v.Status, rf.dir)
+	return v, nil
+}
 
 // cmdConvert converts a PyTorch file to ONNX (in Go, or through the torch
 // bridge), verifies it in ONNX Runtime against PyTorch's outputs and, with
 // -benchmark, times PyTorch eager against ONNX Runtime.
 func cmdConvert(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "convert", "[flags] model.pt")
+	setUsage(e, fs, "convert", "[flags] model.pt", convertAbout, convertExamples)
 	out := fs.String("o", "", "output ONNX path (default: model.onnx next to the input)")
 	specPath := fs.String("spec", "", "architecture spec (YAML or JSON) for a state dict, TorchScript archive or custom forward")
 	exporter := fs.String("exporter", "go", "go (read the file in Go, never runs code) or torch (torch.onnx.export in a Python subprocess)")
@@ -38,6 +161,7 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 	benchBatches := fs.String("bench-batches", "1,32", "benchmark batch sizes")
 	benchIters := fs.Int("bench-iterations", 200, "benchmark runs per batch size and side")
 	seqLen := fs.Int("seq-len", 32, "size given to dynamic non-batch axes (sequence length) for generated inputs")
+	reg := addRegisterFlags(e, fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -48,6 +172,17 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 	src := fs.Arg(0)
 	if *out == "" {
 		*out = strings.TrimSuffix(src, filepath.Ext(src)) + ".onnx"
+	}
+	if err := checkOutput(src, *out); err != nil {
+		return err
+	}
+	if err := reg.parse(); err != nil {
+		return err
+	}
+	if reg.target != "" && *features == "" {
+		// The registry serves models by feature name; refuse now rather
+		// than after converting and verifying.
+		return fmt.Errorf("--register needs -features (the input's feature names, in order): the registry serves models by feature name")
 	}
 	opts := convert.Options{
 		InputName: *inputName, OutputName: *outputName, Opset: *opset, StaticBatch: *staticBatch,
@@ -144,6 +279,7 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "wrote %s (%d bytes, source sha256 %s)\n", *out, len(res.Bytes), res.SourceSHA256)
 
+	var benchmarks map[string]float64
 	if *bench {
 		sizes, err := parseInt64s(*benchBatches)
 		if err != nil || len(sizes) == 0 {
@@ -163,7 +299,25 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		fmt.Fprintln(e.stdout, "\nmedian time per forward pass, 1 thread each:")
-		return convert.WriteBenchTable(e.stdout, rows)
+		if err := convert.WriteBenchTable(e.stdout, rows); err != nil {
+			return err
+		}
+		benchmarks = map[string]float64{}
+		for _, r := range rows {
+			benchmarks[fmt.Sprintf("p50_us_batch%d", r.Batch)] = float64(r.ORT.Nanoseconds()) / 1e3
+			benchmarks[fmt.Sprintf("torch_p50_us_batch%d", r.Batch)] = float64(r.Torch.Nanoseconds()) / 1e3
+			benchmarks[fmt.Sprintf("speedup_vs_torch_batch%d", r.Batch)] = r.Speedup
+		}
+	}
+	if reg.target != "" {
+		source := src
+		if abs, err := filepath.Abs(src); err == nil {
+			source = abs
+		}
+		_, err := reg.register(ctx, e, eng, res.Bytes, registry.Lineage{
+			SourceCheckpoint: source, SourceSHA256: res.SourceSHA256, Conversion: res.Conversion, Benchmarks: benchmarks,
+		}, "converted from "+filepath.Base(src)+" by signalforge convert")
+		return err
 	}
 	return nil
 }

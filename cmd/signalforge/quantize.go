@@ -2,23 +2,55 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 
+	"github.com/signalforge/signalforge/convert"
 	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/quantize"
+	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/tensor"
 )
+
+// quantizeAbout and quantizeExamples are printed by `signalforge quantize
+// -h`. Every example runs from the repository root with the committed
+// fixtures (TestQuantizeExamples runs them).
+const quantizeAbout = `Quantizes an ONNX model to INT8 in Go: dynamic (int8 weights, activations
+quantized at run time; no data needed) or static (QDQ, activation ranges
+calibrated on -calibration data). Prints the accuracy against the fp32 model
+(on -eval data, else the calibration data, else synthetic N(0,1) inputs) and,
+with -bench, fp32 against int8 latency. An accuracy gate (-max-error,
+-min-sqnr, -min-sign) keeps the nodes that break it in fp32, worst first.
+The output is written atomically and, with --register, added to the model
+registry with its lineage: parent version (-parent, or the registered
+version whose artifact is the input file), quantization parameters,
+calibration sha256, benchmarks, and the conversion lineage the input carries.`
+
+var quantizeExamples = []example{
+	{"dynamic INT8, accuracy on synthetic inputs",
+		"signalforge quantize -o /tmp/mlp.int8.onnx quantize/testdata/mlp_100_50_10.onnx"},
+	{"static, entropy-calibrated, per-channel, with an accuracy gate",
+		"signalforge quantize -mode static -method entropy -per-channel -calibration quantize/testdata/calib_mlp_small.csv -min-sqnr 25 -min-sign 0.95 -o /tmp/mlp_small.int8.onnx quantize/testdata/mlp_small.onnx"},
+	{"keep one node in fp32",
+		"signalforge quantize -exclude /4/Gemm -o /tmp/mlp_small.int8.onnx quantize/testdata/mlp_small.onnx"},
+	{"register the fp32 model, then its INT8 version with the benchmark (parent: the fp32 version)",
+		"signalforge models register --registry /tmp/sf-registry --name mlp_100_50_10 quantize/testdata/mlp_100_50_10.onnx && signalforge quantize -bench -iterations 50 --register mlp_100_50_10 --registry /tmp/sf-registry -o /tmp/mlp.int8.onnx quantize/testdata/mlp_100_50_10.onnx"},
+}
 
 // cmdQuantize quantizes an ONNX model to INT8, prints the accuracy report
 // against the fp32 model and, with -bench, the fp32 vs int8 benchmark.
 func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "quantize", "[flags] model.onnx")
+	setUsage(e, fs, "quantize", "[flags] model.onnx", quantizeAbout, quantizeExamples)
 	out := fs.String("o", "", "output path (default: model.int8.onnx next to the input)")
 	mode := fs.String("mode", "dynamic", "dynamic (weights int8, activations at run time) or static (QDQ, calibrated)")
 	perChannel := fs.Bool("per-channel", false, "one weight scale per output channel")
@@ -32,11 +64,12 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	exclude := fs.String("exclude", "", "comma-separated node names to keep in fp32")
 	maxErr := fs.Float64("max-error", 0, "accuracy gate: largest allowed absolute output error")
 	minSQNR := fs.Float64("min-sqnr", 0, "accuracy gate: lowest allowed output SQNR in dB")
-	minSign := fs.Float64("min-sign", 0, "accuracy gate: lowest allowed sign agreement (0..1)")
+	minSign := fs.Float64("min-sign", 0, "accuracy gate: lowest allowed fraction of output elements whose sign matches fp32, 0 to 1 (0.95 for 95%)")
 	bench := fs.Bool("bench", false, "benchmark fp32 vs int8 after quantizing")
 	batches := fs.String("batch-sizes", "1,32", "benchmark batch sizes")
 	iters := fs.Int("iterations", 200, "benchmark iterations per model and batch size")
-	parent := fs.String("parent", "", "lineage: the source model's name:version, recorded in the output's metadata")
+	parent := fs.String("parent", "", "lineage: the fp32 source's VERSION (or NAME:VERSION) in the registry, recorded in the output's metadata and by --register (default with --register: the registered version whose artifact is the input)")
+	reg := addRegisterFlags(e, fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -48,9 +81,28 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	if *out == "" {
 		*out = strings.TrimSuffix(in, filepath.Ext(in)) + ".int8.onnx"
 	}
+	if err := checkOutput(in, *out); err != nil {
+		return err
+	}
+	if err := reg.parse(); err != nil {
+		return err
+	}
+	parentVersion, err := parseParent(*parent, reg)
+	if err != nil {
+		return err
+	}
+	budget := quantize.Budget{MaxError: *maxErr, MinSQNR: *minSQNR, MinSignAgreement: *minSign}
+	// Name the flag at fault; Budget.Validate has the rules.
+	for _, f := range []struct {
+		flag string
+		b    quantize.Budget
+	}{{"-max-error", quantize.Budget{MaxError: *maxErr}}, {"-min-sqnr", quantize.Budget{MinSQNR: *minSQNR}}, {"-min-sign", quantize.Budget{MinSignAgreement: *minSign}}} {
+		if err := f.b.Validate(); err != nil {
+			return fmt.Errorf("%s: %w", f.flag, err)
+		}
+	}
 	cfg := quantize.Config{PerChannel: *perChannel, Symmetric: *symmetric, Percentile: *pct, Parent: *parent,
 		OpTypes: splitList(*opTypes), Exclude: splitList(*exclude)}
-	var err error
 	if cfg.Mode, err = quantize.ParseMode(*mode); err != nil {
 		return err
 	}
@@ -121,7 +173,6 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 
 	var res *quantize.Result
 	var rep *quantize.Report
-	budget := quantize.Budget{MaxError: *maxErr, MinSQNR: *minSQNR, MinSignAgreement: *minSign}
 	if budget != (quantize.Budget{}) {
 		g, gerr := q.QuantizeWithBudget(ctx, model, calData, evalData, budget)
 		if g != nil {
@@ -167,9 +218,9 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	if err := rep.WriteText(e.stdout); err != nil {
 		return err
 	}
+	var br *quantize.BenchResult
 	if *bench {
-		br, err := quantize.Benchmark(ctx, eng, model, res.Model, quantize.BenchConfig{BatchSizes: sizes, Iterations: *iters})
-		if err != nil {
+		if br, err = quantize.Benchmark(ctx, eng, model, res.Model, quantize.BenchConfig{BatchSizes: sizes, Iterations: *iters}); err != nil {
 			return err
 		}
 		fmt.Fprintln(e.stdout)
@@ -177,7 +228,123 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	return nil
+	if reg.target == "" {
+		return nil
+	}
+	if parentVersion == "" {
+		if parentVersion, err = registeredAs(ctx, reg, in); err != nil {
+			return err
+		}
+	}
+	data, err := onnx.Marshal(res.Model)
+	if err != nil {
+		return err
+	}
+	_, err = reg.register(ctx, e, eng, data, quantizeLineage(res, rep, br, parentVersion), "INT8 ("+res.Lineage.Method+") of "+filepath.Base(in)+" by signalforge quantize")
+	return err
+}
+
+// parseParent validates -parent: a VERSION, or NAME:VERSION, each part a
+// valid registry name. The registry records a parent within one model, so
+// with --register a NAME must be the registered model's; the version is
+// returned.
+func parseParent(p string, reg *registerFlags) (string, error) {
+	if p == "" {
+		return "", nil
+	}
+	name, version, hasName := strings.Cut(p, ":")
+	if !hasName {
+		version, name = name, ""
+	}
+	if hasName {
+		if err := registry.ValidateName(name); err != nil {
+			return "", fmt.Errorf("-parent %s: model name: %w", p, err)
+		}
+	}
+	if err := registry.ValidateName(version); err != nil {
+		return "", fmt.Errorf("-parent %s: want VERSION or NAME:VERSION: %w", p, err)
+	}
+	if hasName && reg.target != "" && name != reg.name {
+		return "", fmt.Errorf("-parent %s names model %s, but --register %s registers into model %s: the registry records the fp32 parent within the same model (give -parent VERSION of %s, or register as %s:VERSION)",
+			p, name, reg.target, reg.name, reg.name, name)
+	}
+	return version, nil
+}
+
+// registeredAs returns the newest version of --register's model whose
+// artifact has the bytes of the file at path (the fp32 model being
+// quantized), or "" when there is none or no registry yet.
+func registeredAs(ctx context.Context, reg *registerFlags, path string) (string, error) {
+	if !registry.FileStoreExists(reg.dir) {
+		return "", nil
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(data)
+	r, err := registry.Open(ctx, registry.Config{Dir: reg.dir})
+	if err != nil {
+		return "", err
+	}
+	defer r.Close()
+	vs, err := r.Versions(ctx, reg.name)
+	if errors.Is(err, registry.ErrNotFound) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	found := ""
+	var newest registry.Version
+	for _, v := range vs {
+		if v.Artifact.SHA256 == hex.EncodeToString(sum[:]) && (found == "" || v.CreatedAt.After(newest.CreatedAt)) {
+			found, newest = v.Version, v
+		}
+	}
+	return found, nil
+}
+
+// quantizeLineage is what --register records: the parent, the quantization
+// parameters, the calibration hash, the benchmark (if run), the accuracy
+// against fp32 as metrics-like benchmarks, and the conversion lineage that
+// `signalforge convert` wrote into the input's metadata.
+func quantizeLineage(res *quantize.Result, rep *quantize.Report, br *quantize.BenchResult, parent string) registry.Lineage {
+	lin := registry.Lineage{
+		Parent: parent, Quantization: res.Params(), CalibrationSHA256: res.Lineage.CalibrationSHA256,
+	}
+	meta := onnx.Metadata(res.Model)
+	lin.SourceSHA256 = meta[convert.MetaSourceSHA256]
+	for k, v := range meta {
+		if c, ok := strings.CutPrefix(k, convert.MetaConvertPrefix); ok {
+			if lin.Conversion == nil {
+				lin.Conversion = map[string]string{}
+			}
+			lin.Conversion[c] = v
+		}
+	}
+	bm := map[string]float64{}
+	if rep != nil {
+		maxErr, sqnr, sign := rep.Worst()
+		bm["int8_max_abs_error"], bm["int8_sqnr_db"], bm["int8_sign_agreement"] = maxErr, sqnr, sign
+	}
+	if br != nil {
+		bm["size_reduction_pct"] = br.SizeReductionPct
+		for _, r := range br.Rows {
+			bm[fmt.Sprintf("p50_us_batch%d", r.Batch)] = float64(r.Int8.Nanoseconds()) / 1e3
+			bm[fmt.Sprintf("fp32_p50_us_batch%d", r.Batch)] = float64(r.FP32.Nanoseconds()) / 1e3
+			bm[fmt.Sprintf("speedup_vs_fp32_batch%d", r.Batch)] = r.Speedup
+		}
+	}
+	for k, v := range bm {
+		if math.IsNaN(v) || math.IsInf(v, 0) { // e.g. SQNR of identical outputs
+			delete(bm, k)
+		}
+	}
+	if len(bm) > 0 {
+		lin.Benchmarks = bm
+	}
+	return lin
 }
 
 func splitList(s string) []string {

@@ -137,6 +137,15 @@ def main():
     torch.manual_seed(8)
     export(StepMLP(16, 32), torch.randn(1, 32, 16), "matmul.onnx", names(16), batch)
 
+    # Calibration data for mlp_small.onnx (the examples in `signalforge
+    # quantize -h`): 256 rows of N(0, 1) market features, one column each.
+    torch.manual_seed(9)
+    rows = torch.randn(256, 8).tolist()
+    with open(os.path.join(OUT, "calib_mlp_small.csv"), "w") as f:
+        f.write(",".join(names(8)) + "\n")
+        for r in rows:
+            f.write(",".join("%.6f" % v for v in r) + "\n")
+
     if len(sys.argv) == 3 and sys.argv[1] == "--big":
         OUT = sys.argv[2]
         torch.manual_seed(7)
