@@ -11,6 +11,7 @@ import (
 	"io"
 	"maps"
 	"os"
+	"os/user"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,18 +32,21 @@ const modelsDefaultDir = "models"
 
 type modelsSub struct {
 	name, synopsis, summary string
-	run                     func(ctx context.Context, e *env, mc *modelsCmd, args []string) error
+	// mutates marks the commands that change the registry: only they take
+	// -actor, the name recorded in the audit log.
+	mutates bool
+	run     func(ctx context.Context, e *env, mc *modelsCmd, args []string) error
 }
 
 func modelsSubs() []modelsSub {
 	return []modelsSub{
-		{"register", "[flags] MODEL.onnx", "validate an ONNX model (it must load in ONNX Runtime) and register it as a new version", modelsRegister},
-		{"list", "[flags] [NAME]", "list models and versions with status, traffic, metrics and tags", modelsList},
-		{"show", "[flags] NAME:VERSION", "show one version: features, inputs, metrics, lineage, artifact", modelsShow},
-		{"promote", "--traffic PCT [flags] NAME:VERSION", "move a staging version to production with a share of traffic", modelsPromote},
-		{"traffic", "[flags] NAME:VERSION PCT | NAME VERSION=PCT,... | --rollback [--to SEQ] NAME", "set one version's traffic, a whole split, or roll back to the previous split", modelsTraffic},
-		{"archive", "[--force] [flags] NAME:VERSION", "archive a version (one still serving needs --force)", modelsArchive},
-		{"history", "[flags] NAME", "the audit log of a model: who changed what, and which version served what share when", modelsHistory},
+		{"register", "[flags] MODEL.onnx", "validate an ONNX model (it must load in ONNX Runtime) and register it as a new version", true, modelsRegister},
+		{"list", "[flags] [NAME]", "list models and versions with status, traffic, metrics and tags", false, modelsList},
+		{"show", "[flags] NAME:VERSION", "show one version: features, inputs, metrics, lineage, artifact", false, modelsShow},
+		{"promote", "--traffic PCT [flags] NAME:VERSION", "move a staging version to production with a share of traffic", true, modelsPromote},
+		{"traffic", "[flags] NAME:VERSION PCT | NAME VERSION=PCT,... | --rollback [--to SEQ] [--allow-empty] NAME", "set one version's traffic, a whole split, or roll back to the previous split", true, modelsTraffic},
+		{"archive", "[--force [--allow-empty]] [flags] NAME:VERSION", "archive a version (one still serving needs --force)", true, modelsArchive},
+		{"history", "[flags] NAME", "the audit log of a model: who changed what, and which version served what share when", false, modelsHistory},
 	}
 }
 
@@ -51,17 +55,41 @@ type modelsCmd struct {
 	dir     string
 	json    bool
 	actor   string
+	mutates bool // the subcommand changes the registry (and took -actor)
 	noCheck bool // register only
 }
 
+// commonFlags adds the flags of every subcommand. The usage strings name
+// where a default comes from; the flag package prints the value itself,
+// once.
 func (mc *modelsCmd) commonFlags(e *env, fs *flag.FlagSet) {
 	def := e.getenv(modelsEnvRegistry)
 	if def == "" {
 		def = modelsDefaultDir
 	}
-	fs.StringVar(&mc.dir, "registry", def, "registry folder (default $"+modelsEnvRegistry+", else "+modelsDefaultDir+")")
+	fs.StringVar(&mc.dir, "registry", def, "registry folder (or $"+modelsEnvRegistry+")")
 	fs.BoolVar(&mc.json, "json", false, "print JSON instead of a table")
-	fs.StringVar(&mc.actor, "actor", e.getenv("USER"), "who makes the change, for the audit log (default $USER)")
+}
+
+// actorFlag adds -actor, for the subcommands that change the registry.
+func (mc *modelsCmd) actorFlag(e *env, fs *flag.FlagSet) {
+	fs.StringVar(&mc.actor, "actor", modelsDefaultActor(e), "who makes the change, recorded in the audit log; if not given, $USER or the OS account")
+}
+
+// modelsUnknownActor is recorded when no actor can be found, so the audit
+// log never has a blank "who".
+const modelsUnknownActor = "unknown"
+
+// modelsDefaultActor returns $USER, else the OS account's user name (os/user
+// works without $USER, e.g. under cron or in a container), else "unknown".
+func modelsDefaultActor(e *env) string {
+	if u := strings.TrimSpace(e.getenv("USER")); u != "" {
+		return u
+	}
+	if u, err := user.Current(); err == nil && strings.TrimSpace(u.Username) != "" {
+		return u.Username
+	}
+	return modelsUnknownActor
 }
 
 // open opens the registry. Only register creates one (v != nil or
@@ -77,8 +105,12 @@ func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.
 	if err != nil {
 		return nil, ctx, err
 	}
-	if mc.actor != "" {
-		ctx = registry.WithActor(ctx, mc.actor)
+	if mc.mutates {
+		actor := strings.TrimSpace(mc.actor)
+		if actor == "" {
+			actor = modelsUnknownActor
+		}
+		ctx = registry.WithActor(ctx, actor)
 	}
 	return r, ctx, nil
 }
@@ -140,6 +172,10 @@ func modelsFlagSet(e *env, mc *modelsCmd, sub string) *flag.FlagSet {
 		if s.name == sub {
 			fs := newFlagSet(e, "models "+sub, s.synopsis)
 			mc.commonFlags(e, fs)
+			if s.mutates {
+				mc.mutates = true
+				mc.actorFlag(e, fs)
+			}
 			return fs
 		}
 	}
@@ -183,8 +219,8 @@ func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) e
 	conv, quant, bench := kvStrings{}, kvStrings{}, kvFloats{}
 	var features, status string
 	fs.StringVar(&req.Name, "name", "", "model name (required)")
-	fs.StringVar(&req.Version, "version", "", "version (default: the next of v1, v2, …)")
-	fs.StringVar(&features, "features", "", "comma-separated input feature names, in order (default: the model's "+"signalforge.features metadata)")
+	fs.StringVar(&req.Version, "version", "", "version; if empty, one above the highest vN or vN.x registered (v1, v2, …; v4 after v3.0)")
+	fs.StringVar(&features, "features", "", "comma-separated input feature names, in order; if empty, the model's signalforge.features metadata")
 	fs.Var(metrics, "metric", "an evaluation metric, key=number (repeatable)")
 	fs.Var(tags, "tag", "a tag, key=value (repeatable)")
 	fs.StringVar(&req.Description, "description", "", "free text")
@@ -484,6 +520,7 @@ func modelsTraffic(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 	fs := modelsFlagSet(e, mc, "traffic")
 	rollback := fs.Bool("rollback", false, "go back to the split before the model's last traffic change")
 	to := fs.Uint64("to", 0, "with --rollback: restore the split right after this audit-log event (see history)")
+	allowEmpty := fs.Bool("allow-empty", false, "with --rollback: allow restoring a split in which no version serves, taking the model offline")
 	pos, err := modelsParse(fs, args, 1, 2)
 	if err != nil {
 		return err
@@ -498,11 +535,19 @@ func modelsTraffic(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 			return err
 		}
 		defer r.Close()
-		s, err := r.Rollback(ctx, pos[0], *to)
+		var opts []registry.ChangeOption
+		if *allowEmpty {
+			opts = append(opts, registry.AllowEmpty())
+		}
+		s, err := r.Rollback(ctx, pos[0], *to, opts...)
 		if err != nil {
-			return err
+			return modelsOfflineHint(err, pos[0])
 		}
 		return modelsPrintSplit(e, mc, "rolled back", pos[0], s)
+	}
+	if *allowEmpty || *to != 0 {
+		fmt.Fprintln(e.stderr, "signalforge models traffic: --to and --allow-empty go with --rollback")
+		return errUsage
 	}
 	if len(pos) != 2 {
 		fs.Usage()
@@ -547,6 +592,7 @@ func modelsTraffic(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 func modelsArchive(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
 	fs := modelsFlagSet(e, mc, "archive")
 	force := fs.Bool("force", false, "archive even if it serves traffic; its share is rescaled onto the other production versions")
+	allowEmpty := fs.Bool("allow-empty", false, "with --force: allow archiving the only version that serves, taking the model offline")
 	pos, err := modelsParse(fs, args, 1, 1)
 	if err != nil {
 		return err
@@ -560,11 +606,24 @@ func modelsArchive(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 		return err
 	}
 	defer r.Close()
-	s, err := r.Archive(ctx, ref, *force)
+	var opts []registry.ChangeOption
+	if *allowEmpty {
+		opts = append(opts, registry.AllowEmpty())
+	}
+	s, err := r.Archive(ctx, ref, *force, opts...)
 	if err != nil {
-		return err
+		return modelsOfflineHint(err, ref.Name)
 	}
 	return modelsPrintSplit(e, mc, "archived "+ref.String(), ref.Name, s)
+}
+
+// modelsOfflineHint adds the CLI's way out to a refusal to take a model
+// offline.
+func modelsOfflineHint(err error, name string) error {
+	if errors.Is(err, registry.ErrNoServing) {
+		return fmt.Errorf("%w (pass --allow-empty to take %s offline anyway)", err, name)
+	}
+	return err
 }
 
 func modelsHistory(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
@@ -589,9 +648,18 @@ func modelsHistory(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 	fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tVERSION\tTRAFFIC AFTER\tDETAIL")
 	for _, ev := range h {
 		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Seq, ev.Time.Local().Format("2006-01-02 15:04:05"),
-			modelsDash(ev.Actor), ev.Action, modelsDash(ev.Version), ev.SplitAfter, modelsDash(ev.Detail))
+			modelsActor(ev.Actor), ev.Action, modelsDash(ev.Version), ev.SplitAfter, modelsDash(ev.Detail))
 	}
 	return tw.Flush()
+}
+
+// modelsActor shows an event's actor; events written without one (by an
+// older CLI, or a library caller that set none) show as "unknown".
+func modelsActor(a string) string {
+	if a == "" {
+		return modelsUnknownActor
+	}
+	return a
 }
 
 // modelsEngineValidator opens the ONNX Runtime engine (the library is found

@@ -5,7 +5,9 @@ import (
 	"context"
 	"encoding/json"
 	"os"
+	"os/user"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -20,13 +22,19 @@ import (
 // .deps folder, as `make test` installs it).
 func modelsRun(t *testing.T, dir string, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
+	return modelsRunAs(t, dir, "tester", args...)
+}
+
+// modelsRunAs is modelsRun with $USER set to user ("" for unset).
+func modelsRunAs(t *testing.T, dir, user string, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
 	var out, errb bytes.Buffer
 	e := &env{stdout: &out, stderr: &errb, getenv: func(k string) string {
 		if k == modelsEnvRegistry {
 			return dir
 		}
 		if k == "USER" {
-			return "tester"
+			return user
 		}
 		return os.Getenv(k)
 	}}
@@ -165,5 +173,152 @@ func TestModelsRegisterLoadsInONNXRuntime(t *testing.T) {
 	code, out, errs = modelsRun(t, reg, "register", "--name", "m", "--skip-engine-check", path)
 	if code != 0 || !strings.Contains(out, "registered m:v1") {
 		t.Fatalf("--skip-engine-check: exit %d, %s %s", code, out, errs)
+	}
+}
+
+// TestModelsCannotTakeAModelOffline: rolling back a model's first
+// promotion, rolling back to its registration, or force-archiving its only
+// serving version are refused, say why and how to do it anyway, and leave
+// the model serving; --allow-empty does it.
+func TestModelsCannotTakeAModelOffline(t *testing.T) {
+	dir := t.TempDir()
+	reg := filepath.Join(dir, "reg")
+	a := modelsWriteMLP(t, dir, "a.onnx", 1)
+	run := func(wantCode int, want string, args ...string) string {
+		t.Helper()
+		code, out, errs := modelsRun(t, reg, args...)
+		if code != wantCode || !strings.Contains(out+errs, want) {
+			t.Fatalf("models %q: exit %d (want %d)\nstdout: %s\nstderr: %s\nwant output containing %q", args, code, wantCode, out, errs, want)
+		}
+		return out + errs
+	}
+	run(0, "registered forecast_mlp:v1", "register", "--skip-engine-check", "--name", "forecast_mlp", a)
+	run(0, "forecast_mlp traffic: v1=100%", "promote", "--traffic", "100", "forecast_mlp:v1")
+	var evs []registry.Event
+	if err := json.Unmarshal([]byte(run(0, "[", "history", "--json", "forecast_mlp")), &evs); err != nil || len(evs) != 2 {
+		t.Fatalf("history: %v, %d events", err, len(evs))
+	}
+	registered := strconv.FormatUint(evs[0].Seq, 10)
+	for _, args := range [][]string{
+		{"traffic", "--rollback", "forecast_mlp"},
+		{"traffic", "--rollback", "--to", registered, "forecast_mlp"},
+		{"archive", "--force", "forecast_mlp:v1"},
+	} {
+		msg := run(1, "would leave forecast_mlp with no serving version", args...)
+		if !strings.Contains(msg, "--allow-empty") {
+			t.Errorf("models %q: the refusal does not name --allow-empty: %s", args, msg)
+		}
+		run(0, "forecast_mlp  v1       production  100%", "list")
+	}
+	run(2, "go with --rollback", "traffic", "--allow-empty", "forecast_mlp:v1", "50")
+	run(0, "forecast_mlp traffic: (none)", "traffic", "--rollback", "--allow-empty", "forecast_mlp")
+	run(0, "forecast_mlp traffic: v1=100%", "traffic", "--rollback", "forecast_mlp")
+	run(0, "forecast_mlp traffic: (none)", "archive", "--force", "--allow-empty", "forecast_mlp:v1")
+}
+
+// TestModelsHelpAndActor: every default is printed once; only commands
+// that change the registry take -actor; with $USER unset the audit log
+// records the OS account (or "unknown"), never a blank.
+func TestModelsHelpAndActor(t *testing.T) {
+	dir := t.TempDir()
+	reg := filepath.Join(dir, "reg")
+	for _, s := range modelsSubs() {
+		code, out, errs := modelsRun(t, reg, s.name, "-h")
+		help := out + errs
+		if code != 0 || !strings.Contains(help, "-registry") {
+			t.Fatalf("%s -h: exit %d\n%s", s.name, code, help)
+		}
+		for _, line := range strings.Split(help, "\n") {
+			if strings.Count(line, "default") > 1 {
+				t.Errorf("%s -h states a default twice: %q", s.name, line)
+			}
+		}
+		if got := strings.Contains(help, "-actor"); got != s.mutates {
+			t.Errorf("%s -h lists -actor: %v; want %v (only commands that change the registry)\n%s", s.name, got, s.mutates, help)
+		}
+	}
+	if code, _, errs := modelsRun(t, reg, "list", "--actor", "x"); code != 2 || !strings.Contains(errs, "-actor") {
+		t.Fatalf("list --actor: exit %d, %s; want a usage error", code, errs)
+	}
+
+	want := modelsUnknownActor
+	if u, err := user.Current(); err == nil && u.Username != "" {
+		want = u.Username
+	}
+	a := modelsWriteMLP(t, dir, "a.onnx", 1)
+	if code, out, errs := modelsRunAs(t, reg, "", "register", "--skip-engine-check", "--name", "m", a); code != 0 {
+		t.Fatalf("register: exit %d, %s %s", code, out, errs)
+	}
+	if code, out, errs := modelsRunAs(t, reg, "", "promote", "--actor", " ", "--traffic", "100", "m:v1"); code != 0 {
+		t.Fatalf("promote: exit %d, %s %s", code, out, errs)
+	}
+	_, out, _ := modelsRunAs(t, reg, "", "history", "--json", "m")
+	var evs []registry.Event
+	if err := json.Unmarshal([]byte(out), &evs); err != nil || len(evs) != 2 {
+		t.Fatalf("history: %v, %s", err, out)
+	}
+	if evs[0].Actor != want || evs[1].Actor != modelsUnknownActor {
+		t.Fatalf("actors with $USER unset = %q, %q (blank --actor); want %q, %q", evs[0].Actor, evs[1].Actor, want, modelsUnknownActor)
+	}
+	_, out, _ = modelsRunAs(t, reg, "", "history", "m")
+	if !strings.Contains(out, want) {
+		t.Fatalf("history does not show the actor %q:\n%s", want, out)
+	}
+}
+
+// TestModelsRegisterLineageAndVersions: lineage that the converter and
+// quantizer wrote into the file reaches the registry (explicit flags win),
+// and automatic versions continue after v<int>.<anything>.
+func TestModelsRegisterLineageAndVersions(t *testing.T) {
+	dir := t.TempDir()
+	reg := filepath.Join(dir, "reg")
+	src := strings.Repeat("5e", 32)
+	bld := onnx.NewBuilder("quantized", onnx.Opset(17))
+	x := bld.Input("x", tensor.Float32, onnx.Dim("batch"), onnx.Dim(2))
+	y := bld.Node("Relu", []string{x}, onnx.Outputs("y"))
+	bld.Output(y, tensor.Float32, onnx.Dim("batch"), onnx.Dim(2))
+	bld.SetMetadata("signalforge.features", "rsi_14,macd")
+	bld.SetMetadata(registry.MetaSourceSHA256, src)
+	bld.SetMetadata(registry.MetaConvertPrefix+"opset", "17")
+	bld.SetMetadata(registry.MetaQuantizePrefix+"mode", "dynamic")
+	bld.SetMetadata(registry.MetaQuantizePrefix+"parent", "m:v1.0")
+	m, err := bld.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := filepath.Join(dir, "q.onnx")
+	if err := onnx.Save(q, m); err != nil {
+		t.Fatal(err)
+	}
+	a := modelsWriteMLP(t, dir, "a.onnx", 1)
+	for _, v := range []string{"v1.0", "v2.0", "v3.0"} {
+		if code, _, errs := modelsRun(t, reg, "register", "--skip-engine-check", "--name", "m", "--version", v, a); code != 0 {
+			t.Fatalf("register %s: %s", v, errs)
+		}
+	}
+	// Loaded in ONNX Runtime (the default check), then registered as v4.
+	code, out, errs := modelsRun(t, reg, "register", "--name", "m", q)
+	if code != 0 || !strings.Contains(out, "registered m:v4") {
+		t.Fatalf("register after v3.0: exit %d, %s %s; want m:v4", code, out, errs)
+	}
+	_, out, _ = modelsRun(t, reg, "show", "--json", "m:v4")
+	var v registry.Version
+	if err := json.Unmarshal([]byte(out), &v); err != nil {
+		t.Fatal(err)
+	}
+	if v.Lineage.SourceSHA256 != src || v.Lineage.Conversion["opset"] != "17" || v.Lineage.Quantization["mode"] != "dynamic" || v.Lineage.Parent != "v1.0" {
+		t.Fatalf("lineage from the file's metadata = %+v", v.Lineage)
+	}
+	mine := strings.Repeat("0f", 32)
+	code, out, errs = modelsRun(t, reg, "register", "--skip-engine-check", "--name", "m", "--source-sha256", mine, "--parent", "v2.0", "--conversion", "opset=13", q)
+	if code != 0 || !strings.Contains(out, "registered m:v5") {
+		t.Fatalf("register with explicit lineage: exit %d, %s %s", code, out, errs)
+	}
+	_, out, _ = modelsRun(t, reg, "show", "m:v5")
+	norm := strings.Join(strings.Fields(out), " ")
+	for _, want := range []string{"source sha256: " + mine, "parent: v2.0", "conversion: opset=13", "quantization: mode=dynamic parent=m:v1.0"} {
+		if !strings.Contains(norm, want) {
+			t.Errorf("show lacks %q:\n%s", want, out)
+		}
 	}
 }
