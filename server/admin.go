@@ -179,6 +179,7 @@ func (s *Server) handleGetVersion(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, registryError(err), false)
 		return
 	}
+	v.Artifact.Path = "" // server paths are not the public API's business
 	writeJSON(w, http.StatusOK, map[string]any{"summary": s.versionSummary(v), "version": v})
 }
 

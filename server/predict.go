@@ -78,7 +78,7 @@ func (s *Server) notServing(model, version string) error {
 		if !s.ready.Load() {
 			return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: "server is not ready: models are still loading", RetryAfter: time.Second}
 		}
-		return notFound("model %q has no production version with traffic; pin a version with \"version\"", model)
+		return notFound("model %q has no production version with traffic; pin a version (native API: \"version\" field; OIP v2: /v2/models/%s/versions/{version}/infer)", model, model)
 	}
 	v, err := s.reg.Get(ctx, registry.Ref{Name: model, Version: version})
 	if err != nil {

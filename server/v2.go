@@ -234,6 +234,6 @@ func ioNames(ios []infer.IOInfo) []string {
 func (s *Server) versionSummary(v registry.Version) api.VersionSummary {
 	return api.VersionSummary{
 		Version: v.Version, Status: string(v.Status), Traffic: v.Traffic, Features: v.Features,
-		Loaded: s.models.current().get(v.Name, v.Version) != nil, Metrics: v.Metrics, Tags: v.Tags, Path: v.Artifact.Path,
+		Loaded: s.models.current().get(v.Name, v.Version) != nil, Metrics: v.Metrics, Tags: v.Tags,
 	}
 }

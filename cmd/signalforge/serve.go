@@ -5,8 +5,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"strings"
 	"time"
+
+	"github.com/redis/go-redis/v9"
 
 	"github.com/signalforge/signalforge/batch"
 	"github.com/signalforge/signalforge/cache"
@@ -86,7 +89,27 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		fc.Batch.MaxBatchSize = *maxBatch
 	}
 
+	if fc.Batch.Window < 0 {
+		return fmt.Errorf("--batch-window must not be negative")
+	}
+	switch strings.ToLower(fc.Log.Level) {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("--log-level %q: want debug, info, warn or error", fc.Log.Level)
+	}
 	log := newLogger(e, fc.Log.Level, fc.Log.Format)
+	// go-redis logs through a process-wide logger; send it to ours.
+	redis.SetLogger(redisLogger{log})
+	if fc.AdminToken == "" && !loopbackAddr(fc.Addr) {
+		log.Warn("admin endpoints are open to anyone who can reach " + fc.Addr + ": set --admin-token or SIGNALFORGE_ADMIN_TOKEN")
+	}
+	// Bind first: a taken port must fail before anything else is done.
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, "tcp", fc.Addr)
+	if err != nil {
+		return err
+	}
+	defer ln.Close()
 	eng, err := ort.New(ort.Config{Getenv: e.getenv})
 	if err != nil {
 		return err
@@ -157,7 +180,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	if err := srv.ListenAndServe(ctx, fc.Addr); err != nil && !errors.Is(err, context.Canceled) {
+	if err := srv.Serve(ctx, ln); err != nil && !errors.Is(err, context.Canceled) {
 		return err
 	}
 	return nil
@@ -180,4 +203,26 @@ func newLogger(e *env, level, format string) *slog.Logger {
 		return slog.New(slog.NewJSONHandler(e.stderr, opts))
 	}
 	return slog.New(slog.NewTextHandler(e.stderr, opts))
+}
+
+// redisLogger sends go-redis's own log lines to slog at debug level: the
+// cache already counts and reports Redis failures (fail-open), so these
+// lines are detail, not news.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
+}
+
+// loopbackAddr reports whether a listen address is loopback-only.
+func loopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
