@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -38,6 +39,15 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 	asJSON := fs.Bool("json", false, "print JSON instead of a table")
 	demo := fs.Bool("demo", false, "benchmark the built-in demo MLP (100-50-10)")
 	lib := fs.String("ort-lib", "", "ONNX Runtime library (default: $SIGNALFORGE_ORT_LIB, the project's .deps, system paths)")
+	maxBytes := int64(benchDefaultMaxInputBytes)
+	fs.Func("max-input-bytes", "refuse batch sizes whose input tensors need more than `SIZE` bytes (e.g. 512MiB, 2GiB; default 1GiB)", func(s string) error {
+		n, err := parseByteSize(s)
+		if err != nil {
+			return err
+		}
+		maxBytes = n
+		return nil
+	})
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -71,7 +81,7 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 		label = "demo MLP 100-50-10 (random weights)"
 	}
 
-	eng, err := ort.New(ort.Config{LibraryPath: *lib, Getenv: e.getenv})
+	eng, err := ort.New(ort.Config{LibraryPath: *lib, LibrarySetting: "--ort-lib", Getenv: e.getenv})
 	if err != nil {
 		return err
 	}
@@ -100,6 +110,20 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 		sizes = []int{fixed}
 		fmt.Fprintf(e.stderr, "signalforge bench: the model has a fixed batch size; measuring batch %d only\n", fixed)
 	}
+	// Check every size before allocating anything: a typo like --batch
+	// 100000000 must be an immediate error, not an OOM kill minutes later.
+	for _, b := range sizes {
+		n, ok := inputBytes(sess.Inputs(), b)
+		if !ok || n > maxBytes {
+			need := "more than 8 EiB"
+			if ok {
+				need = fmt.Sprintf("%s bytes (%s)", thousands(n), fmtBytes(n))
+			}
+			fmt.Fprintf(e.stderr, "signalforge bench: batch %d: the input tensors would need %s, over the --max-input-bytes limit of %s; use a smaller --batch, or raise --max-input-bytes if the machine has the memory (ONNX Runtime needs more again for activations and outputs)\n",
+				b, need, fmtBytes(maxBytes))
+			return errUsage
+		}
+	}
 	progress := len(sizes) > 1 && time.Duration(len(sizes))*(*duration) >= 3*time.Second
 	for i, b := range sizes {
 		if progress {
@@ -126,6 +150,83 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 	}
 	printBench(e.stdout, rep)
 	return nil
+}
+
+// benchDefaultMaxInputBytes is --max-input-bytes's default: 1 GiB of
+// input tensors is far beyond any batch worth measuring for SignalForge's
+// models, and well inside a developer machine's memory.
+const benchDefaultMaxInputBytes = 1 << 30
+
+// inputBytes returns the bytes of the input tensors bench would allocate
+// for one run at batch size batch (the shapes infer.WarmupInputs and
+// infer.RandomInputs build: the batch axis gets batch, other dynamic
+// dimensions 1). ok is false if the size does not fit in an int64.
+func inputBytes(inputs []infer.IOInfo, batch int) (n int64, ok bool) {
+	mul := func(a, b int64) (int64, bool) {
+		if a == 0 || b == 0 {
+			return 0, true
+		}
+		if a > math.MaxInt64/b {
+			return 0, false
+		}
+		return a * b, true
+	}
+	for _, in := range inputs {
+		size := int64(in.DType.Size())
+		for d, dim := range in.Shape {
+			switch {
+			case d == in.BatchAxis:
+				dim = int64(batch)
+			case dim < 0:
+				dim = 1
+			}
+			if size, ok = mul(size, dim); !ok {
+				return 0, false
+			}
+		}
+		if n > math.MaxInt64-size {
+			return 0, false
+		}
+		n += size
+	}
+	return n, true
+}
+
+// byteUnits are the suffixes --max-input-bytes accepts, and fmtBytes uses.
+var byteUnits = []struct {
+	name string
+	size int64
+}{{"TiB", 1 << 40}, {"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"B", 1}}
+
+// parseByteSize parses a positive byte count: 1073741824, 1GiB, 512MiB,
+// 1.5GiB. Only binary (IEC) suffixes are accepted, so that "1GB" cannot be
+// read as either of two sizes.
+func parseByteSize(s string) (int64, error) {
+	t := strings.TrimSpace(s)
+	unit := int64(1)
+	for _, u := range byteUnits {
+		if strings.HasSuffix(t, u.name) {
+			t, unit = strings.TrimSpace(strings.TrimSuffix(t, u.name)), u.size
+			break
+		}
+	}
+	v, err := strconv.ParseFloat(t, 64)
+	if err != nil || !(v > 0) || v*float64(unit) >= math.MaxInt64 { // !(v > 0) also refuses NaN
+		return 0, fmt.Errorf("%q is not a positive size (bytes, or a number with KiB, MiB, GiB or TiB)", s)
+	}
+	return int64(v * float64(unit)), nil
+}
+
+// fmtBytes formats n in the largest binary unit it reaches, to one
+// decimal: 1 GiB, 37.3 GiB, 512 B.
+func fmtBytes(n int64) string {
+	for _, u := range byteUnits {
+		if n >= u.size && u.size > 1 {
+			v := strconv.FormatFloat(float64(n)/float64(u.size), 'f', 1, 64)
+			return strings.TrimSuffix(v, ".0") + " " + u.name
+		}
+	}
+	return strconv.FormatInt(n, 10) + " B"
 }
 
 func parseBatches(s string) ([]int, error) {

@@ -50,7 +50,14 @@ func main() {
 }
 
 func run(ctx context.Context, e *env, args []string) int {
-	if len(args) == 0 || args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
+		// A bare `signalforge` is a mistake, not a request for help: the
+		// usage goes to stderr and the exit status says so, as with an
+		// unknown command.
+		usage(e.stderr)
+		return 2
+	}
+	if args[0] == "help" || args[0] == "-h" || args[0] == "--help" {
 		if len(args) > 1 {
 			return run(ctx, e, []string{args[1], "-h"})
 		}
@@ -83,7 +90,8 @@ func usage(w io.Writer) {
 	for _, c := range commands() {
 		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
 	}
-	fmt.Fprintln(w, "\nRun `signalforge <command> -h` for a command's flags.")
+	fmt.Fprintln(w, "\nFlags may come before or after a command's arguments; -- ends the flags.")
+	fmt.Fprintln(w, "Run `signalforge <command> -h` for a command's flags.")
 }
 
 // newFlagSet returns a FlagSet that prints its usage to e.stderr and returns
@@ -98,13 +106,38 @@ func newFlagSet(e *env, name, synopsis string) *flag.FlagSet {
 	return fs
 }
 
-// parseFlags parses args, mapping a bad flag to errUsage.
+// parseFlags parses args, mapping a bad flag to errUsage. Flags may come
+// before, between or after the positional arguments (`signalforge bench
+// m.onnx --batch 1` works), as in most CLIs users know, and unlike the flag
+// package alone, which stops at the first argument and leaves the rest
+// as arguments. A "--" ends the flags: everything after it is an argument,
+// even if it starts with "-". Afterwards fs.Args() holds all the
+// positional arguments, in order.
+//
+// A lone "-" is an argument (stdin, by convention), as with the flag
+// package. The one ambiguity: "--" given as the value of a flag right
+// before an argument (`--out -- x`) is read as the end of the flags.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			if errors.Is(err, flag.ErrHelp) {
+				return err
+			}
+			return errUsage
 		}
-		return errUsage
+		rest := fs.Args()
+		if len(rest) == 0 {
+			break
+		}
+		if used := len(args) - len(rest); used > 0 && args[used-1] == "--" {
+			pos = append(pos, rest...) // Parse stopped at "--"
+			break
+		}
+		pos = append(pos, rest[0])
+		args = rest[1:]
 	}
-	return nil
+	// Leave fs.Args() as every positional argument: parsing "--" first
+	// sets no flag and keeps the rest verbatim.
+	return fs.Parse(append([]string{"--"}, pos...))
 }

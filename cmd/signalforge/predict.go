@@ -34,30 +34,45 @@ const predictDefaultServer = "http://127.0.0.1:8080"
 // that a typo gets a local message instead of a strange URL.
 var predictNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 
-const predictExamples = `Examples:
-  # one row of a tabular model (the split picks the version, sticky by request id)
-  signalforge predict --model demo_mlp --request-id req_123 --ticker AAPL --horizon 5 \
-      -f rsi_14=65 -f macd=0.5
+// predictExamples is the help text's examples. Each must work when pasted
+// into a shell while `make run` serves the demo model (internal/demo):
+// TestPredictExamples* run every command line here against that server and
+// check the names against demo.ModelName and demo.Features.
+const predictExamples = `Examples, against the demo model that ` + "`make run`" + ` (signalforge serve) registers in
+an empty registry: forecast_mlp, versions v1.0 and v2.0 at 80/20, one input x
+of 8 features: rsi_14 macd macd_signal bb_width volume_z ret_1d ret_5d atr_14.
 
-  # pin a version (either form), print the server's raw JSON answer
-  signalforge predict --model demo_mlp:v2.0 -f rsi_14=65 -f macd=0.5 --output json
-  signalforge predict --model demo_mlp --version v2.0 -f rsi_14=65 -f macd=0.5
+  # one row (the split picks the version, sticky by request id)
+  signalforge predict --model forecast_mlp --request-id req_123 --ticker AAPL --horizon 5 \
+      -f rsi_14=65 -f macd=0.5 -f macd_signal=0.4 -f bb_width=0.08 \
+      -f volume_z=1.3 -f ret_1d=0.004 -f ret_5d=0.012 -f atr_14=2.1
 
-  # a sequence model: each feature is a comma-separated series of time steps
-  # ([65] is a one-step series)
-  signalforge predict --model lstm_model -f rsi_14=61,63,65 -f macd=0.1,0.3,0.5
+  # pin a version (either form); print the server's raw JSON answer
+  signalforge predict --model forecast_mlp:v2.0 --output json \
+      -f rsi_14=65 -f macd=0.5 -f macd_signal=0.4 -f bb_width=0.08 \
+      -f volume_z=1.3 -f ret_1d=0.004 -f ret_5d=0.012 -f atr_14=2.1
+  signalforge predict --model forecast_mlp --version v1.0 \
+      -f rsi_14=30 -f macd=-0.2 -f macd_signal=-0.1 -f bb_width=0.06 \
+      -f volume_z=-0.4 -f ret_1d=-0.02 -f ret_5d=-0.05 -f atr_14=1.7
 
-  # several rows, or a whole request body, from a file or stdin
-  #   rows.json:    [{"rsi_14": 65, "macd": 0.5}, {"rsi_14": 30, "macd": -0.2}]
-  #   request.json: {"request_id": "r1", "ticker": "AAPL", "features": {...}}
-  signalforge predict --model demo_mlp --json rows.json
-  echo '{"features": {"rsi_14": 65, "macd": 0.5}}' | signalforge predict --model demo_mlp --json -
+  # several rows from a file, or a whole request body from stdin (--json -)
+  echo '[{"rsi_14": 65, "macd": 0.5, "macd_signal": 0.4, "bb_width": 0.08, "volume_z": 1.3, "ret_1d": 0.004, "ret_5d": 0.012, "atr_14": 2.1},
+         {"rsi_14": 30, "macd": -0.2, "macd_signal": -0.1, "bb_width": 0.06, "volume_z": -0.4, "ret_1d": -0.02, "ret_5d": -0.05, "atr_14": 1.7}]' > rows.json
+  signalforge predict --model forecast_mlp --json rows.json
+  echo '{"request_id": "r1", "ticker": "AAPL", "horizon": 5, "features": {"rsi_14": 65, "macd": 0.5,
+         "macd_signal": 0.4, "bb_width": 0.08, "volume_z": 1.3, "ret_1d": 0.004, "ret_5d": 0.012, "atr_14": 2.1}}' |
+      signalforge predict --model forecast_mlp --json -
 
-  # Open Inference Protocol v2: -f NAME=VALUES is one FP32 input tensor of
-  # shape [1, len(VALUES)] unless --shape says otherwise
-  signalforge predict --v2 --model demo_mlp -f input=65,0.5
-  signalforge predict --v2 --model lstm_model --shape 1,3,2 -f input=61,0.1,63,0.3,65,0.5
-  signalforge predict --v2 --model demo_mlp --json infer.json   # {"inputs": [...]}
+  # a sequence model (the demo has none) takes each feature as a
+  # comma-separated series of time steps: -f rsi_14=61,63,65 ([65] is one step)
+
+  # Open Inference Protocol v2: -f NAME=VALUES is one FP32 input tensor, of
+  # shape [1, number of values] unless --shape says otherwise
+  signalforge predict --v2 --model forecast_mlp -f x=65,0.5,0.4,0.08,1.3,0.004,0.012,2.1
+  signalforge predict --v2 --model forecast_mlp:v2.0 --shape 2,8 \
+      -f x=65,0.5,0.4,0.08,1.3,0.004,0.012,2.1,30,-0.2,-0.1,0.06,-0.4,-0.02,-0.05,1.7
+  echo '{"inputs": [{"name": "x", "shape": [1, 8], "datatype": "FP32", "data": [65, 0.5, 0.4, 0.08, 1.3, 0.004, 0.012, 2.1]}]}' |
+      signalforge predict --v2 --model forecast_mlp --json -
 
 The server is --server, else $` + predictEnvServer + `, else ` + predictDefaultServer + `.
 An error answer is printed with its HTTP status, code and message, and the

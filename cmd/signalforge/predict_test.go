@@ -4,16 +4,26 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
+	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/signalforge/signalforge/infer/ort"
+	"github.com/signalforge/signalforge/internal/demo"
+	"github.com/signalforge/signalforge/onnx"
+	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/server"
 )
 
 // fakeServer is an honest stand-in for a server from the client's point of
@@ -376,9 +386,333 @@ func TestPredictHelp(t *testing.T) {
 	if code != 0 {
 		t.Fatalf("exit %d", code)
 	}
-	for _, want := range []string{"Usage: signalforge predict", "Examples:", "-f rsi_14=65 -f macd=0.5", "--json rows.json", "--v2", "$SIGNALFORGE_SERVER", "-timeout"} {
+	for _, want := range []string{"Usage: signalforge predict", "Examples, against the demo model", "--model forecast_mlp", "-f rsi_14=65 -f macd=0.5", "--json rows.json", "--v2", "$SIGNALFORGE_SERVER", "-timeout"} {
 		if !strings.Contains(errs, want) {
 			t.Errorf("help misses %q:\n%s", want, errs)
+		}
+	}
+}
+
+// exampleCmd is one command line of predictExamples, lexed like a POSIX
+// shell would: stages of a pipeline, and an output redirection.
+type exampleCmd struct {
+	text   string     // as written, for messages
+	stages [][]string // words of each pipeline stage
+	outTo  string     // "> FILE" of the last stage, if any
+}
+
+// predictExampleCmds extracts the command lines from predictExamples: lines
+// indented by two spaces that start with signalforge or echo, with their
+// continuations (a trailing backslash or pipe, or an open quote).
+func predictExampleCmds(t *testing.T) []exampleCmd {
+	t.Helper()
+	var cmds []exampleCmd
+	var buf string
+	open := func(s string) bool { // an unterminated quote or continuation
+		inSingle, inDouble := false, false
+		for i := 0; i < len(s); i++ {
+			switch c := s[i]; {
+			case c == '\'' && !inDouble:
+				inSingle = !inSingle
+			case c == '"' && !inSingle:
+				inDouble = !inDouble
+			case c == '\\' && !inSingle:
+				i++
+			}
+		}
+		tail := strings.TrimRight(s, " ")
+		return inSingle || inDouble || strings.HasSuffix(tail, "\\") || strings.HasSuffix(tail, "|")
+	}
+	for line := range strings.SplitSeq(predictExamples, "\n") {
+		if buf == "" {
+			w := strings.TrimPrefix(line, "  ")
+			if w == line || !(strings.HasPrefix(w, "signalforge ") || strings.HasPrefix(w, "echo ")) {
+				continue
+			}
+			buf = w
+		} else {
+			buf += "\n" + line
+		}
+		if !open(buf) {
+			cmds = append(cmds, lexExample(t, buf))
+			buf = ""
+		}
+	}
+	if buf != "" {
+		t.Fatalf("unterminated example:\n%s", buf)
+	}
+	return cmds
+}
+
+// lexExample splits a command line into words: single quotes are literal,
+// double quotes too (the examples need no escapes in them), backslash-newline
+// joins lines, and unquoted | and > are operators.
+func lexExample(t *testing.T, s string) exampleCmd {
+	t.Helper()
+	c := exampleCmd{text: s}
+	var words []string
+	var w strings.Builder
+	inWord, redirect := false, false
+	flush := func() {
+		if !inWord {
+			return
+		}
+		if redirect {
+			c.outTo, redirect = w.String(), false
+		} else {
+			words = append(words, w.String())
+		}
+		w.Reset()
+		inWord = false
+	}
+	for i := 0; i < len(s); i++ {
+		switch ch := s[i]; ch {
+		case ' ', '\t', '\n':
+			flush()
+		case '\\':
+			i++
+			if i < len(s) && s[i] != '\n' {
+				w.WriteByte(s[i])
+				inWord = true
+			}
+		case '\'', '"':
+			j := strings.IndexByte(s[i+1:], ch)
+			w.WriteString(s[i+1 : i+1+j])
+			inWord = true
+			i += j + 1
+		case '|':
+			flush()
+			c.stages = append(c.stages, words)
+			words = nil
+		case '>':
+			flush()
+			redirect = true
+		default:
+			w.WriteByte(ch)
+			inWord = true
+		}
+	}
+	flush()
+	c.stages = append(c.stages, words)
+	return c
+}
+
+// predictInvocation is a `signalforge predict` stage, parsed with the
+// command's own flag parsing rules.
+type predictInvocation struct {
+	v2              bool
+	model, version  string
+	features        []string   // -f names, in order
+	values          [][]string // -f values
+	stdin, jsonPath string
+}
+
+func parseExample(t *testing.T, c exampleCmd) (inv *predictInvocation, stdin string) {
+	t.Helper()
+	last := c.stages[len(c.stages)-1]
+	if len(c.stages) > 2 || (len(c.stages) == 2 && c.stages[0][0] != "echo") {
+		t.Fatalf("example %q: only `echo ... | signalforge ...` pipelines are checked", c.text)
+	}
+	if len(c.stages) == 2 {
+		stdin = strings.Join(c.stages[0][1:], " ")
+	}
+	if last[0] == "echo" {
+		return nil, ""
+	}
+	if len(last) < 2 || last[0] != "signalforge" || last[1] != "predict" {
+		t.Fatalf("example %q is not `signalforge predict`", c.text)
+	}
+	inv = &predictInvocation{}
+	args := last[2:]
+	for i := 0; i < len(args); i++ {
+		val := func() string {
+			if i+1 >= len(args) {
+				t.Fatalf("example %q: %s has no value", c.text, args[i])
+			}
+			i++
+			return args[i]
+		}
+		switch args[i] {
+		case "--v2":
+			inv.v2 = true
+		case "--model":
+			inv.model, inv.version, _ = strings.Cut(val(), ":")
+		case "--version":
+			inv.version = val()
+		case "-f", "--feature":
+			name, v, _ := strings.Cut(val(), "=")
+			inv.features = append(inv.features, name)
+			inv.values = append(inv.values, strings.Split(v, ","))
+		case "--json":
+			inv.jsonPath = val()
+		case "--request-id", "--ticker", "--horizon", "--output", "-o", "--shape":
+			val()
+		default:
+			t.Fatalf("example %q: flag %q is not known to this test; teach it", c.text, args[i])
+		}
+	}
+	return inv, stdin
+}
+
+// demoInputName reads the demo model's input name from the ONNX graph that
+// signalforge serve registers.
+func demoInputName(t *testing.T) string {
+	t.Helper()
+	b, err := demo.MLP(1, demo.Features, len(demo.Features), 32, 16, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := onnx.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	in := m.GetGraph().GetInput()
+	if len(in) != 1 {
+		t.Fatalf("demo model has %d inputs, the examples assume one", len(in))
+	}
+	return in[0].GetName()
+}
+
+// TestPredictExamplesMatchTheDemoModel checks, without a server, that the
+// help text's examples name the demo model, its versions, its features
+// (all of them, since the server needs every one) and its v2 input.
+func TestPredictExamplesMatchTheDemoModel(t *testing.T) {
+	input := demoInputName(t)
+	header := fmt.Sprintf("one input %s\nof %d features: %s.", input, len(demo.Features), strings.Join(demo.Features, " "))
+	if !strings.Contains(predictExamples, header) || !strings.Contains(predictExamples, demo.ModelName+", versions v1.0 and v2.0 at 80/20") {
+		t.Errorf("the examples' introduction does not describe the demo model; want it to contain %q", header)
+	}
+	wantFeatures := slices.Sorted(slices.Values(demo.Features))
+	checkRow := func(c exampleCmd, row map[string]any) {
+		if got := slices.Sorted(maps.Keys(row)); !slices.Equal(got, wantFeatures) {
+			t.Errorf("example %q: a JSON row has features %v, the demo model wants %v", c.text, got, wantFeatures)
+		}
+	}
+	cmds := predictExampleCmds(t)
+	predicts := 0
+	for _, c := range cmds {
+		inv, stdin := parseExample(t, c)
+		body := stdin
+		if inv == nil { // echo JSON > FILE
+			body = strings.Join(c.stages[0][1:], " ")
+		}
+		if body != "" {
+			var v any
+			if err := json.Unmarshal([]byte(body), &v); err != nil {
+				t.Errorf("example %q: not JSON: %v", c.text, err)
+				continue
+			}
+			switch v := v.(type) {
+			case []any:
+				for _, r := range v {
+					row, _ := r.(map[string]any)
+					checkRow(c, row)
+				}
+			case map[string]any:
+				if f, ok := v["features"].(map[string]any); ok {
+					checkRow(c, f)
+				} else if ins, ok := v["inputs"].([]any); ok {
+					for _, in := range ins {
+						in, _ := in.(map[string]any)
+						if in["name"] != input {
+							t.Errorf("example %q: v2 input %v, the demo model's is %q", c.text, in["name"], input)
+						}
+					}
+				} else {
+					t.Errorf("example %q: JSON body with neither features nor inputs", c.text)
+				}
+			}
+		}
+		if inv == nil {
+			continue
+		}
+		predicts++
+		if inv.model != demo.ModelName {
+			t.Errorf("example %q: model %q, the demo model is %q", c.text, inv.model, demo.ModelName)
+		}
+		if inv.version != "" && inv.version != "v1.0" && inv.version != "v2.0" {
+			t.Errorf("example %q: version %q, the demo has v1.0 and v2.0", c.text, inv.version)
+		}
+		switch {
+		case inv.jsonPath != "":
+		case inv.v2:
+			for i, name := range inv.features {
+				if name != input || len(inv.values[i])%len(demo.Features) != 0 {
+					t.Errorf("example %q: v2 input %s with %d values; the demo's is %s, %d values a row", c.text, name, len(inv.values[i]), input, len(demo.Features))
+				}
+			}
+		default:
+			if got := slices.Sorted(slices.Values(inv.features)); !slices.Equal(got, wantFeatures) {
+				t.Errorf("example %q: features %v, the demo model wants %v", c.text, got, wantFeatures)
+			}
+		}
+	}
+	if predicts < 6 {
+		t.Errorf("found %d signalforge predict examples, want at least 6 (is the extraction broken?)", predicts)
+	}
+}
+
+// TestPredictExamplesRunAgainstTheDemoServer pastes every example into a
+// real server: ONNX Runtime, a fresh registry with the demo model, as
+// `make run` serves it.
+func TestPredictExamplesRunAgainstTheDemoServer(t *testing.T) {
+	ctx := t.Context()
+	eng, err := ort.New(ort.Config{})
+	if err != nil {
+		t.Fatalf("ONNX Runtime is required (run `make deps`): %v", err)
+	}
+	t.Cleanup(func() { eng.Close() })
+	reg, err := registry.Open(ctx, registry.Config{Dir: t.TempDir(), Validator: registry.EngineValidator(eng)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { reg.Close() })
+	if seeded, err := demo.Seed(ctx, reg); err != nil || !seeded {
+		t.Fatalf("demo.Seed = %v, %v", seeded, err)
+	}
+	srv, err := server.New(server.Config{Registry: reg, Engine: eng, ServeStaging: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(sctx, ln) }()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	for deadline := time.Now().Add(30 * time.Second); !srv.Ready(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("server not ready after 30s")
+		}
+	}
+
+	t.Chdir(t.TempDir()) // the examples write rows.json in the working directory
+	for _, c := range predictExampleCmds(t) {
+		inv, stdin := parseExample(t, c)
+		if inv == nil {
+			if c.outTo == "" {
+				t.Fatalf("example %q: echo without a pipe or a redirection", c.text)
+			}
+			if err := os.WriteFile(c.outTo, []byte(strings.Join(c.stages[0][1:], " ")+"\n"), 0o644); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		args := c.stages[len(c.stages)-1][2:]
+		code, out, stderr := predictRun(t, "http://"+ln.Addr().String(), stdin, args...)
+		if code != 0 {
+			t.Errorf("example %q: exit %d, stderr:\n%s", c.text, code, stderr)
+			continue
+		}
+		if !strings.Contains(out, demo.ModelName) || (inv.version != "" && !strings.Contains(out, inv.version)) {
+			t.Errorf("example %q: the answer does not name %s %s:\n%s", c.text, demo.ModelName, inv.version, out)
 		}
 	}
 }

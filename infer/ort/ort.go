@@ -74,6 +74,9 @@ type Config struct {
 	// LibraryPath is the ONNX Runtime shared library to load. If empty, it
 	// is looked up as FindLibrary describes.
 	LibraryPath string
+	// LibrarySetting names where LibraryPath came from, for error messages
+	// ("--ort-lib" for a command-line flag). If empty, "Config.LibraryPath".
+	LibrarySetting string
 	// Getenv reads environment variables (SIGNALFORGE_ORT_LIB,
 	// SIGNALFORGE_ROOT). If nil, os.Getenv.
 	Getenv func(string) string
@@ -108,18 +111,22 @@ func FindLibrary(cfg Config) (string, error) {
 		st, err := os.Stat(p)
 		return err == nil && !st.IsDir()
 	}
-	for _, explicit := range []struct{ what, path string }{
-		{"Config.LibraryPath", cfg.LibraryPath},
-		{"$" + EnvLibrary, getenv(EnvLibrary)},
-	} {
-		if explicit.path == "" {
-			continue
+	if p, what := explicitLibrary(cfg, getenv); p != "" {
+		if check(p) {
+			return p, nil
 		}
-		if check(explicit.path) {
-			return explicit.path, nil
+		problem := "which does not exist"
+		if st, err := os.Stat(p); err == nil && st.IsDir() {
+			problem = "which is a folder, not the library file"
+		} else if err != nil && !errors.Is(err, os.ErrNotExist) {
+			problem = fmt.Sprintf("which cannot be read (%v)", err)
 		}
-		return "", fmt.Errorf("%w: %s is set to %s, which does not exist; fix it, or unset it to use the project's copy (`make deps`)",
-			ErrLibraryNotFound, explicit.what, explicit.path)
+		fallback := "unset it to use the project's copy"
+		if what != "$"+EnvLibrary {
+			fallback = "leave it out to use $" + EnvLibrary + " or the project's copy"
+		}
+		return "", fmt.Errorf("%w: %s is set to %s, %s; point it at libonnxruntime.so (ONNX Runtime %s), or %s (`make deps` installs it in the project's .deps folder)",
+			ErrLibraryNotFound, what, p, problem, Version, fallback)
 	}
 	for _, dir := range projectDirs(getenv) {
 		if p := filepath.Join(dir, depsLibrary); check(p) {
@@ -137,7 +144,25 @@ func FindLibrary(cfg Config) (string, error) {
 		fmt.Fprintf(&b, "  %s\n", p)
 	}
 	fmt.Fprintf(&b, "install ONNX Runtime %s with `make deps` (run in the project folder), or set %s to the path of your libonnxruntime.so", Version, EnvLibrary)
+	if cfg.LibrarySetting != "" {
+		fmt.Fprintf(&b, " (or pass it with %s)", cfg.LibrarySetting)
+	}
 	return "", &notFoundError{msg: b.String()}
+}
+
+// explicitLibrary returns the library the user named, cfg.LibraryPath then
+// $SIGNALFORGE_ORT_LIB, and how they named it; "" if neither is set.
+func explicitLibrary(cfg Config, getenv func(string) string) (path, setting string) {
+	if cfg.LibraryPath != "" {
+		if cfg.LibrarySetting != "" {
+			return cfg.LibraryPath, cfg.LibrarySetting
+		}
+		return cfg.LibraryPath, "Config.LibraryPath"
+	}
+	if p := getenv(EnvLibrary); p != "" {
+		return p, "$" + EnvLibrary
+	}
+	return "", ""
 }
 
 type notFoundError struct{ msg string }
@@ -236,7 +261,22 @@ func New(cfg Config) (*Engine, error) {
 	// Log only fatal errors: every failure ONNX Runtime would log is also
 	// returned, and wrapped, by the call that failed.
 	if err := ortgo.InitializeEnvironment(ortgo.WithLogLevelFatal()); err != nil {
-		return nil, fmt.Errorf("ort: loading ONNX Runtime from %s: %v", lib, err)
+		// Most often a path set by hand to the wrong file or an
+		// incompatible release: say which setting to fix.
+		getenv := cfg.Getenv
+		if getenv == nil {
+			getenv = os.Getenv
+		}
+		from := ""
+		if p, what := explicitLibrary(cfg, getenv); p == lib {
+			from = " (set by " + what + ")"
+		}
+		setting := "$" + EnvLibrary
+		if cfg.LibrarySetting != "" {
+			setting = cfg.LibrarySetting + " or " + setting
+		}
+		return nil, fmt.Errorf("ort: loading ONNX Runtime from %s%s: %v; it must be libonnxruntime.so of ONNX Runtime %s or a compatible release: `make deps` installs one in the project's .deps folder, or point %s at your own",
+			lib, from, err, Version, setting)
 	}
 	runtimeEnv.refs = 1
 	runtimeEnv.lib = lib

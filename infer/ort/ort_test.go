@@ -66,6 +66,24 @@ func TestEngineRefCount(t *testing.T) {
 	}
 }
 
+func TestNewNamesTheSettingOfALibraryThatDoesNotLoad(t *testing.T) {
+	bogus := filepath.Join(t.TempDir(), "libonnxruntime.so")
+	if err := os.WriteFile(bogus, []byte("not a shared library"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	_, err := New(Config{LibraryPath: bogus, LibrarySetting: "--ort-lib", Getenv: func(string) string { return "" }})
+	if err == nil {
+		t.Fatal("New loaded a text file as ONNX Runtime")
+	}
+	for _, want := range []string{"loading ONNX Runtime from " + bogus + " (set by --ort-lib)", "make deps", "--ort-lib or $" + EnvLibrary} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("error does not mention %q:\n%v", want, err)
+		}
+	}
+	// The failed load left no state behind.
+	TestEngineRestart(t)
+}
+
 func TestEngineRestart(t *testing.T) {
 	// The last Close unloads the runtime; a later New loads it again.
 	for range 2 {
@@ -123,6 +141,9 @@ func TestFindLibrary(t *testing.T) {
 		{"project root", Config{Getenv: env(map[string]string{EnvRoot: root})}, lib, ""},
 		{"explicit missing path is an error", Config{LibraryPath: missing}, "", "Config.LibraryPath is set to " + missing + ", which does not exist"},
 		{"env var missing path is an error", Config{Getenv: env(map[string]string{EnvLibrary: missing})}, "", "$SIGNALFORGE_ORT_LIB is set to " + missing},
+		{"the setting's name is the caller's", Config{LibraryPath: missing, LibrarySetting: "--ort-lib", Getenv: env(nil)}, "",
+			"--ort-lib is set to " + missing + ", which does not exist; point it at libonnxruntime.so (ONNX Runtime " + Version + "), or leave it out to use $SIGNALFORGE_ORT_LIB or the project's copy (`make deps`"},
+		{"a folder is not the library", Config{LibraryPath: root, LibrarySetting: "--ort-lib", Getenv: env(nil)}, "", "--ort-lib is set to " + root + ", which is a folder"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			got, err := FindLibrary(c.cfg)
