@@ -116,6 +116,9 @@ func parseNumber(b []byte) (float64, error) {
 		return 0, errors.New("want a number, got a nested array")
 	}
 	f, err := strconv.ParseFloat(string(b), 64)
+	if errors.Is(err, strconv.ErrRange) {
+		return 0, fmt.Errorf("%s is out of range for a number", truncate(b, 32))
+	}
 	if err != nil {
 		return 0, fmt.Errorf("want a number, got %s", truncate(b, 32))
 	}

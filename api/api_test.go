@@ -294,3 +294,11 @@ func BenchmarkDecodePredictRequest100(b *testing.B) {
 		}
 	})
 }
+
+func TestOutOfRangeNumber(t *testing.T) {
+	var req PredictRequest
+	err := json.Unmarshal([]byte(`{"features":{"macd":1e400}}`), &req)
+	if err == nil || err.Error() != `feature "macd": invalid feature value: 1e400 is out of range for a number` {
+		t.Fatalf("err = %v", err)
+	}
+}

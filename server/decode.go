@@ -49,7 +49,7 @@ func jsonError(err error, limit int64) error {
 	case errors.As(err, &typ):
 		field := typ.Field
 		if field == "" {
-			field = "(top level)"
+			return badRequest("the request body must be a JSON object, got JSON %s", typ.Value)
 		}
 		return badRequest("field %q: want %v, got JSON %s", field, typ.Type, typ.Value)
 	case errors.Is(err, api.ErrValue):

@@ -268,6 +268,8 @@ func TestBadInputs(t *testing.T) {
 		{"long request id", "/v1/models/forecast_mlp/predict", `{"request_id":"` + strings.Repeat("r", 200) + `","features":` + full + `}`, 400, "bad_request", "at most 128 bytes"},
 		{"wrong field type", "/v1/models/forecast_mlp/predict", `{"horizon":"5","features":` + full + `}`, 400, "bad_request", `field "horizon"`},
 		{"unknown endpoint", "/v1/nothing", `{}`, 404, "not_found", "no such endpoint"},
+		{"array body", "/v1/models/forecast_mlp/predict", `[1,2]`, 400, "bad_request", "the request body must be a JSON object"},
+		{"out of range", "/v1/models/forecast_mlp/predict", withFeature(`"macd":1e400`), 400, "invalid_input", "1e400 is out of range"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
