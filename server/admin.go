@@ -298,14 +298,15 @@ func (s *Server) handleArchive(w http.ResponseWriter, r *http.Request) error {
 		return err
 	}
 	var b struct {
-		Force bool `json:"force"`
+		Force      bool `json:"force"`
+		AllowEmpty bool `json:"allow_empty"`
 	}
 	if r.ContentLength != 0 {
 		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
 			return err
 		}
 	}
-	split, err := s.reg.Archive(r.Context(), ref, b.Force)
+	split, err := s.reg.Archive(r.Context(), ref, b.Force, allowEmpty(b.AllowEmpty)...)
 	if err != nil {
 		return err
 	}
@@ -335,14 +336,15 @@ func (s *Server) handleSplit(w http.ResponseWriter, r *http.Request) error {
 func (s *Server) handleRollback(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	var b struct {
-		ToSeq uint64 `json:"to_seq"`
+		ToSeq      uint64 `json:"to_seq"`
+		AllowEmpty bool   `json:"allow_empty"`
 	}
 	if r.ContentLength != 0 {
 		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
 			return err
 		}
 	}
-	split, err := s.reg.Rollback(r.Context(), name, b.ToSeq)
+	split, err := s.reg.Rollback(r.Context(), name, b.ToSeq, allowEmpty(b.AllowEmpty)...)
 	if err != nil {
 		return err
 	}
@@ -432,5 +434,14 @@ func (s *Server) handleCacheStats(w http.ResponseWriter, r *http.Request) error 
 		return nil
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"enabled": true, "stats": s.cache.Stats()})
+	return nil
+}
+
+// allowEmpty turns the API's allow_empty flag into registry options: only
+// with it may a change leave a model with no serving version.
+func allowEmpty(ok bool) []registry.ChangeOption {
+	if ok {
+		return []registry.ChangeOption{registry.AllowEmpty()}
+	}
 	return nil
 }
