@@ -59,6 +59,12 @@ type Config struct {
 	// generation lookups). If zero, 50ms: a slow cache must cost less than
 	// the inference it saves.
 	Timeout time.Duration
+	// ComputeTimeout bounds a GetOrCompute computation. The computation is
+	// shared by every caller asking for the same key at once, so it runs
+	// detached from the callers' own deadlines (each caller still stops
+	// waiting at its own); it gets ComputeTimeout or the first caller's
+	// deadline, whichever is later. If zero, 2s.
+	ComputeTimeout time.Duration
 	// Breaker configures the circuit breaker in front of the store.
 	Breaker BreakerConfig
 	// Prefix starts every key. If empty, "sf". It must match
@@ -97,6 +103,12 @@ func (cfg *Config) init() error {
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = 50 * time.Millisecond
+	}
+	if cfg.ComputeTimeout == 0 {
+		cfg.ComputeTimeout = 2 * time.Second
+	}
+	if cfg.ComputeTimeout < 0 {
+		return fmt.Errorf("cache: negative ComputeTimeout %v", cfg.ComputeTimeout)
 	}
 	if cfg.Breaker.Failures == 0 {
 		cfg.Breaker.Failures = 5
@@ -458,12 +470,17 @@ func (c *Cache) GetOrCompute(ctx context.Context, k Key, compute func(ctx contex
 	ch := c.flights.DoChan(flight, func() (res any, err error) {
 		ran = true
 		c.computes.Add(1)
+		// The computation serves every caller that joins it, so it must
+		// not inherit the first caller's deadline (one client's timeout_ms
+		// of 1 would fail the others) nor its cancellation. It runs under
+		// ComputeTimeout, or the first caller's deadline if that is later.
 		cctx := context.WithoutCancel(ctx)
-		if dl, ok := ctx.Deadline(); ok {
-			var cancel context.CancelFunc
-			cctx, cancel = context.WithDeadline(cctx, dl)
-			defer cancel()
+		dl := time.Now().Add(c.cfg.ComputeTimeout)
+		if d, ok := ctx.Deadline(); ok && d.After(dl) {
+			dl = d
 		}
+		cctx, cancel := context.WithDeadline(cctx, dl)
+		defer cancel()
 		defer func() {
 			if r := recover(); r != nil {
 				err = &PanicError{Value: r, Stack: debug.Stack()}

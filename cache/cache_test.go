@@ -521,3 +521,56 @@ func TestBumpDuringComputeDoesNotLeak(t *testing.T) {
 		}
 	})
 }
+
+// TestShortDeadlineDoesNotFailFollowers: one caller's tiny deadline must
+// not fail the callers that share its computation.
+func TestShortDeadlineDoesNotFailFollowers(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mem, err := cache.NewMemory(cache.MemoryConfig{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer mem.Close()
+		c, err := cache.New(mem, cache.Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, err := cache.MakeKey(cache.KeyInput{Model: "m", Version: "v1", Features: map[string]float64{"a": 1}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		release := make(chan struct{})
+		compute := func(ctx context.Context) (cache.Value, error) {
+			select {
+			case <-release:
+				return cache.Value{Predictions: [][]float32{{1}}}, nil
+			case <-ctx.Done():
+				return cache.Value{}, ctx.Err()
+			}
+		}
+		short, cancel := context.WithTimeout(context.Background(), time.Millisecond)
+		defer cancel()
+		firstErr := make(chan error, 1)
+		go func() {
+			_, _, err := c.GetOrCompute(short, k, compute)
+			firstErr <- err
+		}()
+		time.Sleep(5 * time.Millisecond) // the first caller leads the flight and times out
+		followerErr := make(chan error, 1)
+		go func() {
+			v, _, err := c.GetOrCompute(context.Background(), k, compute)
+			if err == nil && v.Predictions[0][0] != 1 {
+				err = errors.New("wrong value")
+			}
+			followerErr <- err
+		}()
+		time.Sleep(5 * time.Millisecond)
+		close(release)
+		if err := <-firstErr; !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("short caller: %v, want its own deadline", err)
+		}
+		if err := <-followerErr; err != nil {
+			t.Fatalf("follower failed with the leader's deadline: %v", err)
+		}
+	})
+}
