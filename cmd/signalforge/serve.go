@@ -159,7 +159,8 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		for k, v := range fc.Cache.TypeTTL {
 			ttl[k] = time.Duration(v)
 		}
-		c, err = cache.New(store, cache.Config{DefaultTTL: time.Duration(fc.Cache.DefaultTTL), TypeTTL: ttl, Timeout: time.Duration(fc.Cache.Timeout), Logger: log})
+		c, err = cache.New(store, cache.Config{DefaultTTL: time.Duration(fc.Cache.DefaultTTL), TypeTTL: ttl, Timeout: time.Duration(fc.Cache.Timeout),
+			ComputeTimeout: time.Duration(fc.Limits.DefaultTimeout), Logger: log})
 		if err != nil {
 			return err
 		}
