@@ -137,7 +137,9 @@ func (rf *registerFlags) register(ctx context.Context, e *env, eng infer.Engine,
 
 // cmdConvert converts a PyTorch file to ONNX (in Go, or through the torch
 // bridge), verifies it in ONNX Runtime against PyTorch's outputs and, with
-// -benchmark, times PyTorch eager against ONNX Runtime.
+// -benchmark, times PyTorch eager against ONNX Runtime. The output is
+// written atomically (never onto the input) after verification passed;
+// --register then adds it to the registry with its lineage.
 func cmdConvert(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "convert", "[flags] model.pt")
 	setUsage(e, fs, "convert", "[flags] model.pt", convertAbout, convertExamples)

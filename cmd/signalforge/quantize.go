@@ -48,6 +48,10 @@ var quantizeExamples = []example{
 
 // cmdQuantize quantizes an ONNX model to INT8, prints the accuracy report
 // against the fp32 model and, with -bench, the fp32 vs int8 benchmark.
+// Options are validated before any work: -exclude must name quantizable
+// nodes, -min-sign is a fraction in [0, 1], -parent a registry VERSION or
+// NAME:VERSION, and -o may not be the input. --register adds the output to
+// the registry with its lineage.
 func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "quantize", "[flags] model.onnx")
 	setUsage(e, fs, "quantize", "[flags] model.onnx", quantizeAbout, quantizeExamples)
