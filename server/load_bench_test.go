@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"os"
+	"runtime"
 	"slices"
 	"testing"
 	"time"
@@ -81,6 +83,7 @@ func BenchmarkLoad(b *testing.B) {
 	}
 	scenarios := []scenario{
 		{"ceiling (fixed JSON net/http)", loadgen.Config{URL: ceiling.URL}},
+		{"ceiling, same POST bodies", loadgen.Config{URL: ceiling.URL, Body: func(s int64) []byte { return fresh[s%distinct] }}},
 		{"v1 predict, batching, cache off", loadgen.Config{URL: ts.URL + "/v1/models/mlp100/predict", Body: func(s int64) []byte { return fresh[s%distinct] }}},
 		{"v1 predict, cache hits", loadgen.Config{URL: ts.URL + "/v1/models/mlp100/predict", Body: func(s int64) []byte { return hot[s%int64(len(hot))] }}},
 		{"v2 infer, batching", loadgen.Config{URL: ts.URL + "/v2/models/mlp100/infer", Body: func(s int64) []byte { return v2[s%distinct] }}},
@@ -125,6 +128,9 @@ func BenchmarkLoad(b *testing.B) {
 		b.Logf("%-34s %10.0f %9v %9v %9.0f%%", sc.name, rps, p50.Round(time.Microsecond), p99.Round(time.Microsecond), 100*rps/ceilRPS)
 		b.ReportMetric(rps, fmt.Sprintf("req/s-%d", i))
 	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.Logf("GC cycles %d, GOGC=%s", ms.NumGC, os.Getenv("GOGC"))
 	st := ts.srv.models.current().get("mlp100", "v1").batcher.Stats()
 	b.Logf("batcher: %d batches, average batch %.1f rows, batch p50 %v p99 %v", st.Batches, st.AvgBatchSize, st.BatchTime.P50, st.BatchTime.P99)
 }

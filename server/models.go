@@ -27,6 +27,9 @@ type loaded struct {
 	sess    infer.Session
 	pred    *infer.Predictor // nil if the model is not a named-feature model
 	predErr error            // why pred is nil
+	// sortedFeatures are pred's feature names sorted, so that cache keys
+	// of complete rows skip a sort per request.
+	sortedFeatures []string
 	batcher *batch.Batcher
 
 	mu      sync.Mutex // guards refs, retired
@@ -313,6 +316,10 @@ func (m *modelSet) load(ctx context.Context, v registry.Version) (*loaded, error
 	}
 	l := &loaded{ref: v.Ref(), meta: v, sess: sess, idle: make(chan struct{})}
 	l.pred, l.predErr = infer.NewPredictor(sess, infer.PredictorConfig{Features: v.Features, MaxRows: s.cfg.MaxRows})
+	if l.pred != nil {
+		l.sortedFeatures = l.pred.Features()
+		slices.Sort(l.sortedFeatures)
+	}
 	if err := infer.Warmup(ctx, sess, warm); err != nil {
 		s.log.Warn("warm-up failed; serving cold", "model", v.Name, "version", v.Version, "err", err)
 	}

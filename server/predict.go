@@ -251,7 +251,11 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	var val cache.Value
 	if s.cache != nil && !req.NoCache && len(rows) == 1 {
 		typ := s.cfg.PredictionType(model, l.ref.Version, req.Horizon)
-		key, kerr := cache.MakeKey(featureKey(model, l.ref.Version, req.Ticker, req.Horizon, typ, rows[0]))
+		ki := featureKey(model, l.ref.Version, req.Ticker, req.Horizon, typ, rows[0])
+		if completeRow(rows[0], l.sortedFeatures) {
+			ki.SortedNames = l.sortedFeatures
+		}
+		key, kerr := cache.MakeKey(ki)
 		var fe *cache.FeatureError
 		switch {
 		case errors.As(kerr, &fe):
@@ -325,3 +329,16 @@ func checkFinite(l *loaded, preds [][]float32) error {
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
+
+// completeRow reports whether row has exactly the model's features.
+func completeRow(row api.Features, features []string) bool {
+	if len(row) != len(features) {
+		return false
+	}
+	for _, f := range features {
+		if _, ok := row[f]; !ok {
+			return false
+		}
+	}
+	return true
+}
