@@ -30,7 +30,7 @@ type loaded struct {
 	// sortedFeatures are pred's feature names sorted, so that cache keys
 	// of complete rows skip a sort per request.
 	sortedFeatures []string
-	batcher *batch.Batcher
+	batcher        *batch.Batcher
 
 	mu      sync.Mutex // guards refs, retired
 	refs    int
