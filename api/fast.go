@@ -73,29 +73,11 @@ func featuresAt(b []byte, i int) (Features, int, bool) {
 		}
 		var v Value
 		if b[i] == '[' {
-			i = skipWS(b, i+1)
-			vals := make([]float64, 0, 8)
-			if i < len(b) && b[i] == ']' {
-				i++
-			} else {
-				for {
-					f, n, ok := number(b, i)
-					if !ok {
-						return nil, 0, false
-					}
-					vals = append(vals, f)
-					i = skipWS(b, n)
-					if i < len(b) && b[i] == ',' {
-						i = skipWS(b, i+1)
-						continue
-					}
-					if i < len(b) && b[i] == ']' {
-						i++
-						break
-					}
-					return nil, 0, false
-				}
+			vals, n, ok := arrayAt(b, i, number)
+			if !ok {
+				return nil, 0, false
 			}
+			i = n
 			v = Value{Values: vals, Seq: true}
 		} else {
 			f, n, ok := number(b, i)
@@ -265,32 +247,11 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 			}
 			r.Features, i, bit = f, n, 64
 		case "instances":
-			if i >= len(b) || b[i] != '[' {
+			rows, n, ok := arrayAt(b, i, func(b []byte, i int) (Features, int, bool) { return featuresAt(b, i) })
+			if !ok {
 				return r, false
 			}
-			i = skipWS(b, i+1)
-			r.Instances = make([]Features, 0, 4)
-			if i < len(b) && b[i] == ']' {
-				i++
-			} else {
-				for {
-					f, n, ok := featuresAt(b, i)
-					if !ok {
-						return r, false
-					}
-					r.Instances = append(r.Instances, f)
-					i = skipWS(b, n)
-					if i < len(b) && b[i] == ',' {
-						i = skipWS(b, i+1)
-						continue
-					}
-					if i < len(b) && b[i] == ']' {
-						i++
-						break
-					}
-					return r, false
-				}
-			}
+			r.Instances, i = rows, n
 			bit = 128
 		default:
 			return r, false
@@ -335,3 +296,32 @@ func DecodePredictRequest(b []byte) (PredictRequest, error) {
 
 // errTrailing reports data after the request object.
 var errTrailing = errors.New("malformed JSON: unexpected data after the request object")
+
+// arrayAt parses a JSON array at b[i] whose items elem parses, and returns
+// the items (never nil) and the index after the closing bracket.
+func arrayAt[T any](b []byte, i int, elem func(b []byte, i int) (T, int, bool)) ([]T, int, bool) {
+	if i >= len(b) || b[i] != '[' {
+		return nil, 0, false
+	}
+	out := make([]T, 0, 8)
+	i = skipWS(b, i+1)
+	if i < len(b) && b[i] == ']' {
+		return out, i + 1, true
+	}
+	for {
+		v, n, ok := elem(b, i)
+		if !ok {
+			return nil, 0, false
+		}
+		out = append(out, v)
+		i = skipWS(b, n)
+		switch {
+		case i < len(b) && b[i] == ',':
+			i = skipWS(b, i+1)
+		case i < len(b) && b[i] == ']':
+			return out, i + 1, true
+		default:
+			return nil, 0, false
+		}
+	}
+}

@@ -19,21 +19,7 @@ import (
 // network, on a 100-feature MLP: the server's own cost per request.
 func BenchmarkPredictHandler(b *testing.B) {
 	ts := startServer(&testing.T{}, testOpts{})
-	ctx := context.Background()
-	names := make([]string, 100)
-	for i := range names {
-		names[i] = fmt.Sprintf("f%02d", i)
-	}
-	art, err := demo.MLP(100, names, 100, 50, 10)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := ts.reg.Register(ctx, registry.RegisterRequest{Name: "mlp100", Version: "v1", ONNX: art, Status: registry.StatusProduction, Traffic: 100}); err != nil {
-		b.Fatal(err)
-	}
-	for ts.srv.models.current().get("mlp100", "v1") == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
+	names := registerMLP100(b, ts)
 	f := api.Features{}
 	for i, n := range names {
 		f[n] = api.Scalar(float64(i) / 7)
@@ -55,4 +41,24 @@ func BenchmarkPredictHandler(b *testing.B) {
 			}
 		})
 	}
+}
+
+// registerMLP100 registers a 100-50-10 MLP over features f00…f99 as
+// mlp100:v1 in production and waits until ts serves it.
+func registerMLP100(b *testing.B, ts *testServer) []string {
+	names := make([]string, 100)
+	for i := range names {
+		names[i] = fmt.Sprintf("f%02d", i)
+	}
+	art, err := demo.MLP(100, names, 100, 50, 10)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := ts.reg.Register(context.Background(), registry.RegisterRequest{Name: "mlp100", Version: "v1", ONNX: art, Status: registry.StatusProduction, Traffic: 100}); err != nil {
+		b.Fatal(err)
+	}
+	for ts.srv.models.current().get("mlp100", "v1") == nil {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return names
 }

@@ -11,9 +11,7 @@ import (
 	"time"
 
 	"github.com/signalforge/signalforge/api"
-	"github.com/signalforge/signalforge/internal/demo"
 	"github.com/signalforge/signalforge/internal/loadgen"
-	"github.com/signalforge/signalforge/registry"
 )
 
 // BenchmarkLoad is the server's load benchmark: 64 closed-loop connections
@@ -29,22 +27,8 @@ func BenchmarkLoad(b *testing.B) {
 	dur := 3 * time.Second
 	ctx := context.Background()
 	ts := startServer(&testing.T{}, testOpts{mutate: func(c *Config) { c.MaxRows = 1024; c.MaxBodyBytes = 1 << 20 }})
-	_ = ts
 	b.StopTimer()
-	names := make([]string, 100)
-	for i := range names {
-		names[i] = fmt.Sprintf("f%02d", i)
-	}
-	art, err := demo.MLP(100, names, 100, 50, 10)
-	if err != nil {
-		b.Fatal(err)
-	}
-	if _, err := ts.reg.Register(ctx, registry.RegisterRequest{Name: "mlp100", Version: "v1", ONNX: art, Status: registry.StatusProduction, Traffic: 100}); err != nil {
-		b.Fatal(err)
-	}
-	for ts.srv.models.current().get("mlp100", "v1") == nil {
-		time.Sleep(10 * time.Millisecond)
-	}
+	names := registerMLP100(b, ts)
 	row := func(seed int64) api.Features {
 		f := api.Features{}
 		for i, n := range names {
