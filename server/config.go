@@ -12,7 +12,7 @@ import (
 )
 
 // FileConfig is the YAML configuration of `signalforge serve`
-// (deploy/config.example.yaml documents every key). Zero values mean the
+// (configs/serve.example.yaml documents every key). Zero values mean the
 // documented defaults; unknown keys are errors, so a typo does not silently
 // fall back to a default.
 type FileConfig struct {

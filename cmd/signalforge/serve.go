@@ -51,6 +51,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	window := fs.Duration("batch-window", 0, "batching window (default 2ms)")
 	maxBatch := fs.Int("max-batch", 0, "largest batch in rows (default 32)")
+	ortLib := fs.String("ort-lib", "", "ONNX Runtime library (default $SIGNALFORGE_ORT_LIB, the project's .deps copy, then system paths)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -110,7 +111,11 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer ln.Close()
-	eng, err := ort.New(ort.Config{Getenv: e.getenv})
+	ocfg := ort.Config{Getenv: e.getenv, LibraryPath: *ortLib}
+	if *ortLib != "" {
+		ocfg.LibrarySetting = "--ort-lib"
+	}
+	eng, err := ort.New(ocfg)
 	if err != nil {
 		return err
 	}
