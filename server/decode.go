@@ -8,6 +8,7 @@ import (
 	"io"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/signalforge/signalforge/api"
 )
@@ -60,27 +61,40 @@ func jsonError(err error, limit int64) error {
 	return badRequest("malformed JSON: %v", err)
 }
 
-// readBody reads r's body, at most limit bytes.
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) ([]byte, error) {
+// readBody reads r's body, at most limit bytes, into a buffer from pool
+// (release it with putBody once nothing refers to it).
+func readBody(w http.ResponseWriter, r *http.Request, limit int64) (*bytes.Buffer, error) {
 	body := http.MaxBytesReader(w, r.Body, limit)
-	n := r.ContentLength
-	if n < 0 || n > limit {
-		n = 512
+	buf := bodyPool.Get().(*bytes.Buffer)
+	buf.Reset()
+	if n := r.ContentLength; n > 0 && n <= limit {
+		// ReadFrom wants bytes.MinRead of room beyond the data; grow once.
+		buf.Grow(int(n) + bytes.MinRead)
 	}
-	buf := bytes.NewBuffer(make([]byte, 0, n+1))
 	if _, err := buf.ReadFrom(body); err != nil {
+		putBody(buf)
 		return nil, jsonError(err, limit)
 	}
-	return buf.Bytes(), nil
+	return buf, nil
+}
+
+// bodyPool recycles request body buffers (the decoders copy what they keep).
+var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+func putBody(b *bytes.Buffer) {
+	if b.Cap() <= 1<<20 {
+		bodyPool.Put(b)
+	}
 }
 
 // decodePredict reads and decodes a native prediction request.
 func decodePredict(w http.ResponseWriter, r *http.Request, limit int64) (api.PredictRequest, error) {
-	b, err := readBody(w, r, limit)
+	buf, err := readBody(w, r, limit)
 	if err != nil {
 		return api.PredictRequest{}, err
 	}
-	req, err := api.DecodePredictRequest(b)
+	defer putBody(buf)
+	req, err := api.DecodePredictRequest(buf.Bytes())
 	if err != nil {
 		if strings.HasPrefix(err.Error(), "malformed JSON") {
 			return req, badRequest("%v", err)

@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -106,23 +107,41 @@ func toRows(in []api.Features) []infer.Row {
 	return rows
 }
 
-// featureKey builds the cache key input of a single-row request.
+// featureKey builds the cache key input of a single-row request. Its maps
+// come from a pool: call releaseKey when the key is made.
 func featureKey(model, version, ticker string, horizon int, typ string, f api.Features) cache.KeyInput {
 	ki := cache.KeyInput{Model: model, Version: version, Ticker: ticker, Horizon: horizon, Type: typ}
 	for k, v := range f {
 		if v.Seq {
 			if ki.Sequences == nil {
-				ki.Sequences = map[string][]float64{}
+				ki.Sequences = seqMaps.Get().(map[string][]float64)
 			}
 			ki.Sequences[k] = v.Values
 			continue
 		}
 		if ki.Features == nil {
-			ki.Features = map[string]float64{}
+			ki.Features = pointMaps.Get().(map[string]float64)
 		}
 		ki.Features[k] = v.Values[0]
 	}
 	return ki
+}
+
+var (
+	pointMaps = sync.Pool{New: func() any { return map[string]float64{} }}
+	seqMaps   = sync.Pool{New: func() any { return map[string][]float64{} }}
+)
+
+// releaseKey returns featureKey's maps to their pools.
+func releaseKey(ki cache.KeyInput) {
+	if ki.Features != nil && len(ki.Features) <= 4096 {
+		clear(ki.Features)
+		pointMaps.Put(ki.Features)
+	}
+	if ki.Sequences != nil && len(ki.Sequences) <= 4096 {
+		clear(ki.Sequences)
+		seqMaps.Put(ki.Sequences)
+	}
 }
 
 // modelError maps errors from the batcher and the engine.
@@ -256,6 +275,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 			ki.SortedNames = l.sortedFeatures
 		}
 		key, kerr := cache.MakeKey(ki)
+		releaseKey(ki)
 		var fe *cache.FeatureError
 		switch {
 		case errors.As(kerr, &fe):
