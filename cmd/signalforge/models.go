@@ -63,12 +63,17 @@ type modelsCmd struct {
 // where a default comes from; the flag package prints the value itself,
 // once.
 func (mc *modelsCmd) commonFlags(e *env, fs *flag.FlagSet) {
-	def := e.getenv(modelsEnvRegistry)
-	if def == "" {
-		def = modelsDefaultDir
-	}
-	fs.StringVar(&mc.dir, "registry", def, "registry folder (or $"+modelsEnvRegistry+")")
+	fs.StringVar(&mc.dir, "registry", modelsDefaultRegistry(e), "registry folder (or $"+modelsEnvRegistry+")")
 	fs.BoolVar(&mc.json, "json", false, "print JSON instead of a table")
+}
+
+// modelsDefaultRegistry is the registry folder when no --registry is
+// given: $SIGNALFORGE_REGISTRY, else modelsDefaultDir.
+func modelsDefaultRegistry(e *env) string {
+	if dir := e.getenv(modelsEnvRegistry); dir != "" {
+		return dir
+	}
+	return modelsDefaultDir
 }
 
 // actorFlag adds -actor, for the subcommands that change the registry.
@@ -113,6 +118,28 @@ func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.
 		ctx = registry.WithActor(ctx, actor)
 	}
 	return r, ctx, nil
+}
+
+// with opens the registry as open does (with no Validator: it never
+// creates one), runs fn on it with the actor's ctx and closes it.
+func (mc *modelsCmd) with(ctx context.Context, fn func(ctx context.Context, r *registry.Registry) error) error {
+	r, ctx, err := mc.open(ctx, nil)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(ctx, r)
+}
+
+// print prints v: as indented JSON with --json, else as the lines table
+// writes, its tab-separated columns aligned.
+func (mc *modelsCmd) print(e *env, v any, table func(tw io.Writer)) error {
+	if mc.json {
+		return modelsJSON(e.stdout, v)
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	table(tw)
+	return tw.Flush()
 }
 
 // cmdModels dispatches `signalforge models <sub>`.
@@ -165,6 +192,16 @@ func modelsParse(fs *flag.FlagSet, args []string, minPos, maxPos int) ([]string,
 		return nil, errUsage
 	}
 	return pos, nil
+}
+
+// modelsParseRef parses flags and the one positional argument, a
+// NAME:VERSION.
+func modelsParseRef(fs *flag.FlagSet, args []string) (registry.Ref, error) {
+	pos, err := modelsParse(fs, args, 1, 1)
+	if err != nil {
+		return registry.Ref{}, err
+	}
+	return registry.ParseRef(pos[0])
 }
 
 func modelsFlagSet(e *env, mc *modelsCmd, sub string) *flag.FlagSet {
@@ -319,24 +356,20 @@ func modelsList(ctx context.Context, e *env, mc *modelsCmd, args []string) error
 	if err != nil {
 		return err
 	}
-	r, ctx, err := mc.open(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
 	var vs []registry.Version
-	if len(pos) == 1 {
-		if vs, err = r.Versions(ctx, pos[0]); err != nil {
+	err = mc.with(ctx, func(ctx context.Context, r *registry.Registry) (err error) {
+		if len(pos) == 1 {
+			vs, err = r.Versions(ctx, pos[0])
 			return err
 		}
-	} else {
 		ms, err := r.Models(ctx)
-		if err != nil {
-			return err
-		}
 		for _, m := range ms {
 			vs = append(vs, m.Versions...)
 		}
+		return err
+	})
+	if err != nil {
+		return err
 	}
 	tk, tv, _ := strings.Cut(*tag, "=")
 	vs = slices.DeleteFunc(vs, func(v registry.Version) bool {
@@ -354,24 +387,21 @@ func modelsList(ctx context.Context, e *env, mc *modelsCmd, args []string) error
 	if vs == nil {
 		vs = []registry.Version{}
 	}
-	if mc.json {
-		return modelsJSON(e.stdout, vs)
-	}
-	if len(vs) == 0 {
+	if len(vs) == 0 && !mc.json {
 		fmt.Fprintf(e.stdout, "no versions in %s\n", mc.dir)
 		return nil
 	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "MODEL\tVERSION\tSTATUS\tTRAFFIC\tFEATURES\tMETRICS\tTAGS\tCREATED")
-	for _, v := range vs {
-		traffic := "-"
-		if v.Status == registry.StatusProduction {
-			traffic = registry.FormatPercent(v.Traffic) + "%"
+	return mc.print(e, vs, func(tw io.Writer) {
+		fmt.Fprintln(tw, "MODEL\tVERSION\tSTATUS\tTRAFFIC\tFEATURES\tMETRICS\tTAGS\tCREATED")
+		for _, v := range vs {
+			traffic := "-"
+			if v.Status == registry.StatusProduction {
+				traffic = registry.FormatPercent(v.Traffic) + "%"
+			}
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Version, v.Status, traffic,
+				modelsClip(strings.Join(v.Features, ","), 32), modelsFloats(v.Metrics), modelsStrings(v.Tags), v.CreatedAt.Local().Format("2006-01-02 15:04"))
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v.Name, v.Version, v.Status, traffic,
-			modelsClip(strings.Join(v.Features, ","), 32), modelsFloats(v.Metrics), modelsStrings(v.Tags), v.CreatedAt.Local().Format("2006-01-02 15:04"))
-	}
-	return tw.Flush()
+	})
 }
 
 func modelsClip(s string, n int) string {
@@ -412,27 +442,22 @@ func modelsJSON(w io.Writer, v any) error {
 
 func modelsShow(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
 	fs := modelsFlagSet(e, mc, "show")
-	pos, err := modelsParse(fs, args, 1, 1)
+	ref, err := modelsParseRef(fs, args)
 	if err != nil {
 		return err
 	}
-	ref, err := registry.ParseRef(pos[0])
-	if err != nil {
-		return err
-	}
-	r, ctx, err := mc.open(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	v, err := r.Get(ctx, ref)
-	if err != nil {
-		return err
-	}
-	if mc.json {
-		return modelsJSON(e.stdout, v)
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
+	return mc.with(ctx, func(ctx context.Context, r *registry.Registry) error {
+		v, err := r.Get(ctx, ref)
+		if err != nil {
+			return err
+		}
+		return mc.print(e, v, func(tw io.Writer) { modelsShowTable(tw, v) })
+	})
+}
+
+// modelsShowTable writes one version as "key:  value" lines, leaving out
+// empty values.
+func modelsShowTable(tw io.Writer, v registry.Version) {
 	row := func(k, v string) {
 		if v != "" {
 			fmt.Fprintf(tw, "%s:\t%s\n", k, v)
@@ -469,7 +494,6 @@ func modelsShow(ctx context.Context, e *env, mc *modelsCmd, args []string) error
 	if len(l.Benchmarks) > 0 {
 		row("benchmarks", modelsFloats(l.Benchmarks))
 	}
-	return tw.Flush()
 }
 
 func modelsBy(actor string) string {
@@ -479,8 +503,12 @@ func modelsBy(actor string) string {
 	return " by " + actor
 }
 
-// modelsPrintSplit prints the outcome of a traffic change.
-func modelsPrintSplit(e *env, mc *modelsCmd, what, name string, s registry.Split) error {
+// modelsPrintSplit prints the outcome of a traffic change, the model's
+// split s, or returns err if the change failed.
+func modelsPrintSplit(e *env, mc *modelsCmd, what, name string, s registry.Split, err error) error {
+	if err != nil {
+		return err
+	}
 	if mc.json {
 		return modelsJSON(e.stdout, map[string]any{"model": name, "split": s})
 	}
@@ -504,16 +532,10 @@ func modelsPromote(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 	if err != nil {
 		return err
 	}
-	r, ctx, err := mc.open(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	s, err := r.Promote(ctx, ref, *pct)
-	if err != nil {
-		return err
-	}
-	return modelsPrintSplit(e, mc, "promoted "+ref.String()+" to production", ref.Name, s)
+	return mc.with(ctx, func(ctx context.Context, r *registry.Registry) error {
+		s, err := r.Promote(ctx, ref, *pct)
+		return modelsPrintSplit(e, mc, "promoted "+ref.String()+" to production", ref.Name, s, err)
+	})
 }
 
 func modelsTraffic(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
@@ -530,20 +552,10 @@ func modelsTraffic(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 			fmt.Fprintln(e.stderr, "signalforge models traffic: --rollback takes just the model name")
 			return errUsage
 		}
-		r, ctx, err := mc.open(ctx, nil)
-		if err != nil {
-			return err
-		}
-		defer r.Close()
-		var opts []registry.ChangeOption
-		if *allowEmpty {
-			opts = append(opts, registry.AllowEmpty())
-		}
-		s, err := r.Rollback(ctx, pos[0], *to, opts...)
-		if err != nil {
-			return modelsOfflineHint(err, pos[0])
-		}
-		return modelsPrintSplit(e, mc, "rolled back", pos[0], s)
+		return mc.with(ctx, func(ctx context.Context, r *registry.Registry) error {
+			s, err := r.Rollback(ctx, pos[0], *to, modelsChangeOptions(*allowEmpty)...)
+			return modelsPrintSplit(e, mc, "rolled back", pos[0], s, modelsOfflineHint(err, pos[0]))
+		})
 	}
 	if *allowEmpty || *to != 0 {
 		fmt.Fprintln(e.stderr, "signalforge models traffic: --to and --allow-empty go with --rollback")
@@ -553,72 +565,57 @@ func modelsTraffic(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 		fs.Usage()
 		return errUsage
 	}
-	r, ctx, err := mc.open(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	if strings.Contains(pos[0], ":") { // NAME:VERSION PCT
-		ref, err := registry.ParseRef(pos[0])
-		if err != nil {
-			return err
+	return mc.with(ctx, func(ctx context.Context, r *registry.Registry) error {
+		if strings.Contains(pos[0], ":") { // NAME:VERSION PCT
+			ref, err := registry.ParseRef(pos[0])
+			if err != nil {
+				return err
+			}
+			pct, err := strconv.ParseFloat(strings.TrimSuffix(pos[1], "%"), 64)
+			if err != nil {
+				return fmt.Errorf("traffic %q is not a percentage", pos[1])
+			}
+			s, err := r.SetTraffic(ctx, ref, pct)
+			return modelsPrintSplit(e, mc, "set "+ref.String()+" to "+registry.FormatPercent(pct)+"%", ref.Name, s, err)
 		}
-		pct, err := strconv.ParseFloat(strings.TrimSuffix(pos[1], "%"), 64)
-		if err != nil {
-			return fmt.Errorf("traffic %q is not a percentage", pos[1])
+		split := registry.Split{} // NAME v1=50,v2=50
+		for _, part := range strings.Split(pos[1], ",") {
+			k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
+			pct, err := strconv.ParseFloat(strings.TrimSuffix(v, "%"), 64)
+			if !ok || err != nil {
+				return fmt.Errorf("split %q: want VERSION=PCT,…", pos[1])
+			}
+			split[k] = pct
 		}
-		s, err := r.SetTraffic(ctx, ref, pct)
-		if err != nil {
-			return err
-		}
-		return modelsPrintSplit(e, mc, "set "+ref.String()+" to "+registry.FormatPercent(pct)+"%", ref.Name, s)
-	}
-	split := registry.Split{} // NAME v1=50,v2=50
-	for _, part := range strings.Split(pos[1], ",") {
-		k, v, ok := strings.Cut(strings.TrimSpace(part), "=")
-		pct, err := strconv.ParseFloat(strings.TrimSuffix(v, "%"), 64)
-		if !ok || err != nil {
-			return fmt.Errorf("split %q: want VERSION=PCT,…", pos[1])
-		}
-		split[k] = pct
-	}
-	s, err := r.SetSplit(ctx, pos[0], split)
-	if err != nil {
-		return err
-	}
-	return modelsPrintSplit(e, mc, "split set", pos[0], s)
+		s, err := r.SetSplit(ctx, pos[0], split)
+		return modelsPrintSplit(e, mc, "split set", pos[0], s, err)
+	})
 }
 
 func modelsArchive(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
 	fs := modelsFlagSet(e, mc, "archive")
 	force := fs.Bool("force", false, "archive even if it serves traffic; its share is rescaled onto the other production versions")
 	allowEmpty := fs.Bool("allow-empty", false, "with --force: allow archiving the only version that serves, taking the model offline")
-	pos, err := modelsParse(fs, args, 1, 1)
+	ref, err := modelsParseRef(fs, args)
 	if err != nil {
 		return err
 	}
-	ref, err := registry.ParseRef(pos[0])
-	if err != nil {
-		return err
+	return mc.with(ctx, func(ctx context.Context, r *registry.Registry) error {
+		s, err := r.Archive(ctx, ref, *force, modelsChangeOptions(*allowEmpty)...)
+		return modelsPrintSplit(e, mc, "archived "+ref.String(), ref.Name, s, modelsOfflineHint(err, ref.Name))
+	})
+}
+
+// modelsChangeOptions are the registry options of --allow-empty.
+func modelsChangeOptions(allowEmpty bool) []registry.ChangeOption {
+	if allowEmpty {
+		return []registry.ChangeOption{registry.AllowEmpty()}
 	}
-	r, ctx, err := mc.open(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	var opts []registry.ChangeOption
-	if *allowEmpty {
-		opts = append(opts, registry.AllowEmpty())
-	}
-	s, err := r.Archive(ctx, ref, *force, opts...)
-	if err != nil {
-		return modelsOfflineHint(err, ref.Name)
-	}
-	return modelsPrintSplit(e, mc, "archived "+ref.String(), ref.Name, s)
+	return nil
 }
 
 // modelsOfflineHint adds the CLI's way out to a refusal to take a model
-// offline.
+// offline; other errors, and nil, are returned as they are.
 func modelsOfflineHint(err error, name string) error {
 	if errors.Is(err, registry.ErrNoServing) {
 		return fmt.Errorf("%w (pass --allow-empty to take %s offline anyway)", err, name)
@@ -632,25 +629,19 @@ func modelsHistory(ctx context.Context, e *env, mc *modelsCmd, args []string) er
 	if err != nil {
 		return err
 	}
-	r, ctx, err := mc.open(ctx, nil)
-	if err != nil {
-		return err
-	}
-	defer r.Close()
-	h, err := r.History(ctx, pos[0])
-	if err != nil {
-		return err
-	}
-	if mc.json {
-		return modelsJSON(e.stdout, h)
-	}
-	tw := tabwriter.NewWriter(e.stdout, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tVERSION\tTRAFFIC AFTER\tDETAIL")
-	for _, ev := range h {
-		fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Seq, ev.Time.Local().Format("2006-01-02 15:04:05"),
-			modelsActor(ev.Actor), ev.Action, modelsDash(ev.Version), ev.SplitAfter, modelsDash(ev.Detail))
-	}
-	return tw.Flush()
+	return mc.with(ctx, func(ctx context.Context, r *registry.Registry) error {
+		h, err := r.History(ctx, pos[0])
+		if err != nil {
+			return err
+		}
+		return mc.print(e, h, func(tw io.Writer) {
+			fmt.Fprintln(tw, "SEQ\tTIME\tACTOR\tACTION\tVERSION\tTRAFFIC AFTER\tDETAIL")
+			for _, ev := range h {
+				fmt.Fprintf(tw, "%d\t%s\t%s\t%s\t%s\t%s\t%s\n", ev.Seq, ev.Time.Local().Format("2006-01-02 15:04:05"),
+					modelsActor(ev.Actor), ev.Action, modelsDash(ev.Version), ev.SplitAfter, modelsDash(ev.Detail))
+			}
+		})
+	})
 }
 
 // modelsActor shows an event's actor; events written without one (by an
