@@ -572,7 +572,7 @@ func (c *Cache) InvalidateTicker(ctx context.Context, ticker string) (int64, err
 func (c *Cache) InvalidatePattern(ctx context.Context, pattern string) (int64, error) {
 	p := c.cfg.Prefix + ":pred:"
 	if len(pattern) < len(p) || pattern[:len(p)] != p {
-		return 0, fmt.Errorf("%w: %q", ErrBadPattern, pattern)
+		return 0, fmt.Errorf("%w: %q does not start with %q", ErrBadPattern, pattern, p)
 	}
 	return c.invalidate(ctx, pattern, nil)
 }
