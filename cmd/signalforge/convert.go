@@ -11,7 +11,6 @@ import (
 	"strings"
 
 	"github.com/signalforge/signalforge/convert"
-	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/registry"
@@ -76,65 +75,6 @@ func checkOutput(in, out string) error {
 	return nil
 }
 
-// registerFlags are --register and --registry, shared by convert and
-// quantize.
-type registerFlags struct {
-	target string // NAME[:VERSION]
-	dir    string
-	name   string // parsed from target
-	ver    string // "" for the next vN
-}
-
-func addRegisterFlags(e *env, fs *flag.FlagSet) *registerFlags {
-	rf := &registerFlags{}
-	def := e.getenv(modelsEnvRegistry)
-	if def == "" {
-		def = modelsDefaultDir
-	}
-	fs.StringVar(&rf.target, "register", "", "after success, register the output in the registry as NAME or NAME:VERSION (default version: the next vN), with its lineage")
-	fs.StringVar(&rf.dir, "registry", def, "registry folder for --register (default $"+modelsEnvRegistry+", else "+modelsDefaultDir+")")
-	return rf
-}
-
-// parse validates --register before any work is done.
-func (rf *registerFlags) parse() error {
-	if rf.target == "" {
-		return nil
-	}
-	rf.name, rf.ver, _ = strings.Cut(rf.target, ":")
-	if err := registry.ValidateName(rf.name); err != nil {
-		return fmt.Errorf("--register %s: model name: %w", rf.target, err)
-	}
-	if strings.Contains(rf.target, ":") {
-		if err := registry.ValidateName(rf.ver); err != nil {
-			return fmt.Errorf("--register %s: version: %w", rf.target, err)
-		}
-	}
-	return nil
-}
-
-// register adds the ONNX bytes to the registry as a staging version, checked
-// in ONNX Runtime (eng) like `signalforge models register`, and prints the
-// new version's id.
-func (rf *registerFlags) register(ctx context.Context, e *env, eng infer.Engine, data []byte, lineage registry.Lineage, description string) (registry.Version, error) {
-	r, err := registry.Open(ctx, registry.Config{Dir: rf.dir, Validator: registry.EngineValidator(eng)})
-	if err != nil {
-		return registry.Version{}, err
-	}
-	defer r.Close()
-	if actor := e.getenv("USER"); actor != "" {
-		ctx = registry.WithActor(ctx, actor)
-	}
-	v, err := r.Register(ctx, registry.RegisterRequest{
-		Name: rf.name, Version: rf.ver, ONNX: data, Description: description, Lineage: lineage,
-	})
-	if err != nil {
-		return registry.Version{}, fmt.Errorf("the model was written, but registering it in %s failed: %w", rf.dir, err)
-	}
-	fmt.Fprintf(e.stdout, "registered %s (%s) in %s\n", v.Ref(), v.Status, rf.dir)
-	return v, nil
-}
-
 // cmdConvert converts a PyTorch file to ONNX (in Go, or through the torch
 // bridge), verifies it in ONNX Runtime against PyTorch's outputs and, with
 // -benchmark, times PyTorch eager against ONNX Runtime. The output is
@@ -164,21 +104,8 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 	benchIters := fs.Int("bench-iterations", 200, "benchmark runs per batch size and side")
 	seqLen := fs.Int("seq-len", 32, "size given to dynamic non-batch axes (sequence length) for generated inputs")
 	reg := addRegisterFlags(e, fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	src := fs.Arg(0)
-	if *out == "" {
-		*out = strings.TrimSuffix(src, filepath.Ext(src)) + ".onnx"
-	}
-	if err := checkOutput(src, *out); err != nil {
-		return err
-	}
-	if err := reg.parse(); err != nil {
+	src, err := parseModelArgs(fs, args, out, ".onnx", reg)
+	if err != nil {
 		return err
 	}
 	if reg.target != "" && *features == "" {
@@ -191,7 +118,6 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 		Features: splitNames(*features),
 	}
 	opts.Load.AllowClasses = splitNames(*allowClass)
-	var err error
 	if opts.InputShape, err = parseInt64s(*inputShape); err != nil {
 		return fmt.Errorf("-input-shape: %w", err)
 	}

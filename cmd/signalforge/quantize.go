@@ -74,21 +74,8 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	iters := fs.Int("iterations", 200, "benchmark iterations per model and batch size")
 	parent := fs.String("parent", "", "lineage: the fp32 source's VERSION (or NAME:VERSION) in the registry, recorded in the output's metadata and by --register (default with --register: the registered version whose artifact is the input)")
 	reg := addRegisterFlags(e, fs)
-	if err := parseFlags(fs, args); err != nil {
-		return err
-	}
-	if fs.NArg() != 1 {
-		fs.Usage()
-		return errUsage
-	}
-	in := fs.Arg(0)
-	if *out == "" {
-		*out = strings.TrimSuffix(in, filepath.Ext(in)) + ".int8.onnx"
-	}
-	if err := checkOutput(in, *out); err != nil {
-		return err
-	}
-	if err := reg.parse(); err != nil {
+	in, err := parseModelArgs(fs, args, out, ".int8.onnx", reg)
+	if err != nil {
 		return err
 	}
 	parentVersion, err := parseParent(*parent, reg)
@@ -106,7 +93,7 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	cfg := quantize.Config{PerChannel: *perChannel, Symmetric: *symmetric, Percentile: *pct, Parent: *parent,
-		OpTypes: splitList(*opTypes), Exclude: splitList(*exclude)}
+		OpTypes: splitNames(*opTypes), Exclude: splitNames(*exclude)}
 	if cfg.Mode, err = quantize.ParseMode(*mode); err != nil {
 		return err
 	}
@@ -114,7 +101,7 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	var sizes []int
-	for _, s := range splitList(*batches) {
+	for _, s := range splitNames(*batches) {
 		n, err := strconv.Atoi(s)
 		if err != nil || n <= 0 {
 			return fmt.Errorf("bad -batch-sizes entry %q", s)
@@ -349,16 +336,6 @@ func quantizeLineage(res *quantize.Result, rep *quantize.Report, br *quantize.Be
 		lin.Benchmarks = bm
 	}
 	return lin
-}
-
-func splitList(s string) []string {
-	var out []string
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			out = append(out, p)
-		}
-	}
-	return out
 }
 
 // synthetic makes 512 standard-normal samples for a single-input model.
