@@ -47,7 +47,11 @@ type ShadowConfig[In any] struct {
 	// batcher's). If zero, 19; negative leaves the priority alone.
 	// Measured (BenchmarkShadowPrimaryP99, 2-core VM shared with other
 	// jobs): a CPU-bound shadow at normal priority stalled the primary's
-	// p99 from 0.2 to 4.2ms, at nice 19 to 2ms. The caveat: a niced
+	// p99 from 0.2 to 4.2ms, at nice 19 to 0.4–4ms (with autogroup
+	// scheduling, Debian's default, nice only ranks threads within the
+	// process's session group, so it cannot keep other processes off the
+	// primary's core). Run CPU-heavy shadows on another replica, with
+	// Run making a remote call, when the p99 matters. The caveat: a niced
 	// thread running Go code still takes part in GC stop-the-world, so on
 	// a starved machine it can lengthen pauses; cgo calls do not hold a P
 	// and are not affected.
