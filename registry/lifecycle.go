@@ -247,21 +247,10 @@ func applySplit(m *Model, split Split, demote bool) error {
 // version with traffic would leave the model with no serving version: that
 // needs AllowEmpty besides force.
 func (r *Registry) Archive(ctx context.Context, ref Ref, force bool, opts ...ChangeOption) (Split, error) {
-	o := applyOptions(opts)
-	return r.change(ctx, ref, func(m *Model, ev *Event) error {
-		ev.Action = ActionArchive
-		v := m.version(ref.Version)
-		switch v.Status {
-		case StatusArchived:
+	return r.retire(ctx, ref, StatusArchived, ActionArchive, force, opts, func(v *Version) error {
+		if v.Status == StatusArchived {
 			return &TransitionError{ref, v.Status, StatusArchived, "already archived"}
-		case StatusProduction:
-			detail, err := takeTraffic(m, v, StatusArchived, force, o.allowEmpty, ActionArchive)
-			if err != nil {
-				return err
-			}
-			ev.Detail = detail
 		}
-		v.Status = StatusArchived
 		return nil
 	})
 }
@@ -269,19 +258,34 @@ func (r *Registry) Archive(ctx context.Context, ref Ref, force bool, opts ...Cha
 // Demote moves a production version back to staging, with the same traffic
 // rules as Archive (AllowEmpty included).
 func (r *Registry) Demote(ctx context.Context, ref Ref, force bool, opts ...ChangeOption) (Split, error) {
-	o := applyOptions(opts)
-	return r.change(ctx, ref, func(m *Model, ev *Event) error {
-		ev.Action = ActionDemote
-		v := m.version(ref.Version)
+	return r.retire(ctx, ref, StatusStaging, ActionDemote, force, opts, func(v *Version) error {
 		if v.Status != StatusProduction {
 			return &TransitionError{ref, v.Status, StatusStaging, "only production versions can be demoted"}
 		}
-		detail, err := takeTraffic(m, v, StatusStaging, force, o.allowEmpty, ActionDemote)
-		if err != nil {
+		return nil
+	})
+}
+
+// retire moves ref's version to status to (Archive, Demote) once allowed
+// says the move is legal from its current status. A production version's
+// traffic is taken from it first, by takeTraffic's rules (force,
+// AllowEmpty), which also give the event's detail.
+func (r *Registry) retire(ctx context.Context, ref Ref, to Status, action Action, force bool, opts []ChangeOption, allowed func(v *Version) error) (Split, error) {
+	o := applyOptions(opts)
+	return r.change(ctx, ref, func(m *Model, ev *Event) error {
+		ev.Action = action
+		v := m.version(ref.Version)
+		if err := allowed(v); err != nil {
 			return err
 		}
-		ev.Detail = detail
-		v.Status = StatusStaging
+		if v.Status == StatusProduction {
+			detail, err := takeTraffic(m, v, to, force, o.allowEmpty, action)
+			if err != nil {
+				return err
+			}
+			ev.Detail = detail
+		}
+		v.Status = to
 		return nil
 	})
 }
