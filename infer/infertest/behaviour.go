@@ -3,6 +3,7 @@ package infertest
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"path/filepath"
@@ -24,29 +25,9 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	load := func(t *testing.T, opts infer.Options) infer.Session {
-		t.Helper()
-		s, err := eng.LoadBytes(ctx, data, opts)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { s.Close() })
-		return s
-	}
 	check := func(t *testing.T, sess infer.Session, x tensor.Tensor) {
 		t.Helper()
-		want, err := mlp.Forward(x)
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, err := sess.Run(ctx, []tensor.Tensor{x})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if len(out) != 1 {
-			t.Fatalf("%d outputs, want 1", len(out))
-		}
-		if err := Compare(out[0], want, 1e-4, 1e-5); err != nil {
+		if err := CheckMLP(ctx, sess, mlp, x, 1e-4, 1e-5); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -58,7 +39,7 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 	})
 
 	t.Run("Metadata", func(t *testing.T) {
-		sess := load(t, infer.Options{})
+		sess := Load(t, eng, mlp.Model, infer.Options{})
 		in, out := sess.Inputs(), sess.Outputs()
 		if len(in) != 1 || len(out) != 1 {
 			t.Fatalf("inputs %v outputs %v, want one of each", in, out)
@@ -77,7 +58,7 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 	})
 
 	t.Run("RunMatchesReference", func(t *testing.T) {
-		sess := load(t, infer.Options{})
+		sess := Load(t, eng, mlp.Model, infer.Options{})
 		for _, batch := range []int{1, 2, 7, 33} {
 			check(t, sess, mlp.RandomInput(batch, uint64(batch)))
 		}
@@ -116,7 +97,7 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 			{GraphOptimization: infer.OptExtended},
 			{WarmupBatchSizes: []int{1, 8, 8, 32}},
 		} {
-			check(t, load(t, opts), mlp.RandomInput(5, 9))
+			check(t, Load(t, eng, mlp.Model, opts), mlp.RandomInput(5, 9))
 		}
 		for _, opts := range []infer.Options{
 			{IntraOpThreads: -1},
@@ -132,7 +113,7 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 
 	t.Run("OptimizedModelPath", func(t *testing.T) {
 		path := filepath.Join(t.TempDir(), "optimized.onnx")
-		load(t, infer.Options{OptimizedModelPath: path})
+		Load(t, eng, mlp.Model, infer.Options{OptimizedModelPath: path})
 		m, err := onnx.Load(path)
 		if err != nil {
 			t.Fatalf("optimized model not written: %v", err)
@@ -143,19 +124,14 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 	})
 
 	t.Run("ConcurrentRun", func(t *testing.T) {
-		sess := load(t, infer.Options{})
+		sess := Load(t, eng, mlp.Model, infer.Options{})
 		var wg sync.WaitGroup
 		errs := make(chan error, 8)
 		for g := range 8 {
 			wg.Go(func() {
 				for i := range 25 {
 					x := mlp.RandomInput(1+(g+i)%5, uint64(g*100+i))
-					want, _ := mlp.Forward(x)
-					out, err := sess.Run(ctx, []tensor.Tensor{x})
-					if err == nil {
-						err = Compare(out[0], want, 1e-4, 1e-5)
-					}
-					if err != nil {
+					if err := CheckMLP(ctx, sess, mlp, x, 1e-4, 1e-5); err != nil {
 						errs <- err
 						return
 					}
@@ -170,7 +146,7 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 	})
 
 	t.Run("CancelledBeforeRun", func(t *testing.T) {
-		sess := load(t, infer.Options{})
+		sess := Load(t, eng, mlp.Model, infer.Options{})
 		c, cancel := context.WithCancel(ctx)
 		cancel()
 		if _, err := sess.Run(c, []tensor.Tensor{mlp.RandomInput(1, 1)}); !errors.Is(err, context.Canceled) {
@@ -192,7 +168,7 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 	t.Run("CancelStopsRunningInference", func(t *testing.T) { cancelRunning(t, eng) })
 
 	t.Run("BadInputs", func(t *testing.T) {
-		sess := load(t, infer.Options{})
+		sess := Load(t, eng, mlp.Model, infer.Options{})
 		for name, in := range map[string][]tensor.Tensor{
 			"no inputs":   {},
 			"two inputs":  {mlp.RandomInput(1, 1), mlp.RandomInput(1, 1)},
@@ -250,19 +226,45 @@ func runBehaviour(t *testing.T, eng infer.Engine) {
 	})
 }
 
+// Load loads model in eng with opts, fails t if it does not load, and
+// closes the session when t's test ends.
+func Load(t testing.TB, eng infer.Engine, model *onnx.ModelProto, opts infer.Options) infer.Session {
+	t.Helper()
+	data, err := onnx.Marshal(model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := eng.LoadBytes(context.Background(), data, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { s.Close() })
+	return s
+}
+
+// CheckMLP runs x through sess, a session of m, and compares its one
+// output with m's Go reference (Forward) within atol + rtol*|want|, as
+// Compare does.
+func CheckMLP(ctx context.Context, sess infer.Session, m *onnxtest.MLP, x tensor.Tensor, rtol, atol float64) error {
+	want, err := m.Forward(x)
+	if err != nil {
+		return err
+	}
+	out, err := sess.Run(ctx, []tensor.Tensor{x})
+	if err != nil {
+		return err
+	}
+	if len(out) != 1 {
+		return fmt.Errorf("%d outputs, want 1", len(out))
+	}
+	return Compare(out[0], want, rtol, atol)
+}
+
 // cancelRunning runs a model that never finishes on its own (a Loop with
 // 2^62 iterations of a 64×64 MatMul) under a ctx that expires: Run can only
 // return if cancellation stops the running inference.
 func cancelRunning(t *testing.T, eng infer.Engine) {
-	data, err := onnx.Marshal(endlessLoop())
-	if err != nil {
-		t.Fatal(err)
-	}
-	sess, err := eng.LoadBytes(context.Background(), data, infer.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer sess.Close()
+	sess := Load(t, eng, endlessLoop(), infer.Options{})
 	x := make([]float32, 64*64)
 	for i := range x {
 		x[i] = float32(math.Sin(float64(i)))
