@@ -256,6 +256,8 @@ func TestBadInputs(t *testing.T) {
 		{"wrong type", "/v1/models/forecast_mlp/predict", withFeature(`"macd":"high"`), 400, "invalid_input", `feature "macd": invalid feature value: want a number, got the string "high"`},
 		{"NaN", "/v1/models/forecast_mlp/predict", withFeature(`"macd":"NaN"`), 400, "invalid_value", `feature "macd" is NaN`},
 		{"sequence for tabular", "/v1/models/forecast_mlp/predict", withFeature(`"macd":[1,2]`), 400, "sequence_length", "macd"},
+		{"wrong sequence length", "/v1/models/forecast_lstm/predict", seqBody(15, ""), 400, "sequence_length", `feature "rsi_14" has 15 time steps, want 16`},
+		{"NaN in a sequence", "/v1/models/forecast_lstm/predict", seqBody(16, `"NaN"`), 400, "invalid_value", `feature "macd" at time step 3 is NaN`},
 		{"malformed JSON", "/v1/models/forecast_mlp/predict", `{"features":`, 400, "bad_request", "malformed JSON"},
 		{"empty body", "/v1/models/forecast_mlp/predict", ``, 400, "bad_request", "empty request body"},
 		{"unknown field", "/v1/models/forecast_mlp/predict", `{"featurez":{}}`, 400, "bad_request", `unknown field "featurez"`},
@@ -504,8 +506,8 @@ func TestHotSwapUnderLoadFailsNoRequest(t *testing.T) {
 	if total.Load() < 50 {
 		t.Fatalf("only %d requests ran", total.Load())
 	}
-	if got := ts.srv.models.count(); got != 1 {
-		t.Fatalf("%d versions loaded after archiving, want 1", got)
+	if got := len(ts.srv.models.current()["forecast_mlp"]); got != 1 {
+		t.Fatalf("%d versions of forecast_mlp loaded after archiving, want 1", got)
 	}
 	t.Logf("%d requests, 0 failed, across register, promote, split and archive", total.Load())
 }
@@ -599,5 +601,45 @@ func TestMethodNotAllowed(t *testing.T) {
 	code, body, _ := post(t, ts.URL+"/v2/health/ready", "")
 	if code != 405 || !strings.Contains(string(body), `"error"`) {
 		t.Fatalf("POST ready: %d %s", code, body)
+	}
+}
+
+// seqBody is a forecast_lstm request with n time steps per feature; bad,
+// if set, replaces macd's fourth step.
+func seqBody(n int, bad string) string {
+	parts := []string{}
+	for fi, name := range demo.SeqFeatures {
+		steps := make([]string, n)
+		for i := range steps {
+			steps[i] = fmt.Sprint(float64(i+fi) / 10)
+		}
+		if bad != "" && name == "macd" {
+			steps[3] = bad
+		}
+		parts = append(parts, fmt.Sprintf("%q:[%s]", name, strings.Join(steps, ",")))
+	}
+	return `{"features":{` + strings.Join(parts, ",") + `}}`
+}
+
+func TestPredictSequenceModel(t *testing.T) {
+	ts := startServer(t, testOpts{})
+	first, second := 0, 0
+	for i, want := range []bool{false, true} {
+		code, body, _ := post(t, ts.URL+"/v1/models/forecast_lstm/predict", seqBody(demo.SeqLen, ""))
+		var r api.PredictResponse
+		if code != 200 || json.Unmarshal(body, &r) != nil {
+			t.Fatalf("%d %s", code, body)
+		}
+		if r.Cached != want || len(r.Predictions) != 1 || len(r.Predictions[0]) != 1 {
+			t.Fatalf("request %d: %+v", i, r)
+		}
+		if i == 0 {
+			first = int(r.Predictions[0][0] * 1e6)
+		} else {
+			second = int(r.Predictions[0][0] * 1e6)
+		}
+	}
+	if first != second {
+		t.Fatalf("cached answer %d differs from computed %d", second, first)
 	}
 }
