@@ -63,37 +63,43 @@ func jsonError(err error, limit int64) error {
 
 // readBody reads r's body, at most limit bytes, into a buffer from pool
 // (release it with putBody once nothing refers to it).
-func readBody(w http.ResponseWriter, r *http.Request, limit int64) (*bytes.Buffer, error) {
+func (p *pools) readBody(w http.ResponseWriter, r *http.Request, limit int64) (*bytes.Buffer, error) {
 	body := http.MaxBytesReader(w, r.Body, limit)
-	buf := bodyPool.Get().(*bytes.Buffer)
+	buf, _ := p.bodies.Get().(*bytes.Buffer)
+	if buf == nil {
+		buf = new(bytes.Buffer)
+	}
 	buf.Reset()
 	if n := r.ContentLength; n > 0 && n <= limit {
 		// ReadFrom wants bytes.MinRead of room beyond the data; grow once.
 		buf.Grow(int(n) + bytes.MinRead)
 	}
 	if _, err := buf.ReadFrom(body); err != nil {
-		putBody(buf)
+		p.putBody(buf)
 		return nil, jsonError(err, limit)
 	}
 	return buf, nil
 }
 
-// bodyPool recycles request body buffers (the decoders copy what they keep).
-var bodyPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+// pools recycles per-request buffers: request bodies (the decoders copy
+// what they keep) and the maps of cache-key inputs.
+type pools struct {
+	bodies, pointMaps, seqMaps sync.Pool
+}
 
-func putBody(b *bytes.Buffer) {
+func (p *pools) putBody(b *bytes.Buffer) {
 	if b.Cap() <= 1<<20 {
-		bodyPool.Put(b)
+		p.bodies.Put(b)
 	}
 }
 
 // decodePredict reads and decodes a native prediction request.
-func decodePredict(w http.ResponseWriter, r *http.Request, limit int64) (api.PredictRequest, error) {
-	buf, err := readBody(w, r, limit)
+func (p *pools) decodePredict(w http.ResponseWriter, r *http.Request, limit int64) (api.PredictRequest, error) {
+	buf, err := p.readBody(w, r, limit)
 	if err != nil {
 		return api.PredictRequest{}, err
 	}
-	defer putBody(buf)
+	defer p.putBody(buf)
 	req, err := api.DecodePredictRequest(buf.Bytes())
 	if err != nil {
 		if strings.HasPrefix(err.Error(), "malformed JSON") {

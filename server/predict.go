@@ -9,7 +9,6 @@ import (
 	"math"
 	"net/http"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -109,38 +108,39 @@ func toRows(in []api.Features) []infer.Row {
 
 // featureKey builds the cache key input of a single-row request. Its maps
 // come from a pool: call releaseKey when the key is made.
-func featureKey(model, version, ticker string, horizon int, typ string, f api.Features) cache.KeyInput {
+func (p *pools) featureKey(model, version, ticker string, horizon int, typ string, f api.Features) cache.KeyInput {
 	ki := cache.KeyInput{Model: model, Version: version, Ticker: ticker, Horizon: horizon, Type: typ}
 	for k, v := range f {
 		if v.Seq {
 			if ki.Sequences == nil {
-				ki.Sequences = seqMaps.Get().(map[string][]float64)
+				ki.Sequences, _ = p.seqMaps.Get().(map[string][]float64)
+				if ki.Sequences == nil {
+					ki.Sequences = map[string][]float64{}
+				}
 			}
 			ki.Sequences[k] = v.Values
 			continue
 		}
 		if ki.Features == nil {
-			ki.Features = pointMaps.Get().(map[string]float64)
+			ki.Features, _ = p.pointMaps.Get().(map[string]float64)
+			if ki.Features == nil {
+				ki.Features = map[string]float64{}
+			}
 		}
 		ki.Features[k] = v.Values[0]
 	}
 	return ki
 }
 
-var (
-	pointMaps = sync.Pool{New: func() any { return map[string]float64{} }}
-	seqMaps   = sync.Pool{New: func() any { return map[string][]float64{} }}
-)
-
 // releaseKey returns featureKey's maps to their pools.
-func releaseKey(ki cache.KeyInput) {
+func (p *pools) releaseKey(ki cache.KeyInput) {
 	if ki.Features != nil && len(ki.Features) <= 4096 {
 		clear(ki.Features)
-		pointMaps.Put(ki.Features)
+		p.pointMaps.Put(ki.Features)
 	}
 	if ki.Sequences != nil && len(ki.Sequences) <= 4096 {
 		clear(ki.Sequences)
-		seqMaps.Put(ki.Sequences)
+		p.seqMaps.Put(ki.Sequences)
 	}
 }
 
@@ -201,7 +201,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	// a graceful shutdown) for long: the body has the longest request
 	// timeout to arrive.
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.MaxTimeout))
-	req, err := decodePredict(w, r, s.cfg.MaxBodyBytes)
+	req, err := s.pools.decodePredict(w, r, s.cfg.MaxBodyBytes)
 	if err != nil {
 		return nil, err
 	}
@@ -270,12 +270,12 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	var val cache.Value
 	if s.cache != nil && !req.NoCache && len(rows) == 1 {
 		typ := s.cfg.PredictionType(model, l.ref.Version, req.Horizon)
-		ki := featureKey(model, l.ref.Version, req.Ticker, req.Horizon, typ, rows[0])
+		ki := s.pools.featureKey(model, l.ref.Version, req.Ticker, req.Horizon, typ, rows[0])
 		if completeRow(rows[0], l.sortedFeatures) {
 			ki.SortedNames = l.sortedFeatures
 		}
 		key, kerr := cache.MakeKey(ki)
-		releaseKey(ki)
+		s.pools.releaseKey(ki)
 		var fe *cache.FeatureError
 		switch {
 		case errors.As(kerr, &fe):

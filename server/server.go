@@ -157,6 +157,7 @@ type Server struct {
 	models    *modelSet
 	autopilot *route.Autopilot
 	shadows   shadowSet
+	pools     pools
 
 	ready        atomic.Bool // initial load done and not shutting down
 	shuttingDown atomic.Bool
