@@ -43,10 +43,22 @@ type BenchRow struct {
 }
 
 // BenchInputs makes one random input case (seeded, normal) per batch size
-// for a model of the given input shape.
+// for a model of the given input shape. Batch sizes must be positive, and
+// so must seqLen when a non-batch axis is dynamic (it gives that axis its
+// size).
 func BenchInputs(inputName string, shape []int64, batchAxis int, batches []int, seqLen int) ([]Case, error) {
 	if batchAxis < 0 || batchAxis >= len(shape) {
 		return nil, fmt.Errorf("convert: batch axis %d of input shape %v", batchAxis, shape)
+	}
+	for _, b := range batches {
+		if b <= 0 {
+			return nil, fmt.Errorf("convert: batch size %d: want at least 1", b)
+		}
+	}
+	for j, d := range shape {
+		if j != batchAxis && d < 0 && seqLen <= 0 {
+			return nil, fmt.Errorf("convert: sequence length %d for dynamic axis %d of input shape %v: want at least 1", seqLen, j, shape)
+		}
 	}
 	rng := rand.New(rand.NewPCG(8, 8))
 	cases := make([]Case, len(batches))

@@ -84,6 +84,15 @@ func (b *Bridge) run(ctx context.Context, req bridgeRequest) (*bridgeReply, erro
 	if _, err := os.Stat(py); err != nil {
 		return nil, fmt.Errorf("%w: %s not found (on Debian: apt-get install python3-torch)", ErrNoTorch, py)
 	}
+	if req.Model != "" {
+		// PyTorch would read a device such as /dev/zero until memory runs
+		// out, and block on a FIFO: check the file as ConvertFile does.
+		f, _, err := onnx.OpenFileLimited(req.Model, MaxFileSize)
+		if err != nil {
+			return nil, err
+		}
+		f.Close()
+	}
 	if b != nil && req.TorchModule == "" {
 		req.TorchModule = b.TorchModule
 	}
@@ -208,7 +217,7 @@ func (b *Bridge) Export(ctx context.Context, path string, inputShape []int64, ba
 	if err != nil {
 		return nil, err
 	}
-	src, err := os.ReadFile(path)
+	src, err := onnx.ReadFileLimited(path, MaxFileSize)
 	if err != nil {
 		return nil, err
 	}

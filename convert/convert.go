@@ -30,7 +30,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"os"
 	"sort"
 	"strconv"
 	"strings"
@@ -171,9 +170,10 @@ func writeLineage(set func(k, v string), sum string, conv map[string]string, fea
 
 // ConvertFile reads a PyTorch file and converts it. The file's sha256 and
 // format, the converter version and the options are recorded in the
-// model's metadata_props.
+// model's metadata_props. The path must name a regular, non-empty file of
+// at most MaxFileSize bytes (see onnx.ReadFileLimited).
 func ConvertFile(path string, opts Options) (*Result, error) {
-	data, err := os.ReadFile(path)
+	data, err := onnx.ReadFileLimited(path, MaxFileSize)
 	if err != nil {
 		return nil, err
 	}

@@ -9,13 +9,14 @@ import (
 	"io"
 	"math"
 	"math/big"
-	"os"
 	"runtime"
 	"sort"
 	"strings"
 
 	"github.com/nlpodyssey/gopickle/pickle"
 	"github.com/nlpodyssey/gopickle/types"
+
+	"github.com/signalforge/signalforge/onnx"
 )
 
 // DType is the element type of a tensor read from a PyTorch file.
@@ -212,20 +213,26 @@ func (o *LoadOptions) defaults() {
 	}
 }
 
+// MaxFileSize is the largest PyTorch file ConvertFile, LoadFile and the
+// torch bridge accept: 4 GiB of tensor data (the default
+// LoadOptions.MaxTensorBytes, which is also the most float64 weights that
+// can become a float32 model below onnx.MaxModelSize) plus 256 MiB for
+// pickles and archive headers. ConvertFile holds the whole file in memory
+// (to hash what it converts), so this also bounds its memory. Paths that
+// are not regular files (devices such as /dev/zero, FIFOs, directories)
+// are refused before anything is read.
+const MaxFileSize = 4<<30 + 256<<20
+
 // LoadFile reads a PyTorch file (a zip archive as written by torch.save
 // since PyTorch 1.6, or a TorchScript archive). Loading never executes
 // code: pickles may only reference the supported torch.nn classes and
 // tensor helpers, anything else is refused with ErrRefused naming it.
 func LoadFile(path string, opts LoadOptions) (*Checkpoint, error) {
-	f, err := os.Open(path)
+	f, st, err := onnx.OpenFileLimited(path, MaxFileSize)
 	if err != nil {
 		return nil, err
 	}
 	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return nil, err
-	}
 	return Load(f, st.Size(), opts)
 }
 

@@ -13,7 +13,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 	"path/filepath"
 	"regexp"
 	"slices"
@@ -152,7 +151,10 @@ func OpenFile(path string, s Schema, opts DataOptions) (Dataset, error) {
 	default:
 		return nil, fmt.Errorf("%w: %s: unknown data format %q (want .csv, .jsonl or .npy)", ErrData, path, kind)
 	}
-	f, err := os.Open(path)
+	// Only regular files: /dev/zero named calib.csv would be hashed
+	// forever, and opening a FIFO blocks. Data files are streamed, so no
+	// size cap.
+	f, _, err := onnx.OpenFileLimited(path, 0)
 	if err != nil {
 		return nil, err
 	}
@@ -174,7 +176,7 @@ type fileData struct {
 func (d *fileData) Hash() string { return d.hash }
 
 func (d *fileData) Each(ctx context.Context, batch int, fn func([]tensor.Tensor) error) error {
-	f, err := os.Open(d.path)
+	f, _, err := onnx.OpenFileLimited(d.path, 0)
 	if err != nil {
 		return err
 	}

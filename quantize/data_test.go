@@ -11,8 +11,10 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
+	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/quantize"
 	"github.com/signalforge/signalforge/tensor"
 )
@@ -284,6 +286,27 @@ func TestFixturesReproducible(t *testing.T) {
 		}
 		if !bytes.Equal(got, want) {
 			t.Errorf("testdata/%s differs from the script's output; regenerate with /usr/bin/python3 quantize/testdata/make_fixtures.py", filepath.Base(p))
+		}
+	}
+}
+
+// Calibration files must be regular files: a FIFO named calib.csv used to
+// block OpenFile, and /dev/zero behind a .csv link to be hashed forever.
+func TestOpenFileRefusesNonRegularFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "calib.csv")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	zero := filepath.Join(dir, "zero.npy")
+	if err := os.Symlink("/dev/zero", zero); err != nil {
+		t.Fatal(err)
+	}
+	s := quantize.Schema{Shape: []int64{2}, Features: []string{"a", "b"}}
+	for _, p := range []string{fifo, zero} {
+		_, err := quantize.OpenFile(p, s, quantize.DataOptions{})
+		if !errors.Is(err, onnx.ErrFileRefused) || !strings.Contains(err.Error(), p+": not a regular file") {
+			t.Errorf("OpenFile(%s): error %v; want %q", p, err, p+": not a regular file")
 		}
 	}
 }

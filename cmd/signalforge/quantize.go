@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"math"
 	"math/rand/v2"
-	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -108,7 +107,7 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 		}
 		sizes = append(sizes, n)
 	}
-	model, err := onnx.Load(in)
+	model, err := loadONNXFile(in)
 	if err != nil {
 		return err
 	}
@@ -269,7 +268,7 @@ func registeredAs(ctx context.Context, reg *registerFlags, path string) (string,
 	if !registry.FileStoreExists(reg.dir) {
 		return "", nil
 	}
-	data, err := os.ReadFile(path)
+	data, err := onnx.ReadFileLimited(path, onnx.MaxModelSize)
 	if err != nil {
 		return "", err
 	}
@@ -355,4 +354,20 @@ func synthetic(model *onnx.ModelProto) (quantize.Dataset, error) {
 		return nil, err
 	}
 	return quantize.Tensors(t), nil
+}
+
+// loadONNXFile reads and parses the ONNX model at path. Unlike onnx.Load it
+// refuses what is not a regular, non-empty file of at most
+// onnx.MaxModelSize bytes before reading anything (onnx.ReadFileLimited):
+// `quantize /dev/zero` used to read 2 GiB before refusing.
+func loadONNXFile(path string) (*onnx.ModelProto, error) {
+	data, err := onnx.ReadFileLimited(path, onnx.MaxModelSize)
+	if err != nil {
+		return nil, err
+	}
+	m, err := onnx.Parse(data)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return m, nil
 }

@@ -5,13 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
-	"os"
 	"sync"
 	"sync/atomic"
 
 	ortgo "github.com/yalue/onnxruntime_go"
 
 	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/tensor"
 )
 
@@ -53,9 +53,13 @@ type dimSource struct {
 	input, axis int // input < 0: static
 }
 
-// LoadFile loads the model at path. See LoadBytes.
+// LoadFile loads the model at path. See LoadBytes. The path must name a
+// regular, non-empty file of at most onnx.MaxModelSize bytes (see
+// onnx.ReadFileLimited): a device such as /dev/zero, a FIFO or a directory
+// is refused before anything is read, and no more than the file's size
+// plus one byte is ever buffered.
 func (e *Engine) LoadFile(ctx context.Context, path string, opts infer.Options) (infer.Session, error) {
-	data, err := os.ReadFile(path)
+	data, err := onnx.ReadFileLimited(path, onnx.MaxModelSize)
 	if err != nil {
 		return nil, fmt.Errorf("ort: %w", err)
 	}

@@ -2,6 +2,10 @@ package ort
 
 import (
 	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 
@@ -87,5 +91,47 @@ func TestPoolEviction(t *testing.T) {
 	sess.poolMu.Unlock()
 	if n != poolMaxFree {
 		t.Errorf("%d idle IO sets, want %d", n, poolMaxFree)
+	}
+}
+
+// LoadFile refuses what is not a regular model file before reading it: a
+// device like /dev/zero used to be read until memory ran out.
+func TestLoadFileRefusesNonRegularFiles(t *testing.T) {
+	e := testEngine(t)
+	empty := filepath.Join(t.TempDir(), "empty.onnx")
+	if err := os.WriteFile(empty, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ path, want string }{
+		{"/dev/zero", "/dev/zero: not a regular file"},
+		{t.TempDir(), "is a directory"},
+		{empty, empty + ": is empty"},
+	} {
+		s, err := e.LoadFile(context.Background(), c.path, infer.Options{})
+		if err == nil {
+			s.Close()
+			t.Fatalf("LoadFile(%s) succeeded", c.path)
+		}
+		if !errors.Is(err, onnx.ErrFileRefused) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("LoadFile(%s) error = %v; want %q matching onnx.ErrFileRefused", c.path, err, c.want)
+		}
+	}
+	// A real model file still loads.
+	m := onnxtest.MustMLP(1, 4, 3)
+	data, err := onnx.Marshal(m.Model)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "mlp.onnx")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s, err := e.LoadFile(context.Background(), path, infer.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := infertest.CheckMLP(context.Background(), s, m, m.RandomInput(2, 1), 0, 1e-5); err != nil {
+		t.Fatal(err)
 	}
 }
