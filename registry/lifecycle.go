@@ -157,20 +157,27 @@ func takeTraffic(m *Model, v *Version, to Status, force, allowEmpty bool, op Act
 // proportionally so the total stays 100%: promoting v2 at 5% over v1=100%
 // gives v1=95% v2=5%. The first version to serve gets 100% whatever pct
 // says (the event's detail notes it). It returns the new split.
+//
+// Versions that share traffic must take the same inputs (see
+// MismatchError): promoting a version whose features differ from those
+// of the versions serving is refused with an error wrapping ErrFeatures.
+// The same holds for SetTraffic, SetSplit, Rollback and Register with
+// StatusProduction.
 func (r *Registry) Promote(ctx context.Context, ref Ref, pct float64) (Split, error) {
-	return r.change(ctx, ref, func(m *Model, ev *Event) error {
+	return r.change(ctx, ref, sameInputs(func(m *Model, ev *Event) error {
 		detail, err := promote(m, ref.Version, pct)
 		ev.Action, ev.Detail = ActionPromote, detail
 		return err
-	})
+	}))
 }
 
 // SetTraffic gives a production version pct percent of the model's traffic
 // and rescales the other production versions proportionally so the total
 // stays 100%. It fails if no other production version has traffic and pct
-// is not 100 (the total could not be 100).
+// is not 100 (the total could not be 100), or if it would leave versions
+// with different inputs sharing traffic (*MismatchError).
 func (r *Registry) SetTraffic(ctx context.Context, ref Ref, pct float64) (Split, error) {
-	return r.change(ctx, ref, func(m *Model, ev *Event) error {
+	return r.change(ctx, ref, sameInputs(func(m *Model, ev *Event) error {
 		ev.Action = ActionSetTraffic
 		if err := checkPct(pct); err != nil {
 			return err
@@ -184,13 +191,14 @@ func (r *Registry) SetTraffic(ctx context.Context, ref Ref, pct float64) (Split,
 		}
 		give(m, ref.Version, pct)
 		return nil
-	})
+	}))
 }
 
 // SetSplit sets the traffic of a model's versions at once. The percentages
 // must total 100. Staging versions named in split are promoted; production
 // versions not named keep production status with 0%; archived versions are
-// refused.
+// refused, and so is a split whose versions with traffic take different
+// inputs (*MismatchError).
 func (r *Registry) SetSplit(ctx context.Context, name string, split Split) (Split, error) {
 	if err := ValidateName(name); err != nil {
 		return nil, err
@@ -206,10 +214,10 @@ func (r *Registry) SetSplit(ctx context.Context, name string, split Split) (Spli
 	if t := split.Total(); math.Abs(t-100) > eps {
 		return nil, fmt.Errorf("%w: the split %v totals %s%%; it must total 100%%", ErrTraffic, split, FormatPercent(t))
 	}
-	return r.changeModel(ctx, name, func(m *Model, ev *Event) error {
+	return r.changeModel(ctx, name, sameInputs(func(m *Model, ev *Event) error {
 		ev.Action = ActionSetSplit
 		return applySplit(m, split, false)
-	})
+	}))
 }
 
 // applySplit makes split the model's traffic: versions named get their
@@ -300,7 +308,9 @@ func (r *Registry) retire(ctx context.Context, ref Ref, to Status, action Action
 // A restored split in which no version has traffic (undoing a model's
 // first promotion, or rolling back to its registration) would take the
 // model offline; it is refused with an *EmptySplitError unless AllowEmpty
-// is passed.
+// is passed. A restored split whose versions with traffic take different
+// inputs (possible only in a log written before that was refused) is
+// refused with a *MismatchError.
 func (r *Registry) Rollback(ctx context.Context, name string, toSeq uint64, opts ...ChangeOption) (Split, error) {
 	o := applyOptions(opts)
 	if err := ValidateName(name); err != nil {
@@ -343,7 +353,7 @@ func (r *Registry) rollback(ctx context.Context, name string, toSeq uint64, o ch
 		}
 		return nil, fmt.Errorf("%w: no traffic change of model %q to roll back", ErrNotFound, name)
 	}
-	return r.changeModel(ctx, name, func(m *Model, ev *Event) error {
+	return r.changeModel(ctx, name, sameInputs(func(m *Model, ev *Event) error {
 		if toSeq == 0 && !m.Split().Equal(from.SplitAfter) {
 			return errStaleRollback
 		}
@@ -359,7 +369,7 @@ func (r *Registry) rollback(ctx context.Context, name string, toSeq uint64, o ch
 		}
 		ev.Detail += ", back to " + target.String()
 		return applySplit(m, target, true)
-	})
+	}))
 }
 
 // change runs fn on the model of ref, after checking the version exists,

@@ -194,7 +194,8 @@ type RegisterRequest struct {
 	// Status is the initial status: staging (if empty) or production.
 	Status Status
 	// Traffic is the percentage a version registered as production gets,
-	// with the same rules as Promote.
+	// with the same rules as Promote (a version whose inputs differ from
+	// those of the versions serving is refused: see MismatchError).
 	Traffic float64
 	// Lineage records where the version came from. What it leaves empty
 	// is filled from the artifact's own metadata_props when our converter
@@ -309,11 +310,25 @@ func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, 
 		return Version{}, err
 	}
 
-	// Refuse a taken version before writing the artifact, so that a
-	// duplicate leaves nothing behind (Update checks again under the lock).
-	if req.Version != "" {
-		if m, err := r.store.Model(ctx, req.Name); err == nil && m.version(req.Version) != nil {
+	// Refuse a taken version, and a production version whose inputs differ
+	// from those serving, before writing the artifact, so that a refusal
+	// leaves nothing behind (Update checks again under the lock).
+	if m, err := r.store.Model(ctx, req.Name); err == nil {
+		if req.Version != "" && m.version(req.Version) != nil {
 			return Version{}, fmt.Errorf("%w: %s:%s", ErrExists, req.Name, req.Version)
+		}
+		if req.Status == StatusProduction {
+			trial := Version{Name: req.Name, Version: req.Version, Status: StatusStaging, Features: features, Inputs: inputsFrom(info.Inputs)}
+			if trial.Version == "" {
+				trial.Version = nextVersion(&m)
+			}
+			m.Versions = append(m.Versions, trial)
+			if err := sameInputs(func(m *Model, _ *Event) error {
+				_, err := promote(m, trial.Version, req.Traffic)
+				return err
+			})(&m, nil); err != nil {
+				return Version{}, err
+			}
 		}
 	}
 	art, err := r.store.PutArtifact(ctx, data)
@@ -353,11 +368,14 @@ func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, 
 		m.Versions = append(m.Versions, v)
 		ev.Action, ev.Version = ActionRegister, v.Version
 		if req.Status == StatusProduction {
-			detail, err := promote(m, v.Version, req.Traffic)
+			err := sameInputs(func(m *Model, ev *Event) error {
+				detail, err := promote(m, v.Version, req.Traffic)
+				ev.Detail = "registered as production; " + detail
+				return err
+			})(m, ev)
 			if err != nil {
 				return err
 			}
-			ev.Detail = "registered as production; " + detail
 		}
 		v = *m.version(v.Version)
 		return nil
