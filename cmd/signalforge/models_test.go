@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -321,4 +322,61 @@ func TestModelsRegisterLineageAndVersions(t *testing.T) {
 			t.Errorf("show lacks %q:\n%s", want, out)
 		}
 	}
+}
+
+// TestModelsRefusesMixedFeatures: QA's repro through the CLI. v4.0 takes
+// f000…f099 while v1.0 and v2.0 take the market features (v2.0 in another
+// order): promoting, splitting or registering v4.0 into the serving split
+// fails with the registry's message and changes nothing; v2.0 is accepted.
+func TestModelsRefusesMixedFeatures(t *testing.T) {
+	dir := t.TempDir()
+	reg := filepath.Join(dir, "reg")
+	write := func(name string, seed uint64, features ...string) string {
+		t.Helper()
+		m, err := onnxtest.NewMLP(onnxtest.MLPConfig{Sizes: []int{len(features), 1}, Seed: seed, Features: features})
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := filepath.Join(dir, name)
+		if err := m.Save(path); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	wide := make([]string, 100)
+	for i := range wide {
+		wide[i] = fmt.Sprintf("f%03d", i)
+	}
+	v1 := write("v1.onnx", 1, "rsi_14", "macd", "ema_12")
+	v2 := write("v2.onnx", 2, "ema_12", "rsi_14", "macd")
+	v4 := write("v4.onnx", 4, wide...)
+	run := func(wantCode int, want string, args ...string) string {
+		t.Helper()
+		code, out, errs := modelsRun(t, reg, args...)
+		if code != wantCode || !strings.Contains(out+errs, want) {
+			t.Fatalf("models %q: exit %d (want %d)\nstdout: %s\nstderr: %s\nwant output containing %q", args, code, wantCode, out, errs, want)
+		}
+		return out
+	}
+	run(0, "registered forecast_mlp:v1.0", "register", "--skip-engine-check", "--name", "forecast_mlp", "--version", "v1.0", "--status", "production", "--traffic", "100", v1)
+	run(0, "registered forecast_mlp:v2.0", "register", "--skip-engine-check", "--name", "forecast_mlp", "--version", "v2.0", v2)
+	run(0, "registered forecast_mlp:v4.0", "register", "--skip-engine-check", "--name", "forecast_mlp", "--version", "v4.0", v4)
+	run(0, "forecast_mlp traffic: v1.0=50% v2.0=50%", "promote", "--traffic", "50", "forecast_mlp:v2.0")
+	refusal := " cannot share traffic with forecast_mlp:v1.0: it takes features v1.0 does not (f000, f001, f002, f003, … 100 in all) and lacks rsi_14, macd, ema_12"
+	for _, tc := range []struct {
+		refused string
+		args    []string
+	}{
+		{"forecast_mlp:v4.0", []string{"promote", "--traffic", "50", "forecast_mlp:v4.0"}},
+		{"forecast_mlp:v4.0", []string{"traffic", "forecast_mlp", "v1.0=40,v2.0=40,v4.0=20"}},
+		{"forecast_mlp:v4.1", []string{"register", "--skip-engine-check", "--name", "forecast_mlp", "--version", "v4.1", "--status", "production", "--traffic", "10", v4}},
+	} {
+		before := run(0, "[", "history", "--json", "forecast_mlp")
+		run(1, tc.refused+refusal, tc.args...)
+		if after := run(0, "[", "history", "--json", "forecast_mlp"); after != before {
+			t.Errorf("models %q was refused but the audit log changed:\n%s", tc.args, after)
+		}
+	}
+	run(0, "forecast_mlp  v4.0     staging", "list")
+	run(1, "not found", "show", "forecast_mlp:v4.1")
 }
