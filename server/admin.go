@@ -102,8 +102,8 @@ func (r *statusRecorder) WriteHeader(code int) {
 func (s *Server) admin(h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
 	return func(w http.ResponseWriter, r *http.Request) {
 		if tok := s.cfg.AdminToken; tok != "" {
-			got, ok := strings.CutPrefix(r.Header.Get("Authorization"), "Bearer ")
-			if !ok || subtle.ConstantTimeCompare([]byte(got), []byte(tok)) != 1 {
+			scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+			if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(tok)) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="signalforge-admin"`)
 				s.writeError(w, r, &HTTPError{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized, Msg: "admin endpoints need \"Authorization: Bearer <token>\""}, false)
 				return
@@ -433,7 +433,7 @@ func (s *Server) handleCacheStats(w http.ResponseWriter, r *http.Request) error 
 		writeJSON(w, http.StatusOK, map[string]any{"enabled": false})
 		return nil
 	}
-	writeJSON(w, http.StatusOK, map[string]any{"enabled": true, "stats": s.cache.Stats()})
+	writeJSON(w, http.StatusOK, map[string]any{"enabled": true, "stats": viewCache(s.cache.Stats())})
 	return nil
 }
 

@@ -75,8 +75,8 @@ func (s *Server) handleCanaryStart(w http.ResponseWriter, r *http.Request) error
 		Judge:            route.Judge{MinSamples: b.MinSamples, MaxP99Ratio: b.MaxP99Ratio, MaxErrorRatePct: b.MaxErrorRatePct}}
 	if b.IntervalText != "" {
 		d, err := time.ParseDuration(b.IntervalText)
-		if err != nil || d <= 0 {
-			return badRequest("field \"interval\": %q is not a positive duration (e.g. \"5m\")", b.IntervalText)
+		if err != nil || d < time.Second {
+			return badRequest("field \"interval\": %q must be a duration of at least 1s (e.g. \"5m\")", b.IntervalText)
 		}
 		p.Interval = d
 	}
@@ -121,6 +121,9 @@ func (s *Server) handleJudge(w http.ResponseWriter, r *http.Request) error {
 	canary, baseline := q.Get("canary"), q.Get("baseline")
 	if canary == "" || baseline == "" {
 		return badRequest("query parameters \"canary\" and \"baseline\" are required")
+	}
+	if canary == baseline {
+		return badRequest("canary and baseline are the same version %q", canary)
 	}
 	for _, v := range []string{canary, baseline} {
 		if _, ok := s.router.VersionStats(name, v); !ok {

@@ -16,7 +16,8 @@ import (
 // documented defaults; unknown keys are errors, so a typo does not silently
 // fall back to a default.
 type FileConfig struct {
-	// Addr is the listen address. Default ":8080".
+	// Addr is the listen address. Default "127.0.0.1:8080" (this machine
+	// only); use ":8080" to serve others, with an admin token.
 	Addr string `yaml:"addr"`
 	// Registry is the registry folder. Default "models".
 	Registry string `yaml:"registry"`

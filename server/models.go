@@ -107,6 +107,10 @@ type modelSet struct {
 	// served remembers which versions were in production, to bump their
 	// cache generation when they (re)enter it. Only follow touches it.
 	served map[registry.Ref]bool
+	// seeded is set after the first reconcile: what is in production when
+	// a server starts is not "entering production", and bumping it then
+	// would empty a shared cache on every replica start.
+	seeded bool
 }
 
 func newModelSet(s *Server) *modelSet {
@@ -267,7 +271,7 @@ func (m *modelSet) reconcile(ctx context.Context) {
 			for _, v := range md.Versions {
 				inProd := v.Status == registry.StatusProduction
 				ref := v.Ref()
-				if inProd && !m.served[ref] && next.get(n, v.Version) != nil {
+				if m.seeded && inProd && !m.served[ref] && next.get(n, v.Version) != nil {
 					if _, err := s.cache.BumpGeneration(ctx, n, v.Version); err != nil {
 						s.log.Warn("cache: bumping generation", "model", n, "version", v.Version, "err", err)
 					}
@@ -276,6 +280,8 @@ func (m *modelSet) reconcile(ctx context.Context) {
 			}
 		}
 	}
+
+	m.seeded = true
 
 	// (3) publish the final table.
 	m.tab.Store(&next)

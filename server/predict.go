@@ -298,7 +298,12 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		}
 		return resp, herr
 	}
-	s.router.Record(model, l.ref.Version, lat, nil)
+	// Only answers the version computed count in its stats: a cache hit
+	// says nothing about the version's speed or health, and counting hits
+	// would make a warm baseline look faster than a cold canary.
+	if !resp.Cached {
+		s.router.Record(model, l.ref.Version, lat, nil)
+	}
 	if sh := s.shadowFor(model); sh != nil && !resp.Cached {
 		sh.Offer(req.RequestID, toRows(rows), slices.Concat(val.Predictions...), lat)
 	}
@@ -327,12 +332,29 @@ func (s *Server) versionsFault(err error, timeout time.Duration) bool {
 	case he.Status == http.StatusGatewayTimeout:
 		return timeout >= s.cfg.DefaultTimeout
 	case he.Code == codeNonFinite:
-		return false // depends on the input
+		// NaN is a model defect (0/0, sqrt of a negative); ±Inf is what
+		// extreme but valid inputs overflow to, so it does not count:
+		// otherwise a client could roll back a canary at will.
+		return errors.Is(err, errNaNOutput)
 	}
 	return he.Status >= 500
 }
 
 const codeNonFinite = "non_finite_output"
+
+// errNaNOutput marks a non-finite answer that is NaN (see versionsFault).
+var errNaNOutput = errors.New("model produced NaN")
+
+// nonFiniteError is the 422 for a non-finite model output.
+func nonFiniteError(l *loaded, v float32, where string) *HTTPError {
+	he := &HTTPError{Status: http.StatusUnprocessableEntity, Code: codeNonFinite,
+		Msg: fmt.Sprintf("model %s produced %v %s: the inputs are probably outside the range the model was trained on", l.ref, v, where)}
+	if v != v {
+		he.Msg = fmt.Sprintf("model %s produced NaN %s: the model is numerically unstable for these inputs", l.ref, where)
+		he.Err = errNaNOutput
+	}
+	return he
+}
 
 // checkFinite refuses predictions JSON cannot carry (NaN, ±Inf): they
 // come from inputs outside the model's range.
@@ -340,8 +362,7 @@ func checkFinite(l *loaded, preds [][]float32) error {
 	for i, row := range preds {
 		for j, v := range row {
 			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
-				return &HTTPError{Status: http.StatusUnprocessableEntity, Code: codeNonFinite,
-					Msg: fmt.Sprintf("model %s produced %v for row %d, output %d: the inputs are probably outside the range the model was trained on", l.ref, v, i, j)}
+				return nonFiniteError(l, v, fmt.Sprintf("for row %d, output %d", i, j))
 			}
 		}
 	}

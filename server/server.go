@@ -82,6 +82,11 @@ type Config struct {
 	PredictionType func(model, version string, horizon int) string
 	// ShutdownTimeout bounds graceful shutdown. If zero, 30s.
 	ShutdownTimeout time.Duration
+	// DrainDelay is how long the server keeps accepting after shutdown
+	// starts (readiness already false, keep-alives off) so that load
+	// balancers and clients move away before the listener closes. If zero,
+	// 250ms; negative means none.
+	DrainDelay time.Duration
 	// ReconcileRetry is how long to wait before retrying a version that
 	// failed to load. If zero, 5s.
 	ReconcileRetry time.Duration
@@ -127,6 +132,9 @@ func (c *Config) setDefaults() error {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = 30 * time.Second
+	}
+	if c.DrainDelay == 0 {
+		c.DrainDelay = 250 * time.Millisecond
 	}
 	if c.ReconcileRetry == 0 {
 		c.ReconcileRetry = 5 * time.Second
@@ -271,6 +279,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("shutting down: draining requests, batchers and sessions", "timeout", s.cfg.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
+	// Answers now carry "Connection: close", so clients stop reusing their
+	// connections before Shutdown closes the idle ones: a request written
+	// onto a connection just as it closes would fail without an answer.
+	hs.SetKeepAlivesEnabled(false)
+	if d := s.cfg.DrainDelay; d > 0 {
+		select {
+		case <-time.After(d):
+		case <-sctx.Done():
+		}
+	}
 	if serr := hs.Shutdown(sctx); serr != nil && err == nil {
 		err = fmt.Errorf("server: shutdown: %w", serr)
 	}

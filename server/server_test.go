@@ -36,6 +36,7 @@ type testOpts struct {
 	noCache    bool
 	token      string
 	cacheStore cache.Store
+	cacheCfg   cache.Config
 	mutate     func(*Config)
 }
 
@@ -67,7 +68,7 @@ func startServer(t *testing.T, o testOpts) *testServer {
 			t.Cleanup(func() { ms.Close() })
 			store = ms
 		}
-		if c, err = cache.New(store, cache.Config{}); err != nil {
+		if c, err = cache.New(store, o.cacheCfg); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -126,7 +126,11 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 		return nil, badRequest("field \"inputs\" is empty: send one tensor per model input")
 	}
 	timeout := s.cfg.DefaultTimeout
-	if t, ok := req.Parameters["timeout_ms"].(float64); ok && t > 0 {
+	if raw, ok := req.Parameters["timeout_ms"]; ok {
+		t, isNum := raw.(float64)
+		if !isNum || t <= 0 || t != float64(int64(t)) {
+			return nil, badRequest("parameters.timeout_ms: want a positive whole number of milliseconds, got %v", raw)
+		}
 		timeout = min(time.Duration(t)*time.Millisecond, s.cfg.MaxTimeout)
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
@@ -198,6 +202,9 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	} else {
 		outs, err = l.sess.Run(ctx, ins)
 	}
+	if err == nil {
+		err = checkFiniteOutputs(l, outs)
+	}
 	if err != nil {
 		herr := modelError(err, l)
 		if s.versionsFault(herr, timeout) {
@@ -211,12 +218,6 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 			continue
 		}
 		t := outs[i]
-		for j, v := range t.Float32s() {
-			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
-				return resp, &HTTPError{Status: http.StatusUnprocessableEntity, Code: codeNonFinite,
-					Msg: fmt.Sprintf("model %s produced %v in output %q, element %d: the inputs are probably outside the range the model was trained on", l.ref, v, io.Name, j)}
-			}
-		}
 		resp.Outputs = append(resp.Outputs, api.InferTensor{Name: io.Name, Shape: slices.Clone(t.Shape()), Datatype: v2Name(t.DType()), Data: encodeV2Data(t)})
 	}
 	return resp, nil
@@ -236,4 +237,20 @@ func (s *Server) versionSummary(v registry.Version) api.VersionSummary {
 		Version: v.Version, Status: string(v.Status), Traffic: v.Traffic, Features: v.Features,
 		Loaded: s.models.current().get(v.Name, v.Version) != nil, Metrics: v.Metrics, Tags: v.Tags,
 	}
+}
+
+// checkFiniteOutputs refuses float outputs JSON cannot carry.
+func checkFiniteOutputs(l *loaded, outs []tensor.Tensor) error {
+	for i, t := range outs {
+		for j, v := range t.Float32s() {
+			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
+				name := fmt.Sprint(i)
+				if i < len(l.sess.Outputs()) {
+					name = l.sess.Outputs()[i].Name
+				}
+				return nonFiniteError(l, v, fmt.Sprintf("in output %q, element %d", name, j))
+			}
+		}
+	}
+	return nil
 }

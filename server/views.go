@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/signalforge/signalforge/batch"
+	"github.com/signalforge/signalforge/cache"
 	"github.com/signalforge/signalforge/route"
 )
 
@@ -135,4 +136,41 @@ func viewShadow(st route.ShadowStats) shadowView {
 	return shadowView{Model: st.Model, Version: st.Version, Offered: st.Offered, Sampled: st.Sampled, Dropped: st.Dropped,
 		Compared: st.Compared, Mismatched: st.Mismatched, MeanAbsDiff: st.MeanAbsDiff, MaxAbsDiff: st.MaxAbsDiff,
 		NonFinite: st.NonFinite, DirectionAgreementPct: st.DirectionAgreementPct, Shadow: viewMetrics(st.Shadow), Primary: viewMetrics(st.Primary)}
+}
+
+type cacheTypeView struct {
+	Hits       int64   `json:"hits"`
+	Misses     int64   `json:"misses"`
+	Writes     int64   `json:"writes"`
+	HitRatePct float64 `json:"hit_rate_pct"`
+}
+
+type cacheView struct {
+	Hits            int64                    `json:"hits"`
+	Misses          int64                    `json:"misses"`
+	HitRatePct      float64                  `json:"hit_rate_pct"`
+	Writes          int64                    `json:"writes"`
+	Errors          int64                    `json:"errors"`
+	Rejected        int64                    `json:"breaker_rejected"`
+	Corrupt         int64                    `json:"corrupt"`
+	Evictions       int64                    `json:"evictions"`
+	Invalidations   int64                    `json:"invalidations"`
+	InvalidatedKeys int64                    `json:"invalidated_keys"`
+	GenerationBumps int64                    `json:"generation_bumps"`
+	Computes        int64                    `json:"computes"`
+	Collapsed       int64                    `json:"collapsed"`
+	Breaker         string                   `json:"breaker"`
+	BreakerOpens    int64                    `json:"breaker_opens"`
+	ByType          map[string]cacheTypeView `json:"by_type"`
+}
+
+func viewCache(st cache.Stats) cacheView {
+	v := cacheView{Hits: st.Hits, Misses: st.Misses, HitRatePct: st.HitRatePct, Writes: st.Writes, Errors: st.Errors,
+		Rejected: st.Rejected, Corrupt: st.Corrupt, Evictions: st.Evictions, Invalidations: st.Invalidations,
+		InvalidatedKeys: st.InvalidatedKeys, GenerationBumps: st.GenerationBumps, Computes: st.Computes,
+		Collapsed: st.Collapsed, Breaker: st.Breaker, BreakerOpens: st.BreakerOpens, ByType: map[string]cacheTypeView{}}
+	for k, t := range st.ByType {
+		v.ByType[k] = cacheTypeView{Hits: t.Hits, Misses: t.Misses, Writes: t.Writes, HitRatePct: t.HitRatePct}
+	}
+	return v
 }

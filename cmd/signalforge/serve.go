@@ -29,8 +29,9 @@ Serves the registry's production (and staging) model versions over HTTP:
   GET  /v1/models, /v2/health/ready, /metrics, /v1/admin/...
 
 With no flags it serves the registry folder ./models with the in-memory
-cache, and registers a demo model (forecast_mlp, v1.0/v2.0 at 80/20) when
-the registry is empty. Environment: SIGNALFORGE_REDIS, SIGNALFORGE_ADMIN_TOKEN,
+cache on 127.0.0.1:8080, and registers demo models when the registry is
+empty (forecast_mlp, v1.0/v2.0 at 80/20; forecast_lstm, 16 time steps).
+To serve beyond this machine, listen on ":8080" and set an admin token. Environment: SIGNALFORGE_REDIS, SIGNALFORGE_ADMIN_TOKEN,
 SIGNALFORGE_ORT_LIB (ONNX Runtime library).
 
 Examples:
@@ -41,7 +42,7 @@ Examples:
 func cmdServe(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "serve", serveSynopsis)
 	cfgPath := fs.String("config", "", "YAML configuration file (see configs/serve.example.yaml)")
-	addr := fs.String("addr", "", "listen address (default \":8080\")")
+	addr := fs.String("addr", "", "listen address (default \"127.0.0.1:8080\"; \":8080\" for all interfaces)")
 	dir := fs.String("registry", "", "registry folder (default $SIGNALFORGE_REGISTRY, else \"models\")")
 	redisURL := fs.String("redis", "", "Redis URL for the shared prediction cache (default: in-memory; env SIGNALFORGE_REDIS)")
 	noCache := fs.Bool("no-cache", false, "disable the prediction cache")
@@ -49,7 +50,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	token := fs.String("admin-token", "", "bearer token for the admin endpoints (env SIGNALFORGE_ADMIN_TOKEN)")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
-	window := fs.Duration("batch-window", 0, "batching window (default 2ms)")
+	window := fs.Duration("batch-window", 0, "batching window: the longest the oldest queued request waits (default "+batch.DefaultWindow.String()+")")
 	maxBatch := fs.Int("max-batch", 0, "largest batch in rows (default 32)")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime library (default $SIGNALFORGE_ORT_LIB, the project's .deps copy, then system paths)")
 	if err := parseFlags(fs, args); err != nil {
@@ -75,7 +76,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 			}
 		}
 	}
-	set(&fc.Addr, *addr, fc.Addr, ":8080")
+	set(&fc.Addr, *addr, fc.Addr, "127.0.0.1:8080")
 	set(&fc.Registry, *dir, e.getenv("SIGNALFORGE_REGISTRY"), fc.Registry, "models")
 	set(&fc.Cache.Redis, *redisURL, e.getenv("SIGNALFORGE_REDIS"), fc.Cache.Redis)
 	set(&fc.AdminToken, *token, e.getenv("SIGNALFORGE_ADMIN_TOKEN"), fc.AdminToken)
@@ -90,8 +91,8 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		fc.Batch.MaxBatchSize = *maxBatch
 	}
 
-	if fc.Batch.Window < 0 {
-		return fmt.Errorf("--batch-window must not be negative")
+	if *window < 0 || *maxBatch < 0 {
+		return fmt.Errorf("--batch-window and --max-batch must not be negative")
 	}
 	switch strings.ToLower(fc.Log.Level) {
 	case "debug", "info", "warn", "error":
@@ -132,7 +133,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 		if seeded {
-			log.Info("registered the demo model into the empty registry", "model", demo.ModelName, "versions", "v1.0=80% v2.0=20%", "registry", fc.Registry)
+			log.Info("registered the demo models into the empty registry", "models", demo.ModelName+" (v1.0=80% v2.0=20%), "+demo.SeqModelName+" (v1.0)", "registry", fc.Registry)
 		}
 	}
 
