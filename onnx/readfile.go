@@ -90,11 +90,26 @@ func checkFile(path string, st os.FileInfo, max int64) error {
 	case mode.IsDir():
 		return &FileError{path, "is a directory, not a file"}
 	case !mode.IsRegular():
-		return &FileError{path, fmt.Sprintf("not a regular file (mode %v); only regular files are read", mode.Type())}
+		return &FileError{path, fmt.Sprintf("not a regular file (%s); only regular files are read", fileKind(mode))}
 	case st.Size() == 0:
 		return &FileError{path, "is empty"}
 	case max > 0 && st.Size() > max:
 		return &FileError{path, fmt.Sprintf("is %d bytes, more than the %d allowed", st.Size(), max)}
 	}
 	return nil
+}
+
+// fileKind names the type of a file that is not regular.
+func fileKind(mode os.FileMode) string {
+	switch {
+	case mode&os.ModeCharDevice != 0:
+		return "a character device"
+	case mode&os.ModeDevice != 0:
+		return "a block device"
+	case mode&os.ModeNamedPipe != 0:
+		return "a named pipe"
+	case mode&os.ModeSocket != 0:
+		return "a socket"
+	}
+	return fmt.Sprintf("mode %v", mode.Type())
 }

@@ -40,8 +40,8 @@ func TestReadFileLimited(t *testing.T) {
 		max  int64
 		want string
 	}{
-		{"/dev/zero", MaxModelSize, "/dev/zero: not a regular file"},
-		{fifo, 0, fifo + ": not a regular file"}, // must not block opening it
+		{"/dev/zero", MaxModelSize, "/dev/zero: not a regular file (a character device)"},
+		{fifo, 0, fifo + ": not a regular file (a named pipe)"}, // must not block opening it
 		{dir, 0, dir + ": is a directory"},
 		{empty, 0, empty + ": is empty"},
 		{good, 4, good + ": is 5 bytes, more than the 4 allowed"},

@@ -60,6 +60,11 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintln(e.stderr, "signalforge bench: --threads and --concurrency must be at least 1, --duration positive")
 		return errUsage
 	}
+	if *conc > benchMaxConcurrency || *threads > benchMaxThreads {
+		fmt.Fprintf(e.stderr, "signalforge bench: --concurrency %d, --threads %d: at most %d callers and %d intra-op threads (every call in flight holds its own outputs and activations; past the cores, more only measures contention)\n",
+			*conc, *threads, benchMaxConcurrency, benchMaxThreads)
+		return errUsage
+	}
 	var path, label string
 	switch {
 	case fs.NArg() > 1 || (*demo && fs.NArg() > 0):
@@ -156,6 +161,17 @@ func cmdBench(ctx context.Context, e *env, args []string) error {
 // input tensors is far beyond any batch worth measuring for SignalForge's
 // models, and well inside a developer machine's memory.
 const benchDefaultMaxInputBytes = 1 << 30
+
+// benchMaxConcurrency and benchMaxThreads cap --concurrency and --threads.
+// Callers share the input tensors, but every call in flight holds its own
+// outputs and ONNX Runtime activations, so memory grows with the callers;
+// and far past the machine's cores more callers or threads measure only
+// contention. 1024 callers is well above the concurrency the server runs
+// a model at on any machine SignalForge targets.
+const (
+	benchMaxConcurrency = 1024
+	benchMaxThreads     = 256
+)
 
 // inputBytes returns the bytes of the input tensors bench would allocate
 // for one run at batch size batch (the shapes infer.WarmupInputs and

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/signalforge/signalforge/infer"
@@ -75,6 +76,9 @@ func TestBenchUsageErrors(t *testing.T) {
 		{"--batch", "1,x"},
 		{"--threads", "0"},
 		{"--concurrency", "0"},
+		{"--concurrency", "100000"},
+		{"--concurrency", "1025"},
+		{"--threads", "257"},
 		{"--demo", "model.onnx"},
 		{"a.onnx", "b.onnx"},
 	} {
@@ -84,6 +88,34 @@ func TestBenchUsageErrors(t *testing.T) {
 	}
 	if code, _, stderr := benchRun(t, filepath.Join(t.TempDir(), "missing.onnx")); code != 1 || !strings.Contains(stderr, "missing.onnx") {
 		t.Errorf("bench missing.onnx: exit %d, stderr %q", code, stderr)
+	}
+	// The cap is named in the message.
+	if _, _, stderr := benchRun(t, "--concurrency", "100000"); !strings.Contains(stderr, "at most 1024 callers") {
+		t.Errorf("bench --concurrency 100000: stderr %q lacks the cap", stderr)
+	}
+	// 1024 callers are accepted.
+	if code, _, stderr := benchRun(t, "--concurrency", "1024", "--duration", "5ms", "--batch", "1"); code != 0 {
+		t.Errorf("bench --concurrency 1024: exit %d, stderr %q", code, stderr)
+	}
+}
+
+// A device, FIFO or directory given as the model is refused before anything
+// is read: `bench /dev/zero` used to read until it was OOM-killed.
+func TestBenchRefusesNonRegularModelFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "model.onnx")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct{ path, want string }{
+		{"/dev/zero", "/dev/zero: not a regular file"},
+		{fifo, fifo + ": not a regular file"},
+		{dir, dir + ": is a directory"},
+	} {
+		code, _, stderr := benchRun(t, "--duration", "5ms", c.path)
+		if code != 1 || !strings.Contains(stderr, c.want) {
+			t.Errorf("bench %s: exit %d, stderr %q; want exit 1 and %q", c.path, code, stderr, c.want)
+		}
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -113,6 +114,24 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 		// than after converting and verifying.
 		return fmt.Errorf("--register needs -features (the input's feature names, in order): the registry serves models by feature name")
 	}
+	// Every flag is checked before anything is read or run, naming the
+	// flag at fault: a zero -seq-len used to reach PyTorch and come back as
+	// its RuntimeError, and a bad -bench-batches to fail after conversion.
+	if err := checkConvertFlags(*exporter, *inputName, *outputName, *opset, *seqLen, *benchIters, *rtol, *atol); err != nil {
+		return err
+	}
+	benchSizes, err := parseBatchSizes(*benchBatches)
+	if err != nil {
+		return fmt.Errorf("-bench-batches %q: %w", *benchBatches, err)
+	}
+	// The input is checked as ConvertFile and the torch bridge check it (a
+	// regular, non-empty file of at most convert.MaxFileSize), before the
+	// spec and reference are read.
+	f, _, err := onnx.OpenFileLimited(src, convert.MaxFileSize)
+	if err != nil {
+		return err
+	}
+	f.Close()
 	opts := convert.Options{
 		InputName: *inputName, OutputName: *outputName, Opset: *opset, StaticBatch: *staticBatch,
 		Features: splitNames(*features),
@@ -120,6 +139,11 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 	opts.Load.AllowClasses = splitNames(*allowClass)
 	if opts.InputShape, err = parseInt64s(*inputShape); err != nil {
 		return fmt.Errorf("-input-shape: %w", err)
+	}
+	for _, d := range opts.InputShape {
+		if d == 0 || d < -1 {
+			return fmt.Errorf("-input-shape %s: size %d: want a positive size, or -1 for a dynamic one", *inputShape, d)
+		}
 	}
 	if *specPath != "" {
 		if opts.Spec, err = convert.ReadSpecFile(*specPath); err != nil {
@@ -209,19 +233,8 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 
 	var benchmarks map[string]float64
 	if *bench {
-		sizes, err := parseInt64s(*benchBatches)
-		if err != nil || len(sizes) == 0 {
-			return fmt.Errorf("-bench-batches %q: want a list of batch sizes", *benchBatches)
-		}
-		bs := make([]int, len(sizes))
-		for i, s := range sizes {
-			if s <= 0 {
-				return fmt.Errorf("-bench-batches: batch size %d", s)
-			}
-			bs[i] = int(s)
-		}
 		rows, err := convert.Benchmark(ctx, eng, res, src, convert.BenchOptions{
-			BatchSizes: bs, SeqLen: *seqLen, Iterations: *benchIters, Bridge: bridge, Spec: opts.Spec,
+			BatchSizes: benchSizes, SeqLen: *seqLen, Iterations: *benchIters, Bridge: bridge, Spec: opts.Spec,
 		})
 		if err != nil {
 			return err
@@ -248,6 +261,59 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	return nil
+}
+
+// convertMaxSeqLen and convertMaxBenchBatch bound -seq-len and the
+// -bench-batches sizes: generated inputs are batch × seq-len × features
+// float64s in JSON for PyTorch, and far beyond these sizes a typo would
+// exhaust memory rather than verify or time anything.
+const (
+	convertMaxSeqLen     = 1 << 16
+	convertMaxBenchBatch = 1 << 16
+)
+
+// checkConvertFlags checks convert's numeric and enumerated flags, naming
+// the flag at fault.
+func checkConvertFlags(exporter, inputName, outputName string, opset, seqLen, benchIters int, rtol, atol float64) error {
+	switch {
+	case exporter != "go" && exporter != "torch":
+		return fmt.Errorf("-exporter %q: want go or torch", exporter)
+	case inputName == "" || outputName == "":
+		return errors.New("-input-name and -output-name must not be empty")
+	case inputName == outputName:
+		return fmt.Errorf("-input-name and -output-name are both %q: they must differ", inputName)
+	case opset < convert.MinOpset || opset > convert.MaxOpset:
+		return fmt.Errorf("-opset %d: want %d to %d", opset, convert.MinOpset, convert.MaxOpset)
+	case seqLen < 1 || seqLen > convertMaxSeqLen:
+		return fmt.Errorf("-seq-len %d: want 1 to %d (the size given to the input's dynamic non-batch axes, e.g. the sequence length)", seqLen, convertMaxSeqLen)
+	case benchIters < 1:
+		return fmt.Errorf("-bench-iterations %d: want at least 1", benchIters)
+	case !(rtol >= 0) || math.IsInf(rtol, 0):
+		return fmt.Errorf("-rtol %v: want a finite tolerance ≥ 0", rtol)
+	case !(atol >= 0) || math.IsInf(atol, 0):
+		return fmt.Errorf("-atol %v: want a finite tolerance ≥ 0", atol)
+	}
+	return nil
+}
+
+// parseBatchSizes parses a non-empty comma-separated list of batch sizes,
+// each 1 to convertMaxBenchBatch.
+func parseBatchSizes(s string) ([]int, error) {
+	sizes, err := parseInt64s(s)
+	if err != nil {
+		return nil, err
+	}
+	if len(sizes) == 0 {
+		return nil, errors.New("want a list of batch sizes")
+	}
+	out := make([]int, len(sizes))
+	for i, n := range sizes {
+		if n < 1 || n > convertMaxBenchBatch {
+			return nil, fmt.Errorf("batch size %d: want 1 to %d", n, convertMaxBenchBatch)
+		}
+		out[i] = int(n)
+	}
+	return out, nil
 }
 
 func splitNames(s string) []string {

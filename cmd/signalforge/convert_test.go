@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
 	"github.com/signalforge/signalforge/convert"
@@ -292,4 +293,49 @@ func assertDir(t *testing.T, dir string, names ...string) {
 	if strings.Join(got, ",") != strings.Join(names, ",") {
 		t.Errorf("%s holds %v, want %v", dir, got, names)
 	}
+}
+
+// TestConvertRefusesBadFlagsAndInputs: flags are checked before anything is
+// read or run, with a message naming the flag (-seq-len 0 used to surface
+// PyTorch's RuntimeError), and inputs that are not regular files are
+// refused before they are read (/dev/zero used to be read until the
+// process was OOM-killed).
+func TestConvertRefusesBadFlagsAndInputs(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "fifo.pt")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	src := fixture("convert/testdata/mlp_state.pt")
+	spec := fixture("convert/testdata/mlp_state.spec.json")
+	ref := fixture("convert/testdata/mlp_state.ref.json")
+	out := filepath.Join(dir, "x.onnx")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-seq-len", "0", src}, "-seq-len 0: want 1 to 65536"},
+		{[]string{"-seq-len", "-5", src}, "-seq-len -5"},
+		{[]string{"-seq-len", "100000000", src}, "-seq-len 100000000"},
+		{[]string{"-bench-iterations", "0", src}, "-bench-iterations 0"},
+		{[]string{"-bench-batches", "1,0", src}, `-bench-batches "1,0": batch size 0`},
+		{[]string{"-bench-batches", "", src}, "want a list of batch sizes"},
+		{[]string{"-opset", "9", src}, "-opset 9: want 13 to 17"},
+		{[]string{"-rtol", "-1", src}, "-rtol -1"},
+		{[]string{"-atol", "NaN", src}, "-atol NaN"},
+		{[]string{"-exporter", "tf", src}, `-exporter "tf"`},
+		{[]string{"-input-name", "x", "-output-name", "x", src}, "must differ"},
+		{[]string{"-input-shape", "-1,0", src}, "-input-shape -1,0: size 0"},
+		{[]string{"/dev/zero"}, "/dev/zero: not a regular file"},
+		{[]string{"-exporter", "torch", "/dev/zero"}, "/dev/zero: not a regular file"},
+		{[]string{fifo}, fifo + ": not a regular file"},
+		{[]string{dir}, dir + ": is a directory"},
+	} {
+		args := append([]string{"convert", "-spec", spec, "-reference", ref, "-o", out}, tt.args...)
+		code, stdout, stderr := cliRun(t, "", args...)
+		if code != 1 || !strings.Contains(stderr, tt.want) || strings.Contains(stdout, "converted") {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 1 and %q", tt.args, code, stdout, stderr, tt.want)
+		}
+	}
+	assertDir(t, dir, "fifo.pt")
 }

@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 )
 
@@ -157,4 +158,36 @@ func TestQuantizeRegisterLineage(t *testing.T) {
 	if code != 1 || !strings.Contains(stderr, "lineage parent mlp:v9") || !strings.Contains(stderr, "registering it in") {
 		t.Errorf("unknown parent: exit %d\n%s%s", code, out, stderr)
 	}
+}
+
+// Model and calibration files that are not regular files are refused
+// before they are read: `quantize /dev/zero` used to read 2 GiB (4.5 GB of
+// memory) before refusing it as too large.
+func TestQuantizeRefusesNonRegularFiles(t *testing.T) {
+	dir := t.TempDir()
+	fifo := filepath.Join(dir, "model.onnx")
+	if err := syscall.Mkfifo(fifo, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	calib := filepath.Join(dir, "calib.csv")
+	if err := os.Symlink("/dev/zero", calib); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "q.onnx")
+	model := fixture("quantize/testdata/mlp_small.onnx")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-o", out, "/dev/zero"}, "/dev/zero: not a regular file"},
+		{[]string{"-o", out, fifo}, fifo + ": not a regular file"},
+		{[]string{"-o", out, dir}, dir + ": is a directory"},
+		{[]string{"-mode", "static", "-calibration", calib, "-o", out, model}, calib + ": not a regular file"},
+	} {
+		code, _, stderr := cliRun(t, "", append([]string{"quantize"}, tt.args...)...)
+		if code != 1 || !strings.Contains(stderr, tt.want) {
+			t.Errorf("%v: exit %d, stderr %q; want exit 1 and %q", tt.args, code, stderr, tt.want)
+		}
+	}
+	assertDir(t, dir, "calib.csv", "model.onnx")
 }
