@@ -374,7 +374,7 @@ func (s *Server) handleModelStats(w http.ResponseWriter, r *http.Request) error 
 	out := map[string]verStats{}
 	for _, vs := range s.router.Stats() {
 		if vs.Model == name {
-			out[vs.Version] = verStats{Router: &versionStatsView{Weight: vs.Weight, Window: viewMetrics(vs.Window), Total: viewMetrics(vs.Total)}}
+			out[vs.Version] = verStats{Router: &versionStatsView{Weight: vs.Weight * 100, Window: viewMetrics(vs.Window), Total: viewMetrics(vs.Total)}}
 		}
 	}
 	for ver, l := range s.models.current()[name] {
@@ -389,7 +389,11 @@ func (s *Server) handleModelStats(w http.ResponseWriter, r *http.Request) error 
 		}
 	}
 	split, _ := s.router.Split(name)
-	writeJSON(w, http.StatusOK, map[string]any{"model": name, "split": split, "versions": out})
+	pct := map[string]float64{}
+	for v, w := range split {
+		pct[v] = w * 100
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"model": name, "split_pct": pct, "versions": out})
 	return nil
 }
 

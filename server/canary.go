@@ -80,7 +80,20 @@ func (s *Server) handleCanaryStart(w http.ResponseWriter, r *http.Request) error
 		}
 		p.Interval = d
 	}
-	for _, pct := range b.StepsPct {
+	switch {
+	case b.MinSamples < 0:
+		return badRequest("field \"min_samples\" must not be negative, got %d", b.MinSamples)
+	case b.MaxP99Ratio < 0:
+		return badRequest("field \"max_p99_ratio\" must not be negative, got %v", b.MaxP99Ratio)
+	case b.MaxErrorRatePct < 0 || b.MaxErrorRatePct > 100:
+		return badRequest("field \"max_error_rate_pct\" must be in [0, 100], got %v", b.MaxErrorRatePct)
+	case b.HealthyIntervals < 0:
+		return badRequest("field \"healthy_intervals\" must not be negative, got %d", b.HealthyIntervals)
+	}
+	for i, pct := range b.StepsPct {
+		if !(pct > 0 && pct <= 100) || (i > 0 && pct <= b.StepsPct[i-1]) {
+			return badRequest("field \"steps_pct\": %v must increase within (0, 100]", b.StepsPct)
+		}
 		p.Steps = append(p.Steps, pct/100)
 	}
 	for _, v := range []string{b.Canary, b.Baseline} {

@@ -30,7 +30,7 @@ func viewMetrics(m route.Metrics) metricsView {
 }
 
 type versionStatsView struct {
-	Weight float64     `json:"weight"`
+	Weight float64     `json:"traffic_pct"`
 	Window metricsView `json:"window"`
 	Total  metricsView `json:"total"`
 }
