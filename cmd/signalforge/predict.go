@@ -38,9 +38,11 @@ var predictNameRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
 // into a shell while `make run` serves the demo model (internal/demo):
 // TestPredictExamples* run every command line here against that server and
 // check the names against demo.ModelName and demo.Features.
-const predictExamples = `Examples, against the demo model that ` + "`make run`" + ` (signalforge serve) registers in
+const predictExamples = `Examples, against the demo models that ` + "`make run`" + ` (signalforge serve) registers in
 an empty registry: forecast_mlp, versions v1.0 and v2.0 at 80/20, one input x
 of 8 features: rsi_14 macd macd_signal bb_width volume_z ret_1d ret_5d atr_14.
+Beside it, the sequence model forecast_lstm (v1.0) reads 16 time steps
+of 4 features: rsi_14 macd volume_z ret_1d.
 
   # one row (the split picks the version, sticky by request id)
   signalforge predict --model forecast_mlp --request-id req_123 --ticker AAPL --horizon 5 \
@@ -63,8 +65,13 @@ of 8 features: rsi_14 macd macd_signal bb_width volume_z ret_1d ret_5d atr_14.
          "macd_signal": 0.4, "bb_width": 0.08, "volume_z": 1.3, "ret_1d": 0.004, "ret_5d": 0.012, "atr_14": 2.1}}' |
       signalforge predict --model forecast_mlp --json -
 
-  # a sequence model (the demo has none) takes each feature as a
-  # comma-separated series of time steps: -f rsi_14=61,63,65 ([65] is one step)
+  # a sequence model takes each feature as a comma-separated series of time
+  # steps in time order, as many as the model's sequence length (16 here)
+  signalforge predict --model forecast_lstm --ticker AAPL \
+      -f rsi_14=48,50,52,51,53,55,57,56,58,60,61,63,62,64,65,66 \
+      -f macd=0.1,0.12,0.15,0.14,0.18,0.2,0.23,0.22,0.26,0.3,0.32,0.35,0.34,0.38,0.41,0.43 \
+      -f volume_z=0.2,-0.1,0.4,0.3,0.8,1.1,0.6,0.2,0.9,1.4,1,0.7,0.5,1.2,1.3,0.9 \
+      -f ret_1d=0.001,0.003,0.004,-0.002,0.005,0.006,0.004,-0.001,0.007,0.008,0.003,0.005,-0.002,0.006,0.004,0.003
 
   # Open Inference Protocol v2: -f NAME=VALUES is one FP32 input tensor, of
   # shape [1, number of values] unless --shape says otherwise

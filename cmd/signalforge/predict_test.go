@@ -582,14 +582,19 @@ func TestPredictExamplesMatchTheDemoModel(t *testing.T) {
 	if !strings.Contains(predictExamples, header) || !strings.Contains(predictExamples, demo.ModelName+", versions v1.0 and v2.0 at 80/20") {
 		t.Errorf("the examples' introduction does not describe the demo model; want it to contain %q", header)
 	}
+	seqHeader := fmt.Sprintf("sequence model %s (v1.0) reads %d time steps\nof %d features: %s.", demo.SeqModelName, demo.SeqLen, len(demo.SeqFeatures), strings.Join(demo.SeqFeatures, " "))
+	if !strings.Contains(predictExamples, seqHeader) {
+		t.Errorf("the examples' introduction does not describe the demo sequence model; want it to contain %q", seqHeader)
+	}
 	wantFeatures := slices.Sorted(slices.Values(demo.Features))
+	wantSeqFeatures := slices.Sorted(slices.Values(demo.SeqFeatures))
 	checkRow := func(c exampleCmd, row map[string]any) {
 		if got := slices.Sorted(maps.Keys(row)); !slices.Equal(got, wantFeatures) {
 			t.Errorf("example %q: a JSON row has features %v, the demo model wants %v", c.text, got, wantFeatures)
 		}
 	}
 	cmds := predictExampleCmds(t)
-	predicts := 0
+	predicts, seqPredicts := 0, 0
 	for _, c := range cmds {
 		inv, stdin := parseExample(t, c)
 		body := stdin
@@ -627,8 +632,24 @@ func TestPredictExamplesMatchTheDemoModel(t *testing.T) {
 			continue
 		}
 		predicts++
+		if inv.model == demo.SeqModelName {
+			seqPredicts++
+			// Every feature, each a series of exactly SeqLen steps.
+			if got := slices.Sorted(slices.Values(inv.features)); inv.v2 || inv.jsonPath != "" || !slices.Equal(got, wantSeqFeatures) {
+				t.Errorf("example %q: features %v, the demo sequence model wants -f for each of %v", c.text, got, wantSeqFeatures)
+			}
+			for i, v := range inv.values {
+				if len(v) != demo.SeqLen {
+					t.Errorf("example %q: %s has %d time steps, the demo sequence model takes %d", c.text, inv.features[i], len(v), demo.SeqLen)
+				}
+			}
+			if inv.version != "" && inv.version != "v1.0" {
+				t.Errorf("example %q: version %q, the demo sequence model has v1.0", c.text, inv.version)
+			}
+			continue
+		}
 		if inv.model != demo.ModelName {
-			t.Errorf("example %q: model %q, the demo model is %q", c.text, inv.model, demo.ModelName)
+			t.Errorf("example %q: model %q, the demo models are %q and %q", c.text, inv.model, demo.ModelName, demo.SeqModelName)
 		}
 		if inv.version != "" && inv.version != "v1.0" && inv.version != "v2.0" {
 			t.Errorf("example %q: version %q, the demo has v1.0 and v2.0", c.text, inv.version)
@@ -649,6 +670,9 @@ func TestPredictExamplesMatchTheDemoModel(t *testing.T) {
 	}
 	if predicts < 6 {
 		t.Errorf("found %d signalforge predict examples, want at least 6 (is the extraction broken?)", predicts)
+	}
+	if seqPredicts == 0 {
+		t.Errorf("no example predicts with the demo sequence model %s", demo.SeqModelName)
 	}
 }
 
@@ -694,6 +718,7 @@ func TestPredictExamplesRunAgainstTheDemoServer(t *testing.T) {
 	}
 
 	t.Chdir(t.TempDir()) // the examples write rows.json in the working directory
+	ran := map[string]int{}
 	for _, c := range predictExampleCmds(t) {
 		inv, stdin := parseExample(t, c)
 		if inv == nil {
@@ -711,8 +736,12 @@ func TestPredictExamplesRunAgainstTheDemoServer(t *testing.T) {
 			t.Errorf("example %q: exit %d, stderr:\n%s", c.text, code, stderr)
 			continue
 		}
-		if !strings.Contains(out, demo.ModelName) || (inv.version != "" && !strings.Contains(out, inv.version)) {
-			t.Errorf("example %q: the answer does not name %s %s:\n%s", c.text, demo.ModelName, inv.version, out)
+		if !strings.Contains(out, inv.model) || (inv.version != "" && !strings.Contains(out, inv.version)) {
+			t.Errorf("example %q: the answer does not name %s %s:\n%s", c.text, inv.model, inv.version, out)
 		}
+		ran[inv.model]++
+	}
+	if ran[demo.ModelName] == 0 || ran[demo.SeqModelName] == 0 {
+		t.Errorf("examples run per model: %v; want both demo models", ran)
 	}
 }
