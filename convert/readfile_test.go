@@ -49,6 +49,10 @@ func TestRefusesNonRegularFiles(t *testing.T) {
 		check("Bridge.Reference", err)
 		_, err = bridge.Export(ctx, c.path, []int64{1, 1}, 0, convert.Options{})
 		check("Bridge.Export", err)
+		_, err = convert.ReadSpecFile(c.path)
+		check("ReadSpecFile", err)
+		_, err = convert.ReadReferenceFile(c.path)
+		check("ReadReferenceFile", err)
 	}
 }
 

@@ -5,11 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"sort"
 	"strings"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/signalforge/signalforge/onnx"
 )
 
 // Spec is an architecture spec: it names the layers of a model whose file
@@ -83,9 +84,10 @@ var layerArgs = map[string][]string{
 	"LastStep":    {},
 }
 
-// ReadSpecFile reads a Spec from a YAML or JSON file.
+// ReadSpecFile reads a Spec from a YAML or JSON file: a regular file of at
+// most 1 MiB (devices and FIFOs are refused before they are opened).
 func ReadSpecFile(path string) (*Spec, error) {
-	f, err := os.Open(path)
+	f, _, err := onnx.OpenFileLimited(path, 1<<20)
 	if err != nil {
 		return nil, err
 	}

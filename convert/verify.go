@@ -7,9 +7,9 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"os"
 
 	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/tensor"
 )
 
@@ -38,9 +38,10 @@ type RefTensor struct {
 	Data  []float64 `json:"data"`
 }
 
-// ReadReferenceFile reads a Reference from a JSON file.
+// ReadReferenceFile reads a Reference from a JSON file: a regular file of
+// at most 1 GiB (devices and FIFOs are refused before they are opened).
 func ReadReferenceFile(path string) (*Reference, error) {
-	f, err := os.Open(path)
+	f, _, err := onnx.OpenFileLimited(path, 1<<30)
 	if err != nil {
 		return nil, err
 	}

@@ -330,6 +330,8 @@ func TestConvertRefusesBadFlagsAndInputs(t *testing.T) {
 		{[]string{"-exporter", "torch", "/dev/zero"}, "/dev/zero: not a regular file"},
 		{[]string{fifo}, fifo + ": not a regular file"},
 		{[]string{dir}, dir + ": is a directory"},
+		{[]string{"-spec", fifo, src}, fifo + ": not a regular file"},
+		{[]string{"-reference", "/dev/zero", src}, "/dev/zero: not a regular file"},
 	} {
 		args := append([]string{"convert", "-spec", spec, "-reference", ref, "-o", out}, tt.args...)
 		code, stdout, stderr := cliRun(t, "", args...)
