@@ -84,15 +84,11 @@ func Read(r io.Reader, limit int64) (*ModelProto, error) {
 
 // Load reads and parses the model file at path.
 func Load(path string) (*ModelProto, error) {
-	f, err := os.Open(path)
+	b, err := ReadFileLimited(path, MaxModelSize)
 	if err != nil {
 		return nil, fmt.Errorf("onnx: %w", err)
 	}
-	defer f.Close()
-	if st, err := f.Stat(); err == nil && st.Size() > MaxModelSize {
-		return nil, fmt.Errorf("%w: %s is %d bytes, the limit is %d", ErrTooLarge, path, st.Size(), MaxModelSize)
-	}
-	m, err := Read(f, MaxModelSize)
+	m, err := Parse(b)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
 	}

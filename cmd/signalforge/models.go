@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/signalforge/signalforge/infer/ort"
+	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/registry"
 )
 
@@ -335,7 +336,8 @@ func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) e
 }
 
 func modelsFileSHA256(path string) (string, error) {
-	f, err := os.Open(path)
+	// Regular files only: a FIFO or /dev/zero would block or never end.
+	f, _, err := onnx.OpenFileLimited(path, 0)
 	if err != nil {
 		return "", err
 	}
