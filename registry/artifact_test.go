@@ -54,11 +54,11 @@ func TestRegisterFromPathChecksTheFileFirst(t *testing.T) {
 		{"directory", tmp, "is a directory"},
 		{"too large", big, "is 65537 bytes, more than the 65536 allowed"},
 		{"empty", empty, "is empty"},
-		{"device behind a symlink", linkZero, "is not a regular file"},
+		{"device behind a symlink", linkZero, "not a regular file"},
 		{"missing", filepath.Join(tmp, "nope.onnx"), "no such file"},
 	}
 	if _, err := os.Stat("/dev/zero"); err == nil {
-		cases = append(cases, struct{ name, path, reason string }{"/dev/zero", "/dev/zero", "is not a regular file"})
+		cases = append(cases, struct{ name, path, reason string }{"/dev/zero", "/dev/zero", "not a regular file"})
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

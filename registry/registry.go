@@ -35,15 +35,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"math"
-	"os"
 	"regexp"
 	"slices"
 	"strconv"
 	"sync"
 	"time"
+
+	"github.com/signalforge/signalforge/onnx"
 )
 
 // Config configures a Registry. The zero value opens a FileStore in
@@ -398,59 +398,13 @@ func (r *Registry) Register(ctx context.Context, req RegisterRequest) (Version, 
 // refused). At most size+1 bytes are ever read. Symbolic links are
 // followed; the file they reach is what is checked.
 func (r *Registry) readArtifactFile(path string) ([]byte, error) {
-	bad := func(format string, args ...any) error {
-		return fmt.Errorf("%w: %s: %s", ErrInvalidArtifact, path, fmt.Sprintf(format, args...))
-	}
-	// Stat before opening: opening a FIFO blocks until a writer appears.
-	st, err := os.Stat(path)
+	// Regular files only, checked before opening (opening a FIFO blocks)
+	// and again after, read to exactly their size, at most maxBytes.
+	data, err := onnx.ReadFileLimited(path, r.maxBytes)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrInvalidArtifact, err)
 	}
-	if err := r.checkArtifactFile(st); err != nil {
-		return nil, bad("%v", err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidArtifact, err)
-	}
-	defer f.Close()
-	// The path may have been replaced between Stat and Open: check what
-	// was opened.
-	fst, err := f.Stat()
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrInvalidArtifact, err)
-	}
-	if !os.SameFile(st, fst) {
-		return nil, bad("the file changed while it was opened")
-	}
-	if err := r.checkArtifactFile(fst); err != nil {
-		return nil, bad("%v", err)
-	}
-	size := fst.Size()
-	data := make([]byte, size+1)
-	n, err := io.ReadFull(io.LimitReader(f, size+1), data)
-	if err != nil && err != io.ErrUnexpectedEOF && err != io.EOF {
-		return nil, bad("%v", err)
-	}
-	if int64(n) != size {
-		return nil, bad("read %d bytes but the file is %d bytes; it changed while it was read", n, size)
-	}
-	return data[:n:n], nil
-}
-
-// checkArtifactFile checks a file's type and size before it is read.
-func (r *Registry) checkArtifactFile(st os.FileInfo) error {
-	switch mode := st.Mode(); {
-	case mode.IsDir():
-		return errors.New("is a directory, not an ONNX file")
-	case !mode.IsRegular():
-		return fmt.Errorf("is not a regular file (mode %v); only regular files are read", mode.Type())
-	case st.Size() == 0:
-		return errors.New("is empty")
-	case st.Size() > r.maxBytes:
-		return fmt.Errorf("is %d bytes, more than the %d allowed (Config.MaxArtifactBytes)", st.Size(), r.maxBytes)
-	}
-	return nil
+	return data, nil
 }
 
 func checkFinite(what string, m map[string]float64) error {
