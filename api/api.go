@@ -17,6 +17,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"math"
 	"strconv"
 )
@@ -242,3 +244,15 @@ func (f *Features) UnmarshalJSON(b []byte) error {
 	*f = out
 	return nil
 }
+
+// Len is the number of features (infer.RowReader).
+func (f Features) Len() int { return len(f) }
+
+// Values returns a feature's values (infer.RowReader).
+func (f Features) Values(name string) ([]float64, bool) {
+	v, ok := f[name]
+	return v.Values, ok
+}
+
+// Names yields the feature names (infer.RowReader).
+func (f Features) Names() iter.Seq[string] { return maps.Keys(f) }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"iter"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -252,7 +254,32 @@ func (p *Predictor) Session() Session { return p.sess }
 // [N,F] for tabular models, [N,T,F] for sequence models. Errors are
 // *FeatureError, reporting the first bad row: all of its missing features,
 // or the first bad value.
-func (p *Predictor) Encode(rows []Row) (tensor.Tensor, error) {
+func (p *Predictor) Encode(rows []Row) (tensor.Tensor, error) { return EncodeRows(p, rows) }
+
+// RowReader is one row of named features in any representation — a Row, or
+// a decoded request type — read without copying it into a Row first.
+type RowReader interface {
+	// Len is the number of features in the row.
+	Len() int
+	// Values returns a feature's values (one for tabular models, one per
+	// time step for sequence models).
+	Values(name string) ([]float64, bool)
+	// Names yields every feature name of the row (used to name unknown
+	// features in errors).
+	Names() iter.Seq[string]
+}
+
+// Len implements RowReader.
+func (r Row) Len() int { return len(r) }
+
+// Values implements RowReader.
+func (r Row) Values(name string) ([]float64, bool) { v, ok := r[name]; return v, ok }
+
+// Names implements RowReader.
+func (r Row) Names() iter.Seq[string] { return maps.Keys(r) }
+
+// EncodeRows is Encode for rows of any RowReader type.
+func EncodeRows[R RowReader](p *Predictor, rows []R) (tensor.Tensor, error) {
 	n := len(rows)
 	switch {
 	case n == 0:
@@ -272,7 +299,8 @@ func (p *Predictor) Encode(rows []Row) (tensor.Tensor, error) {
 		if err := p.checkNames(0, rows[0]); err != nil {
 			return tensor.Tensor{}, err
 		}
-		steps = len(rows[0][p.features[0]])
+		first, _ := rows[0].Values(p.features[0])
+		steps = len(first)
 		if steps == 0 {
 			return tensor.Tensor{}, &FeatureError{Code: CodeSequenceLength, Row: 0, Feature: p.features[0], Step: -1}
 		}
@@ -284,7 +312,7 @@ func (p *Predictor) Encode(rows []Row) (tensor.Tensor, error) {
 		}
 		base := r * steps * f
 		for j, name := range p.features {
-			vals := row[name]
+			vals, _ := row.Values(name)
 			if len(vals) != steps {
 				return tensor.Tensor{}, &FeatureError{Code: CodeSequenceLength, Row: r, Feature: name, Step: -1, Got: len(vals), Want: steps, tabular: p.seqLen == 0}
 			}
@@ -309,26 +337,26 @@ func (p *Predictor) Encode(rows []Row) (tensor.Tensor, error) {
 }
 
 // checkNames reports every missing and unknown feature of one row.
-func (p *Predictor) checkNames(r int, row Row) error {
-	if len(row) == len(p.features) {
+func (p *Predictor) checkNames(r int, row RowReader) error {
+	if row.Len() == len(p.features) {
 		all := true
-		for name := range row {
-			if _, ok := p.index[name]; !ok {
+		for _, name := range p.features {
+			if _, ok := row.Values(name); !ok {
 				all = false
 				break
 			}
 		}
 		if all {
-			return nil // same count, all known: nothing missing
+			return nil // same count, every model feature present: nothing unknown
 		}
 	}
 	var missing, unknown []string
 	for _, name := range p.features {
-		if _, ok := row[name]; !ok {
+		if _, ok := row.Values(name); !ok {
 			missing = append(missing, name)
 		}
 	}
-	for name := range row {
+	for name := range row.Names() {
 		if _, ok := p.index[name]; !ok {
 			unknown = append(unknown, name)
 		}

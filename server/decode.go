@@ -84,7 +84,21 @@ func (p *pools) readBody(w http.ResponseWriter, r *http.Request, limit int64) (*
 // pools recycles per-request buffers: request bodies (the decoders copy
 // what they keep) and the maps of cache-key inputs.
 type pools struct {
-	bodies, pointMaps, seqMaps sync.Pool
+	bodies, pointMaps, seqMaps, answers sync.Pool
+}
+
+// getBytes returns a buffer for an answer; putBytes gives it back.
+func (p *pools) getBytes() []byte {
+	if b, ok := p.answers.Get().(*[]byte); ok {
+		return *b
+	}
+	return make([]byte, 0, 512)
+}
+
+func (p *pools) putBytes(b []byte) {
+	if cap(b) <= 64<<10 {
+		p.answers.Put(&b)
+	}
 }
 
 func (p *pools) putBody(b *bytes.Buffer) {

@@ -193,7 +193,7 @@ func (s *Server) handlePredict(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	version, cached = resp.Version, resp.Cached
-	writeJSON(w, http.StatusOK, resp)
+	s.writePredictResponse(w, resp)
 }
 
 func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, start time.Time) (*api.PredictResponse, error) {
@@ -248,7 +248,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	// Encoding (and so validation) happens on a cache miss only: a hit means
 	// an identical request was valid before.
 	compute := func(ctx context.Context) (cache.Value, error) {
-		x, err := l.pred.Encode(toRows(rows))
+		x, err := infer.EncodeRows(l.pred, rows)
 		if err != nil {
 			return cache.Value{}, err
 		}
