@@ -92,10 +92,11 @@ func featuresAt(b []byte, i int) (Features, int, bool) {
 			v = Value{Values: scalars[k-1 : k : k]}
 			i = n
 		}
-		if _, dup := out[key]; dup {
-			return nil, 0, false // let the general decoder apply its rule
-		}
+		n := len(out)
 		out[key] = v
+		if len(out) == n { // a repeated name: let the general decoder apply its rule
+			return nil, 0, false
+		}
 		i = skipWS(b, i)
 		if i < len(b) && b[i] == ',' {
 			i = skipWS(b, i+1)
