@@ -27,6 +27,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 
 	"github.com/signalforge/signalforge/batch"
 	"github.com/signalforge/signalforge/cache"
@@ -49,8 +50,9 @@ type Config struct {
 	// Logger receives structured logs. If nil, nothing is logged.
 	Logger *slog.Logger
 	// Metrics is where the server registers its Prometheus collectors, and
-	// Gatherer what /metrics serves. If both are nil, a fresh registry is
-	// used for both (never the global one).
+	// Gatherer what /metrics serves. If both are nil, a fresh registry with
+	// the Go runtime and process collectors is used for both (never the
+	// global one).
 	Metrics  prometheus.Registerer
 	Gatherer prometheus.Gatherer
 	// AdminToken, if set, is the bearer token the admin endpoints require.
@@ -103,7 +105,10 @@ func (c *Config) setDefaults() error {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
 	if c.Metrics == nil && c.Gatherer == nil {
+		// A registry of our own (never the global one), with the Go runtime
+		// and process collectors operators expect beside ours.
 		reg := prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 		c.Metrics, c.Gatherer = reg, reg
 	}
 	if c.MaxBodyBytes == 0 {

@@ -580,7 +580,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	b, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
-	for _, want := range []string{"signalforge_requests_total{", "signalforge_cache_hits_total 2", "signalforge_batch_size_bucket", "signalforge_queue_depth_rows", "signalforge_version_error_rate_pct", "signalforge_ready 1"} {
+	for _, want := range []string{"signalforge_requests_total{", "signalforge_cache_hits_total 2", "signalforge_batch_size_bucket", "signalforge_queue_depth_rows", "signalforge_version_error_rate_pct", "signalforge_ready 1", "go_goroutines", "process_resident_memory_bytes"} {
 		if !strings.Contains(string(b), want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
