@@ -38,7 +38,7 @@ func (s *Server) requestTimeout(ms int) (time.Duration, error) {
 
 // pick chooses the version that serves a request and takes a reference on
 // it: the pinned version, or the router's sticky choice for key.
-func (s *Server) pick(model, pinned, key string) (*loaded, error) {
+func (s *Server) pick(ctx context.Context, model, pinned, key string) (*loaded, error) {
 	if err := registry.ValidateName(model); err != nil {
 		return nil, notFound("model %q does not exist: names match [A-Za-z0-9][A-Za-z0-9._-]{0,127}", model)
 	}
@@ -49,13 +49,13 @@ func (s *Server) pick(model, pinned, key string) (*loaded, error) {
 		if l, ok := s.models.acquire(model, pinned); ok {
 			return l, nil
 		}
-		return nil, s.notServing(model, pinned)
+		return nil, s.notServing(ctx, model, pinned)
 	}
 	for range 3 {
 		v, err := s.router.Route(model, key)
 		if err != nil {
 			if errors.Is(err, route.ErrUnknownModel) {
-				return nil, s.notServing(model, "")
+				return nil, s.notServing(ctx, model, "")
 			}
 			return nil, err
 		}
@@ -68,8 +68,7 @@ func (s *Server) pick(model, pinned, key string) (*loaded, error) {
 }
 
 // notServing explains why model (or model:version) cannot answer.
-func (s *Server) notServing(model, version string) error {
-	ctx := context.Background()
+func (s *Server) notServing(ctx context.Context, model, version string) error {
 	if version == "" {
 		vs, err := s.reg.Versions(ctx, model)
 		if err != nil || len(vs) == 0 {
@@ -232,7 +231,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	if req.RequestID == "" {
 		req.RequestID = newRequestID()
 	}
-	l, err := s.pick(model, req.Version, req.RequestID)
+	l, err := s.pick(ctx, model, req.Version, req.RequestID)
 	if err != nil {
 		return nil, err
 	}

@@ -34,14 +34,8 @@ func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]bool{"ready": true})
 }
 
-// v2Version resolves the version of a v2 request: the path's, or the
-// router's choice (by the request id when there is one).
-func (s *Server) v2Pick(model, version, key string) (*loaded, error) {
-	return s.pick(model, version, key)
-}
-
 func (s *Server) handleV2ModelReady(w http.ResponseWriter, r *http.Request) {
-	l, err := s.v2Pick(r.PathValue("name"), r.PathValue("version"), "")
+	l, err := s.pick(r.Context(), r.PathValue("name"), r.PathValue("version"), "")
 	if err != nil {
 		var he *HTTPError
 		if errors.As(err, &he) && he.Status == http.StatusServiceUnavailable {
@@ -65,7 +59,7 @@ func ioMeta(ios []infer.IOInfo) []api.TensorMetadata {
 
 func (s *Server) handleV2Metadata(w http.ResponseWriter, r *http.Request) {
 	name, version := r.PathValue("name"), r.PathValue("version")
-	l, err := s.v2Pick(name, version, "")
+	l, err := s.pick(r.Context(), name, version, "")
 	if err != nil {
 		s.writeError(w, r, err, true)
 		return
@@ -135,7 +129,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
-	l, err := s.v2Pick(name, version, req.ID)
+	l, err := s.pick(ctx, name, version, req.ID)
 	if err != nil {
 		return nil, err
 	}
