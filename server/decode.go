@@ -16,11 +16,37 @@ import (
 // decodeJSON reads r's body (at most limit bytes) into v, turning every
 // failure into a 4xx HTTPError that says what is wrong and where.
 func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
+	return decodeJSONMode(w, r, limit, v, true)
+}
+
+// checkEncoding refuses request encodings the server does not read, with a
+// message that says so instead of a confusing JSON error.
+func checkEncoding(r *http.Request) error {
+	if ce := r.Header.Get("Content-Encoding"); ce != "" && !strings.EqualFold(ce, "identity") {
+		return &HTTPError{Status: http.StatusUnsupportedMediaType, Code: api.CodeBadRequest,
+			Msg: fmt.Sprintf("Content-Encoding %q is not supported; send the body uncompressed", ce)}
+	}
+	if r.Header.Get("Inference-Header-Content-Length") != "" {
+		return &HTTPError{Status: http.StatusUnsupportedMediaType, Code: api.CodeBadRequest,
+			Msg: "binary tensor data (the OIP binary_data extension) is not supported; send the tensors as JSON \"data\""}
+	}
+	return nil
+}
+
+// decodeJSONMode is decodeJSON; strict refuses unknown fields (the native
+// API does, so typos surface; OIP v2 does not, as its extensions add
+// fields).
+func decodeJSONMode(w http.ResponseWriter, r *http.Request, limit int64, v any, strict bool) error {
 	// The Content-Type is not checked: `curl -d` sends form encoding for
 	// JSON bodies, and a body that is not JSON fails below anyway.
+	if err := checkEncoding(r); err != nil {
+		return err
+	}
 	body := http.MaxBytesReader(w, r.Body, limit)
 	dec := json.NewDecoder(body)
-	dec.DisallowUnknownFields()
+	if strict {
+		dec.DisallowUnknownFields()
+	}
 	if err := dec.Decode(v); err != nil {
 		return jsonError(err, limit)
 	}
@@ -109,6 +135,9 @@ func (p *pools) putBody(b *bytes.Buffer) {
 
 // decodePredict reads and decodes a native prediction request.
 func (p *pools) decodePredict(w http.ResponseWriter, r *http.Request, limit int64) (api.PredictRequest, error) {
+	if err := checkEncoding(r); err != nil {
+		return api.PredictRequest{}, err
+	}
 	buf, err := p.readBody(w, r, limit)
 	if err != nil {
 		return api.PredictRequest{}, err

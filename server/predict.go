@@ -44,7 +44,7 @@ func (s *Server) pick(ctx context.Context, model, pinned, key string) (*loaded, 
 	}
 	if pinned != "" {
 		if err := registry.ValidateName(pinned); err != nil {
-			return nil, badRequest("field \"version\": %q is not a valid version name", pinned)
+			return nil, notFound("model %q has no version %q: versions match [A-Za-z0-9][A-Za-z0-9._-]{0,127}", model, pinned)
 		}
 		if l, ok := s.models.acquire(model, pinned); ok {
 			return l, nil

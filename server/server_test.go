@@ -644,3 +644,30 @@ func TestPredictSequenceModel(t *testing.T) {
 		t.Fatalf("cached answer %d differs from computed %d", second, first)
 	}
 }
+
+func TestV2Lenience(t *testing.T) {
+	ts := startServer(t, testOpts{})
+	url := ts.URL + "/v2/models/forecast_mlp/versions/v1.0/infer"
+	// Extension fields are ignored, as OIP v2 clients may send them.
+	code, body, _ := post(t, url, `{"inputs":[{"name":"x","shape":[1,8],"datatype":"FP32","data":[1,2,3,4,5,6,7,8],"parameters":{"binary_data":false},"extra":1}],"outputs":[{"name":"y","parameters":{"binary_data":false}}],"foo":"bar"}`)
+	if code != 200 {
+		t.Fatalf("extension fields: %d %s", code, body)
+	}
+	code, body, _ = post(t, url, `{"inputs":[{"name":"x","datatype":"FP32","data":[1,2,3,4,5,6,7,8]}]}`)
+	if code != 400 || !strings.Contains(string(body), `"shape\" is missing`) {
+		t.Fatalf("missing shape: %d %s", code, body)
+	}
+	for _, h := range [][2]string{{"Content-Encoding", "gzip"}, {"Inference-Header-Content-Length", "40"}} {
+		req, _ := http.NewRequest("POST", url, strings.NewReader(`{}`))
+		req.Header.Set(h[0], h[1])
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 415 || !strings.Contains(string(b), "not supported") {
+			t.Fatalf("%s: %d %s", h[0], resp.StatusCode, b)
+		}
+	}
+}

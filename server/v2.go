@@ -26,6 +26,10 @@ func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, map[string]bool{"live": true})
 }
 
+// handleReady answers 200 when ready and 503 when not. The OIP v2 text
+// asks for a 4xx when not ready; 503 is what Kubernetes probes and load
+// balancers expect of an instance that is starting or draining, so we keep
+// it (a deliberate deviation, documented in docs/API.md).
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
 	if !s.ready.Load() {
 		writeJSON(w, http.StatusServiceUnavailable, map[string]bool{"ready": false})
@@ -110,7 +114,7 @@ func (s *Server) handleV2Infer(w http.ResponseWriter, r *http.Request) {
 func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version string, start time.Time) (*api.InferResponse, error) {
 	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.MaxTimeout))
 	var req api.InferRequest
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &req); err != nil {
+	if err := decodeJSONMode(w, r, s.cfg.MaxBodyBytes, &req, false); err != nil {
 		return nil, err
 	}
 	if err := checkRequestID(req.ID); err != nil {
@@ -167,6 +171,12 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 			if d != io.BatchAxis && n > 0 {
 				row *= n
 			}
+		}
+		if in.Shape == nil {
+			return resp, badRequest("input %q: \"shape\" is missing; model %s wants %v (-1 = any size)", io.Name, l.ref, []int64(io.Shape))
+		}
+		if io.BatchAxis == 0 && len(in.Shape) > 0 && in.Shape[0] == 0 {
+			return resp, badRequest("input %q: shape %v has no rows", io.Name, in.Shape)
 		}
 		t, err := decodeV2Data(io.Name, in.Datatype, in.Shape, in.Data, maxElems*max(row, 1)*16)
 		if err != nil {
