@@ -119,25 +119,40 @@ func skipWS(b []byte, i int) int {
 // number parses a JSON number starting at b[i], returning the value and
 // the index after it.
 func number(b []byte, i int) (float64, int, bool) {
+	j, ok := ScanNumber(b, i)
+	if !ok {
+		return 0, 0, false
+	}
+	f, err := strconv.ParseFloat(string(b[i:j]), 64)
+	if err != nil {
+		return 0, 0, false // out of range: the general path explains
+	}
+	return f, j, true
+}
+
+// ScanNumber returns the end of the JSON number at b[i] and whether it is
+// one by JSON's grammar (no leading zeros, digits after '.' and 'e'). On
+// failure the index is where scanning stopped.
+func ScanNumber(b []byte, i int) (int, bool) {
 	j := i
 	if j < len(b) && b[j] == '-' {
 		j++
 	}
-	start := j
+	d := j
 	for j < len(b) && b[j] >= '0' && b[j] <= '9' {
 		j++
 	}
-	if j == start || (b[start] == '0' && j-start > 1) {
-		return 0, 0, false // no digits, or a leading zero JSON forbids
+	if j == d || (b[d] == '0' && j-d > 1) {
+		return j, false // no digits, or a leading zero JSON forbids
 	}
 	if j < len(b) && b[j] == '.' {
 		j++
-		d := j
+		d = j
 		for j < len(b) && b[j] >= '0' && b[j] <= '9' {
 			j++
 		}
 		if j == d {
-			return 0, 0, false
+			return j, false
 		}
 	}
 	if j < len(b) && (b[j] == 'e' || b[j] == 'E') {
@@ -145,19 +160,15 @@ func number(b []byte, i int) (float64, int, bool) {
 		if j < len(b) && (b[j] == '+' || b[j] == '-') {
 			j++
 		}
-		d := j
+		d = j
 		for j < len(b) && b[j] >= '0' && b[j] <= '9' {
 			j++
 		}
 		if j == d {
-			return 0, 0, false
+			return j, false
 		}
 	}
-	f, err := strconv.ParseFloat(string(b[i:j]), 64)
-	if err != nil {
-		return 0, 0, false // out of range: the general path explains
-	}
-	return f, j, true
+	return j, true
 }
 
 // plainString parses a JSON string without escapes or non-ASCII bytes at

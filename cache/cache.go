@@ -557,7 +557,7 @@ func (c *Cache) InvalidateVersion(ctx context.Context, model, version string) (i
 // InvalidateTicker deletes every cached prediction for ticker, of any
 // model, and returns how many keys it deleted.
 func (c *Cache) InvalidateTicker(ctx context.Context, ticker string) (int64, error) {
-	if !validTicker(ticker) {
+	if !ValidTicker(ticker) {
 		return 0, fmt.Errorf("%w: ticker %q", ErrInvalidKey, ticker)
 	}
 	// '*' also matches ':', so the glob only narrows the walk; the exact

@@ -120,7 +120,7 @@ func MakeKey(in KeyInput) (Key, error) {
 	if !validName(in.Version) {
 		return Key{}, fmt.Errorf("%w: version %q", ErrInvalidKey, in.Version)
 	}
-	if in.Ticker != "" && !validTicker(in.Ticker) {
+	if in.Ticker != "" && !ValidTicker(in.Ticker) {
 		return Key{}, fmt.Errorf("%w: ticker %q", ErrInvalidKey, in.Ticker)
 	}
 	if in.Horizon < 0 {
@@ -247,7 +247,11 @@ func validName(s string) bool {
 	return true
 }
 
-func validTicker(s string) bool {
+// ValidTicker reports whether s is a ticker keys can carry: letters,
+// digits and . _ = ^ - ("AAPL", "BRK.B", "^GSPC", "EURUSD=X"), starting with
+// a letter, digit or ^, at most 32 bytes; nothing special to Redis globs or
+// to the key layout.
+func ValidTicker(s string) bool {
 	if len(s) == 0 || len(s) > 32 || !(alnum(s[0]) || s[0] == '^') {
 		return false
 	}
@@ -328,7 +332,7 @@ func parseStoreKey(prefix, s string) (storedKey, bool) {
 	k.gen = g
 	switch t := seg[3]; {
 	case t == noTicker:
-	case validTicker(t):
+	case ValidTicker(t):
 		k.ticker = t
 	default:
 		return storedKey{}, false

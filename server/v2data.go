@@ -6,6 +6,7 @@ import (
 	"math"
 	"strconv"
 
+	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/tensor"
 )
 
@@ -168,7 +169,7 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 				return fmt.Errorf("a number at depth %d (byte %d), but nested data for shape %v has numbers only at depth %d", depth, i, shape, len(shape))
 			}
 			item()
-			j, ok := scanNumber(b, i)
+			j, ok := api.ScanNumber(b, i)
 			if !ok {
 				end := j
 				for end < len(b) && end < i+32 && b[end] != ',' && b[end] != ']' {
@@ -196,46 +197,6 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 		}
 	}
 	return fmt.Errorf("array is not closed")
-}
-
-// scanNumber returns the end of the JSON number at b[i] and whether it is
-// one by JSON's grammar (no leading zeros, digits after '.' and 'e').
-func scanNumber(b []byte, i int) (int, bool) {
-	j := i
-	if j < len(b) && b[j] == '-' {
-		j++
-	}
-	d := j
-	for j < len(b) && b[j] >= '0' && b[j] <= '9' {
-		j++
-	}
-	if j == d || (b[d] == '0' && j-d > 1) {
-		return j, false
-	}
-	if j < len(b) && b[j] == '.' {
-		j++
-		d = j
-		for j < len(b) && b[j] >= '0' && b[j] <= '9' {
-			j++
-		}
-		if j == d {
-			return j, false
-		}
-	}
-	if j < len(b) && (b[j] == 'e' || b[j] == 'E') {
-		j++
-		if j < len(b) && (b[j] == '+' || b[j] == '-') {
-			j++
-		}
-		d = j
-		for j < len(b) && b[j] >= '0' && b[j] <= '9' {
-			j++
-		}
-		if j == d {
-			return j, false
-		}
-	}
-	return j, true
 }
 
 func skip(b []byte, i int) int {

@@ -2,8 +2,9 @@ package server
 
 import (
 	"fmt"
-	"strings"
 	"unicode/utf8"
+
+	"github.com/signalforge/signalforge/cache"
 )
 
 // Limits on free-form request fields, so that nothing a client sends can
@@ -14,19 +15,11 @@ const (
 	maxMessageLen   = 2048
 )
 
-// checkTicker applies the cache key's ticker rule to every request, cached
-// or not, so a ticker valid in one mode is valid in the other: letters,
-// digits and . _ = ^ - ("AAPL", "BRK.B", "^GSPC", "EURUSD=X"), starting
-// with a letter, digit or ^, at most 32 characters.
+// checkTicker applies the cache key's ticker rule (cache.ValidTicker) to
+// every request, cached or not, so a ticker valid in one mode is valid in
+// the other.
 func checkTicker(t string) error {
-	if t == "" {
-		return nil
-	}
-	ok := len(t) <= maxTickerLen && (alnum(t[0]) || t[0] == '^')
-	for i := 1; ok && i < len(t); i++ {
-		ok = alnum(t[i]) || strings.IndexByte("._=^-", t[i]) >= 0
-	}
-	if !ok {
+	if t != "" && !cache.ValidTicker(t) {
 		return badRequest("field \"ticker\": %s is not a ticker: use letters, digits and . _ = ^ - (e.g. \"AAPL\", \"BRK.B\", \"^GSPC\", \"EURUSD=X\"), at most %d characters", quoteShort(t), maxTickerLen)
 	}
 	return nil
@@ -37,10 +30,6 @@ func checkRequestID(id string) error {
 		return badRequest("field \"request_id\": must be valid UTF-8 of at most %d bytes, got %d bytes", maxRequestIDLen, len(id))
 	}
 	return nil
-}
-
-func alnum(c byte) bool {
-	return c >= '0' && c <= '9' || c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z'
 }
 
 // quoteShort quotes s, cut to 40 bytes.
