@@ -13,6 +13,7 @@ import (
 	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/route"
+	"github.com/signalforge/signalforge/tensor"
 )
 
 // Canary automation and shadow traffic, driven through the admin API.
@@ -30,10 +31,10 @@ import (
 
 type shadowSet struct {
 	mu sync.Mutex // guards m
-	m  map[string]*route.Shadow[[]infer.Row]
+	m  map[string]*route.Shadow[[]api.Features]
 }
 
-func (s *Server) shadowFor(model string) *route.Shadow[[]infer.Row] {
+func (s *Server) shadowFor(model string) *route.Shadow[[]api.Features] {
 	s.shadows.mu.Lock()
 	defer s.shadows.mu.Unlock()
 	return s.shadows.m[model]
@@ -174,9 +175,9 @@ func (s *Server) handleShadowStart(w http.ResponseWriter, r *http.Request) error
 		b.MaxBusy = 0.5
 	}
 	ver := b.Version
-	sh, err := route.NewShadow(route.ShadowConfig[[]infer.Row]{
+	sh, err := route.NewShadow(route.ShadowConfig[[]api.Features]{
 		Model: name, Version: ver, Rate: b.Rate, MaxBusy: b.MaxBusy, Logger: s.log,
-		Run: func(ctx context.Context, rows []infer.Row) ([]float32, error) {
+		Run: func(ctx context.Context, rows []api.Features) ([]float32, error) {
 			l, ok := s.models.acquire(name, ver)
 			if !ok {
 				return nil, fmt.Errorf("shadow %s:%s is not loaded", name, ver)
@@ -185,7 +186,15 @@ func (s *Server) handleShadowStart(w http.ResponseWriter, r *http.Request) error
 			if l.pred == nil {
 				return nil, l.predErr
 			}
-			preds, err := l.pred.Predict(ctx, rows)
+			x, err := infer.EncodeRows(l.pred, rows)
+			if err != nil {
+				return nil, err
+			}
+			out, err := l.sess.Run(ctx, []tensor.Tensor{x})
+			if err != nil {
+				return nil, err
+			}
+			preds, err := l.pred.Decode(out)
 			if err != nil {
 				return nil, err
 			}
@@ -199,7 +208,7 @@ func (s *Server) handleShadowStart(w http.ResponseWriter, r *http.Request) error
 	old := s.shadows.m[name]
 	m := maps.Clone(s.shadows.m)
 	if m == nil {
-		m = map[string]*route.Shadow[[]infer.Row]{}
+		m = map[string]*route.Shadow[[]api.Features]{}
 	}
 	m[name] = sh
 	s.shadows.m = m

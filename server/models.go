@@ -100,10 +100,9 @@ type modelSet struct {
 	tab atomic.Pointer[table]
 
 	retiring sync.WaitGroup // retire goroutines
-	// failed remembers versions that failed to load (by ref+sha) so the
-	// error is logged once per attempt, not once per event. Only follow
-	// touches it.
-	failed map[string]error
+	// failed counts the versions the last reconcile could not load; while
+	// it is not zero, follow retries. Only follow touches it.
+	failed int
 	// served remembers which versions were in production, to bump their
 	// cache generation when they (re)enter it. Only follow touches it.
 	served map[registry.Ref]bool
@@ -114,7 +113,7 @@ type modelSet struct {
 }
 
 func newModelSet(s *Server) *modelSet {
-	m := &modelSet{s: s, failed: map[string]error{}, served: map[registry.Ref]bool{}}
+	m := &modelSet{s: s, served: map[registry.Ref]bool{}}
 	t := table{}
 	m.tab.Store(&t)
 	return m
@@ -146,7 +145,7 @@ func (m *modelSet) follow(ctx context.Context, onFirst func()) {
 	defer retry.Stop()
 	for {
 		var retryC <-chan time.Time
-		if len(m.failed) > 0 {
+		if m.failed > 0 {
 			retryC = retry.C
 		}
 		select {
@@ -182,8 +181,6 @@ func (m *modelSet) follow(ctx context.Context, onFirst func()) {
 	}
 }
 
-func loadKey(v registry.Version) string { return v.Ref().String() + "@" + v.Artifact.SHA256 }
-
 // reconcile makes the loaded set match the registry. Order matters for a
 // swap without failed requests: (1) load and warm new versions and publish
 // them alongside the old; (2) point the router at the new split; (3) drop
@@ -201,7 +198,7 @@ func (m *modelSet) reconcile(ctx context.Context) {
 	old := m.current()
 	next := table{}
 	want := map[string]registry.Model{}
-	m.failed = map[string]error{}
+	m.failed = 0
 	for _, md := range models {
 		want[md.Name] = md
 		for _, v := range md.Versions {
@@ -218,7 +215,7 @@ func (m *modelSet) reconcile(ctx context.Context) {
 			}
 			l, err := m.load(ctx, v)
 			if err != nil {
-				m.failed[loadKey(v)] = err
+				m.failed++
 				s.log.Error("loading model version failed; will retry", "model", v.Name, "version", v.Version, "err", err)
 				continue
 			}

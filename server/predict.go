@@ -92,19 +92,6 @@ func (s *Server) notServing(ctx context.Context, model, version string) error {
 	return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q is not loaded yet", version, model), RetryAfter: time.Second}
 }
 
-// toRows converts wire features to predictor rows.
-func toRows(in []api.Features) []infer.Row {
-	rows := make([]infer.Row, len(in))
-	for i, f := range in {
-		r := make(infer.Row, len(f))
-		for k, v := range f {
-			r[k] = v.Values
-		}
-		rows[i] = r
-	}
-	return rows
-}
-
 // featureKey builds the cache key input of a single-row request. Its maps
 // come from a pool: call releaseKey when the key is made.
 func (p *pools) featureKey(model, version, ticker string, horizon int, typ string, f api.Features) cache.KeyInput {
@@ -304,7 +291,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		s.router.Record(model, l.ref.Version, lat, nil)
 	}
 	if sh := s.shadowFor(model); sh != nil && !resp.Cached {
-		sh.Offer(req.RequestID, toRows(rows), slices.Concat(val.Predictions...), lat)
+		sh.Offer(req.RequestID, rows, slices.Concat(val.Predictions...), lat) // neither is touched again
 	}
 	resp.Predictions = val.Predictions
 	resp.TotalMS = msSince(start)
