@@ -560,30 +560,18 @@ func (p *plainer) convContainer(v interface{}, depth int) (any, error) {
 	case *types.Dict:
 		m := map[string]any{}
 		for _, e := range *x {
-			k, ok := e.Key.(string)
-			if !ok {
-				continue
-			}
-			pv, err := p.conv(e.Value, depth+1)
-			if err != nil {
+			if err := p.convEntry(m, e.Key, e.Value, depth); err != nil {
 				return nil, err
 			}
-			m[k] = pv
 		}
 		return m, nil
 	case *types.OrderedDict:
 		m := map[string]any{}
 		for el := x.List.Front(); el != nil; el = el.Next() {
 			e := el.Value.(*types.OrderedDictEntry)
-			k, ok := e.Key.(string)
-			if !ok {
-				continue
-			}
-			pv, err := p.conv(e.Value, depth+1)
-			if err != nil {
+			if err := p.convEntry(m, e.Key, e.Value, depth); err != nil {
 				return nil, err
 			}
-			m[k] = pv
 		}
 		return m, nil
 	}
@@ -795,4 +783,19 @@ func isDigits(s string) bool {
 		}
 	}
 	return s != ""
+}
+
+// convEntry converts one dictionary entry into m; entries whose key is not
+// a string are left out.
+func (p *plainer) convEntry(m map[string]any, key, value any, depth int) error {
+	k, ok := key.(string)
+	if !ok {
+		return nil
+	}
+	v, err := p.conv(value, depth+1)
+	if err != nil {
+		return err
+	}
+	m[k] = v
+	return nil
 }
