@@ -158,38 +158,33 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 		}
 		wantOut[o.Name] = true
 	}
-	maxElems := int64(s.cfg.MaxRows)
+	// A JSON array of n numbers takes at least 2n-1 bytes, so no tensor in
+	// a body of MaxBodyBytes has more elements than this: the cap that
+	// keeps a huge declared shape from allocating before data is read.
+	maxElems := s.cfg.MaxBodyBytes/2 + 1
 	ins := make([]tensor.Tensor, len(want))
 	for i, io := range want {
 		in, ok := byName[io.Name]
 		if !ok {
 			return resp, badRequest("model %s: missing input %q (inputs are %v)", l.ref, io.Name, ioNames(want))
 		}
-		// Elements allowed: MaxRows rows of this input's row size.
-		row := int64(1)
-		for d, n := range io.Shape {
-			if d != io.BatchAxis && n > 0 {
-				row *= n
-			}
-		}
-		if in.Shape == nil {
+		// The declared shape is checked before the data is decoded.
+		switch shape := tensor.Shape(in.Shape); {
+		case in.Shape == nil:
 			return resp, badRequest("input %q: \"shape\" is missing; model %s wants %v (-1 = any size)", io.Name, l.ref, []int64(io.Shape))
-		}
-		if io.BatchAxis == 0 && len(in.Shape) > 0 && in.Shape[0] == 0 {
+		case !shape.Matches(io.Shape):
+			return resp, badRequest("input %q: shape %v, model %s wants %v (-1 = any size)", io.Name, in.Shape, l.ref, []int64(io.Shape))
+		case io.BatchAxis == 0 && shape[0] == 0:
 			return resp, badRequest("input %q: shape %v has no rows", io.Name, in.Shape)
+		case io.BatchAxis == 0 && shape[0] > int64(s.cfg.MaxRows):
+			return resp, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("input %q: %d rows, the limit is %d", io.Name, shape[0], s.cfg.MaxRows)}
 		}
-		t, err := decodeV2Data(io.Name, in.Datatype, in.Shape, in.Data, maxElems*max(row, 1)*16)
-		if err != nil {
-			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error()}
-		}
-		if t.DType() != io.DType {
+		if dt, ok := v2DataTypes[in.Datatype]; ok && dt != io.DType {
 			return resp, badRequest("input %q: datatype %s, model %s wants %s", io.Name, in.Datatype, l.ref, v2Name(io.DType))
 		}
-		if !t.Shape().Matches(io.Shape) {
-			return resp, badRequest("input %q: shape %v, model %s wants %v (-1 = any size)", io.Name, in.Shape, l.ref, []int64(io.Shape))
-		}
-		if io.BatchAxis == 0 && t.Len() > s.cfg.MaxRows {
-			return resp, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("input %q: %d rows, the limit is %d", io.Name, t.Len(), s.cfg.MaxRows)}
+		t, err := decodeV2Data(io.Name, in.Datatype, in.Shape, in.Data, maxElems)
+		if err != nil {
+			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error()}
 		}
 		ins[i] = t
 	}
