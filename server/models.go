@@ -323,7 +323,7 @@ func (m *modelSet) load(ctx context.Context, v registry.Version) (*loaded, error
 		l.sortedFeatures = l.pred.Features()
 		slices.Sort(l.sortedFeatures)
 	}
-	if err := infer.Warmup(ctx, sess, warm); err != nil {
+	if err := infer.Warmup(ctx, sess, warm, opts.MaxWarmupBytes); err != nil {
 		s.log.Warn("warm-up failed; serving cold", "model", v.Name, "version", v.Version, "err", err)
 	}
 	bcfg := s.cfg.Batch
