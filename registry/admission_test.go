@@ -147,7 +147,7 @@ func TestRegisterRefusesExternalData(t *testing.T) {
 		tc.req.Name, tc.req.Features = "ext", []string{"f0", "f1"}
 		_, err = r.Register(ctx, tc.req)
 		r.Close()
-		if !errors.Is(err, registry.ErrInvalidArtifact) || !strings.Contains(err.Error(), `tensor "fc0.weight" keeps its data in the external file "weights.bin" (and 1 more tensors)`) ||
+		if !errors.Is(err, registry.ErrInvalidArtifact) || !strings.Contains(err.Error(), `tensor "fc0.weight" keeps its data in the external file "weights.bin" (and 1 more tensor)`) ||
 			!strings.Contains(err.Error(), "save_as_external_data=False") {
 			t.Errorf("%s: Register = %v", tc.name, err)
 		}

@@ -239,7 +239,11 @@ func externalDataError(ext []onnx.ExternalTensor) error {
 	e := ext[0]
 	more := ""
 	if len(ext) > 1 {
-		more = fmt.Sprintf(" (and %d more tensors)", len(ext)-1)
+		more = fmt.Sprintf(" (and %d more tensor", len(ext)-1)
+		if len(ext) > 2 {
+			more += "s"
+		}
+		more += ")"
 	}
 	return fmt.Errorf("%w: tensor %q keeps its data in the external file %q%s; a registered model must be one self-contained file "+
 		"(in Python: onnx.save(onnx.load(path), out_path, save_as_external_data=False); models over 2 GiB cannot be registered)",
