@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 
@@ -173,7 +174,16 @@ func FuzzCheckAdmission(f *testing.F) {
 	ext, _ := onnx.Marshal(m)
 	f.Add(ext)
 	f.Fuzz(func(t *testing.T, data []byte) {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
 		info, err := registry.CheckAdmission(data, registry.AdmissionConfig{})
+		runtime.ReadMemStats(&after)
+		// Protobuf decoding allocates in proportion to the input (a two-byte
+		// empty message becomes a struct of a few hundred bytes); a check
+		// that allocated by a declared shape would need gigabytes here.
+		if n := after.TotalAlloc - before.TotalAlloc; n > 1024*uint64(len(data))+4<<20 {
+			t.Fatalf("allocated %d bytes for a %d-byte input", n, len(data))
+		}
 		if err != nil {
 			if !errors.Is(err, registry.ErrInvalidArtifact) {
 				t.Fatalf("error does not wrap ErrInvalidArtifact: %v", err)
