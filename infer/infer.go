@@ -101,6 +101,11 @@ type Options struct {
 	// time, so the first real request does not pay for lazy initialisation.
 	// Empty means no warm-up. A failing warm-up fails the load. See Warmup.
 	WarmupBatchSizes []int
+	// MaxWarmupBytes caps the memory of the input and output tensors of one
+	// warm-up run, as the model declares them; a model that needs more
+	// fails to load with a *MemoryError (see CheckWarmupMemory). If zero,
+	// DefaultMaxWarmupBytes (1 GiB); negative means no limit.
+	MaxWarmupBytes int64
 }
 
 // Errors shared by engines.

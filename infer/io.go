@@ -112,13 +112,23 @@ func WarmupInputs(inputs []IOInfo, batch int) ([]tensor.Tensor, error) {
 // Warmup runs sess once per batch size with zero inputs (see WarmupInputs),
 // so lazy initialisation inside the engine (memory arenas, kernel selection)
 // happens before the first real request. Duplicate sizes run once; sizes
-// must be positive. Engines call it from Load with Options.WarmupBatchSizes.
-func Warmup(ctx context.Context, sess Session, batchSizes []int) error {
-	done := make(map[int]bool, len(batchSizes))
+// must be positive. Before anything is allocated, the declared inputs and
+// outputs at every size must fit in maxBytes (CheckWarmupMemory: zero means
+// DefaultMaxWarmupBytes, negative no limit), so that a model declaring an
+// input of [batch, 100000000, 4] fails with a *MemoryError instead of
+// taking the process down. Engines call it from Load with
+// Options.WarmupBatchSizes and Options.MaxWarmupBytes.
+func Warmup(ctx context.Context, sess Session, batchSizes []int, maxBytes int64) error {
 	for _, b := range batchSizes {
 		if b <= 0 {
 			return fmt.Errorf("infer: warm-up batch size %d: must be positive", b)
 		}
+	}
+	if err := CheckWarmupMemory(sess.Inputs(), sess.Outputs(), batchSizes, maxBytes); err != nil {
+		return err
+	}
+	done := make(map[int]bool, len(batchSizes))
+	for _, b := range batchSizes {
 		if done[b] {
 			continue
 		}

@@ -59,20 +59,20 @@ func TestCheckInputs(t *testing.T) {
 
 func TestWarmup(t *testing.T) {
 	sess := sequence("a,b", -1)
-	if err := Warmup(context.Background(), sess, []int{1, 8, 8, 32}); err != nil {
+	if err := Warmup(context.Background(), sess, []int{1, 8, 8, 32}, 0); err != nil {
 		t.Fatal(err)
 	}
 	want := []tensor.Shape{{1, 1, 2}, {8, 1, 2}, {32, 1, 2}}
 	if !slices.EqualFunc(sess.runs, want, tensor.Shape.Equal) {
 		t.Errorf("warm-up ran %v, want %v", sess.runs, want)
 	}
-	if err := Warmup(context.Background(), sess, []int{4, 0}); err == nil || err.Error() != "infer: warm-up batch size 0: must be positive" {
+	if err := Warmup(context.Background(), sess, []int{4, 0}, 0); err == nil || err.Error() != "infer: warm-up batch size 0: must be positive" {
 		t.Errorf("Warmup with size 0 = %v", err)
 	}
 
 	fixed := tabular("a,b")
 	fixed.in.Shape, fixed.in.BatchAxis = tensor.Shape{1, 2}, -1
-	if err := Warmup(context.Background(), fixed, []int{16}); err != nil {
+	if err := Warmup(context.Background(), fixed, []int{16}, 0); err != nil {
 		t.Fatal(err)
 	}
 	if len(fixed.runs) != 1 || !fixed.runs[0].Equal(tensor.Shape{1, 2}) {
@@ -81,7 +81,7 @@ func TestWarmup(t *testing.T) {
 
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if err := Warmup(ctx, tabular("a"), []int{1}); !errors.Is(err, context.Canceled) {
+	if err := Warmup(ctx, tabular("a"), []int{1}, 0); !errors.Is(err, context.Canceled) {
 		t.Errorf("Warmup with cancelled ctx = %v, want context.Canceled", err)
 	}
 }

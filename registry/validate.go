@@ -3,8 +3,11 @@ package registry
 import (
 	"context"
 	"fmt"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/onnx"
@@ -16,6 +19,9 @@ type ModelInfo struct {
 	// Inputs are the model's inputs in the order the engine feeds them
 	// (graph initializers excluded).
 	Inputs []infer.IOInfo
+	// Outputs are the model's outputs as declared (Shape nil when the
+	// model does not declare a rank).
+	Outputs []infer.IOInfo
 	// Metadata is the model's ONNX metadata_props.
 	Metadata map[string]string
 }
@@ -36,21 +42,109 @@ func (f ValidatorFunc) Validate(ctx context.Context, model []byte) (ModelInfo, e
 	return f(ctx, model)
 }
 
-// EngineValidator returns a Validator that loads the model in eng (one
-// session, closed again at once) and reports the session's inputs and
-// metadata. With the ONNX Runtime engine this is the check that the artifact
-// will load when served.
+// AdmissionConfig is what a model must do to be admitted by
+// NewEngineValidator: load and warm up the way the servers will. The zero
+// value matches a server with default settings.
+type AdmissionConfig struct {
+	// WarmupBatchSizes are the batch sizes the servers warm each version
+	// at (server.Config.Session.WarmupBatchSizes). If empty, {1, 32}: a
+	// server's default, 1 and its largest batch.
+	WarmupBatchSizes []int
+	// MaxWarmupBytes caps the input and output tensors of one warm-up run,
+	// as the model declares them (infer.CheckWarmupMemory), at the largest
+	// batch. It is checked before the model is loaded, so a model declaring
+	// gigabytes is refused without allocating them. If zero,
+	// infer.DefaultMaxWarmupBytes (1 GiB), the servers' default too;
+	// negative means no limit.
+	MaxWarmupBytes int64
+	// Timeout bounds loading and warming the model. If zero, 2 minutes.
+	Timeout time.Duration
+	// Session are the engine options to load with (threads); its warm-up
+	// fields are replaced by the two above.
+	Session infer.Options
+	// TempDir is where the artifact is written to be loaded from a file,
+	// alone in a fresh folder, as a server loads the stored artifact. If
+	// empty, os.TempDir().
+	TempDir string
+}
+
+func (c *AdmissionConfig) setDefaults() {
+	if len(c.WarmupBatchSizes) == 0 {
+		c.WarmupBatchSizes = []int{1, 32}
+	}
+	if c.MaxWarmupBytes == 0 {
+		c.MaxWarmupBytes = infer.DefaultMaxWarmupBytes
+	}
+	if c.Timeout <= 0 {
+		c.Timeout = 2 * time.Minute
+	}
+}
+
+// CheckAdmission is the static part of admission, pure Go and without
+// running anything: the model is inspected (InspectONNX: structure, no
+// external data) and one warm-up run at each of cfg's batch sizes must
+// fit in cfg.MaxWarmupBytes by the shapes it declares. It allocates
+// nothing by a declared shape. Errors wrap ErrInvalidArtifact; a memory
+// refusal also wraps infer.ErrWarmupMemory and names the input, its
+// declared shape, the bytes it needs at the warm-up batch and the limit.
+func CheckAdmission(model []byte, cfg AdmissionConfig) (ModelInfo, error) {
+	cfg.setDefaults()
+	info, err := InspectONNX(model)
+	if err != nil {
+		return ModelInfo{}, err
+	}
+	if err := infer.CheckWarmupMemory(info.Inputs, info.Outputs, cfg.WarmupBatchSizes, cfg.MaxWarmupBytes); err != nil {
+		return ModelInfo{}, fmt.Errorf("%w: %w", ErrInvalidArtifact, err)
+	}
+	return info, nil
+}
+
+// EngineValidator is NewEngineValidator with the zero AdmissionConfig (a
+// server with default settings).
 func EngineValidator(eng infer.Engine) Validator {
+	return NewEngineValidator(eng, AdmissionConfig{})
+}
+
+// NewEngineValidator returns a Validator that admits a model only if it
+// can serve: CheckAdmission first (nothing is loaded if the declared
+// tensors do not fit), then the model is loaded in eng from a file holding
+// exactly the artifact's bytes alone in a fresh folder — what a server
+// does with the stored, content-addressed artifact, so a model that
+// depends on files beside it fails here as it would there — and warmed at
+// cfg.WarmupBatchSizes within cfg.Timeout. It reports the session's inputs
+// and metadata. With the ONNX Runtime engine this is the check that the
+// artifact will load and run when served.
+func NewEngineValidator(eng infer.Engine, cfg AdmissionConfig) Validator {
+	cfg.setDefaults()
 	return ValidatorFunc(func(ctx context.Context, model []byte) (ModelInfo, error) {
-		sess, err := eng.LoadBytes(ctx, model, infer.Options{})
+		if _, err := CheckAdmission(model, cfg); err != nil {
+			return ModelInfo{}, err
+		}
+		dir, err := os.MkdirTemp(cfg.TempDir, "signalforge-admit-")
 		if err != nil {
-			if ctx.Err() != nil {
+			return ModelInfo{}, fmt.Errorf("registry: admission: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		path := filepath.Join(dir, "model.onnx")
+		if err := os.WriteFile(path, model, 0o600); err != nil {
+			return ModelInfo{}, fmt.Errorf("registry: admission: %w", err)
+		}
+		opts := cfg.Session
+		opts.WarmupBatchSizes, opts.MaxWarmupBytes = cfg.WarmupBatchSizes, cfg.MaxWarmupBytes
+		lctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
+		defer cancel()
+		sess, err := eng.LoadFile(lctx, path, opts)
+		if err != nil {
+			switch {
+			case ctx.Err() != nil:
 				return ModelInfo{}, ctx.Err()
+			case lctx.Err() != nil:
+				return ModelInfo{}, fmt.Errorf("%w: %s did not load and warm it (batch sizes %v) within %v", ErrInvalidArtifact, eng.Name(), cfg.WarmupBatchSizes, cfg.Timeout)
 			}
-			return ModelInfo{}, fmt.Errorf("%w: %s cannot load it: %v", ErrInvalidArtifact, eng.Name(), err)
+			return ModelInfo{}, fmt.Errorf("%w: %s cannot load and warm it (batch sizes %v): %v", ErrInvalidArtifact, eng.Name(), cfg.WarmupBatchSizes, err)
 		}
 		defer sess.Close()
-		return ModelInfo{Inputs: sess.Inputs(), Metadata: sess.Metadata()}, nil
+		return ModelInfo{Inputs: sess.Inputs(), Outputs: sess.Outputs(), Metadata: sess.Metadata()}, nil
 	})
 }
 
@@ -76,6 +170,9 @@ func InspectONNX(model []byte) (ModelInfo, error) {
 		return ModelInfo{}, fmt.Errorf("%w: ONNX model has an empty graph", ErrInvalidArtifact)
 	case len(g.GetOutput()) == 0:
 		return ModelInfo{}, fmt.Errorf("%w: ONNX graph has no outputs", ErrInvalidArtifact)
+	}
+	if ext := onnx.ExternalTensors(mp); len(ext) > 0 {
+		return ModelInfo{}, externalDataError(ext)
 	}
 	inits := map[string]bool{}
 	for _, t := range g.GetInitializer() {
@@ -110,7 +207,47 @@ func InspectONNX(model []byte) (ModelInfo, error) {
 	if len(info.Inputs) == 0 {
 		return ModelInfo{}, fmt.Errorf("%w: ONNX graph has no inputs", ErrInvalidArtifact)
 	}
+	for _, out := range g.GetOutput() {
+		io := infer.IOInfo{Name: out.GetName(), BatchAxis: -1}
+		tt := out.GetType().GetTensorType()
+		if tt != nil {
+			io.DType = dtypeOf(tt.GetElemType())
+		}
+		if tt != nil && tt.GetShape() != nil {
+			io.Shape = tensor.Shape{}
+			for _, d := range tt.GetShape().GetDim() {
+				v := d.GetDimValue()
+				if _, ok := d.GetValue().(*onnx.TensorShapeProto_Dimension_DimValue); !ok || v < 0 {
+					v = -1
+				}
+				io.Shape = append(io.Shape, v)
+				io.DimNames = append(io.DimNames, d.GetDimParam())
+			}
+			io.BatchAxis = infer.BatchAxis(io.Shape, io.DimNames)
+		}
+		info.Outputs = append(info.Outputs, io)
+	}
 	return info, nil
+}
+
+// externalDataError refuses a model that keeps tensors in other files.
+// Artifacts are single content-addressed files that every server fetches
+// by their sha256; the files beside the model are not part of that, and a
+// path the model names would be read wherever the registering process
+// happens to run (and could name any file the server can read).
+func externalDataError(ext []onnx.ExternalTensor) error {
+	e := ext[0]
+	more := ""
+	if len(ext) > 1 {
+		more = fmt.Sprintf(" (and %d more tensor", len(ext)-1)
+		if len(ext) > 2 {
+			more += "s"
+		}
+		more += ")"
+	}
+	return fmt.Errorf("%w: tensor %q keeps its data in the external file %q%s; a registered model must be one self-contained file "+
+		"(in Python: onnx.save(onnx.load(path), out_path, save_as_external_data=False); models over 2 GiB cannot be registered)",
+		ErrInvalidArtifact, e.Name, e.Location, more)
 }
 
 func dtypeOf(t int32) tensor.DType {

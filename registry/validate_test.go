@@ -18,6 +18,7 @@ type fakeEngine struct {
 	inputs  []infer.IOInfo
 	meta    map[string]string
 	closed  int
+	opts    infer.Options // of the last load
 }
 
 type fakeSession struct {
@@ -26,7 +27,11 @@ type fakeSession struct {
 
 func (e *fakeEngine) Name() string { return "fake" }
 func (e *fakeEngine) LoadFile(ctx context.Context, path string, opts infer.Options) (infer.Session, error) {
-	return nil, errors.New("not used")
+	e.opts = opts
+	if e.loadErr != nil {
+		return nil, e.loadErr
+	}
+	return fakeSession{e}, nil
 }
 func (e *fakeEngine) LoadBytes(ctx context.Context, model []byte, opts infer.Options) (infer.Session, error) {
 	if e.loadErr != nil {
@@ -46,7 +51,7 @@ func TestEngineValidator(t *testing.T) {
 	art := onnxModel(t, 1, feats...)
 	eng := &fakeEngine{loadErr: errors.New("Load model failed: unsupported op")}
 	v := registry.EngineValidator(eng)
-	if _, err := v.Validate(ctx, art); !errors.Is(err, registry.ErrInvalidArtifact) || !strings.Contains(err.Error(), "fake cannot load it: Load model failed") {
+	if _, err := v.Validate(ctx, art); !errors.Is(err, registry.ErrInvalidArtifact) || !strings.Contains(err.Error(), "fake cannot load and warm it (batch sizes [1 32]): Load model failed") {
 		t.Fatalf("Validate with a failing engine = %v", err)
 	}
 	eng.loadErr = nil

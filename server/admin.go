@@ -139,9 +139,9 @@ func (s *Server) handleListModels(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err, false)
 		return
 	}
-	out := []api.ModelSummary{}
+	out := []modelView{}
 	for _, m := range models {
-		ms := api.ModelSummary{Name: m.Name, Versions: []api.VersionSummary{}}
+		ms := modelView{Name: m.Name, Versions: []versionView{}}
 		for _, v := range m.Versions {
 			ms.Versions = append(ms.Versions, s.versionSummary(v))
 		}
@@ -161,7 +161,7 @@ func (s *Server) handleGetModel(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, registryError(err), false)
 		return
 	}
-	ms := api.ModelSummary{Name: name, Versions: []api.VersionSummary{}}
+	ms := modelView{Name: name, Versions: []versionView{}}
 	for _, v := range vs {
 		ms.Versions = append(ms.Versions, s.versionSummary(v))
 	}

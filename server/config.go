@@ -43,6 +43,11 @@ type FileConfig struct {
 	} `yaml:"batch"`
 	Session struct {
 		IntraOpThreads int `yaml:"intra_op_threads"` // default 1
+		// MaxWarmupBytes caps the input and output tensors one warm-up run
+		// of a version needs, as its model declares them, at the largest
+		// batch. A version over it is marked failed instead of loaded, and
+		// registration through this server refuses it. Default 1 GiB.
+		MaxWarmupBytes int64 `yaml:"max_warmup_bytes"`
 	} `yaml:"session"`
 	Cache struct {
 		// Enabled turns the prediction cache on. Default true.

@@ -12,8 +12,9 @@ import (
 // core packages' Stats() snapshots (batchers, cache, router) into metrics at
 // scrape time, so those packages import no metrics library.
 type metrics struct {
-	requests *prometheus.CounterVec
-	latency  *prometheus.HistogramVec
+	requests     *prometheus.CounterVec
+	latency      *prometheus.HistogramVec
+	loadFailures *prometheus.CounterVec
 }
 
 func newMetrics(s *Server, reg prometheus.Registerer) (*metrics, error) {
@@ -27,8 +28,12 @@ func newMetrics(s *Server, reg prometheus.Registerer) (*metrics, error) {
 			Help:    "Prediction request latency, from decoding to the answer, by API and model.",
 			Buckets: []float64{.0005, .001, .002, .005, .01, .02, .05, .1, .25, .5, 1, 2.5},
 		}, []string{"api", "model", "cached"}),
+		loadFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "signalforge", Name: "model_load_failures_total",
+			Help: "Failed attempts to load (or warm up) a model version; the version is not served and shows as failed in /v1/models.",
+		}, []string{"model", "version"}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.latency, &statsCollector{s: s}} {
+	for _, c := range []prometheus.Collector{m.requests, m.latency, m.loadFailures, &statsCollector{s: s}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -56,14 +61,15 @@ var (
 	descVerErrors   = prometheus.NewDesc("signalforge_version_errors_total", "Failed requests of a version (router stats).", []string{"model", "version"}, nil)
 	descVerErrRate  = prometheus.NewDesc("signalforge_version_error_rate_pct", "Error rate % of a version over the router's sliding window.", []string{"model", "version"}, nil)
 	descTraffic     = prometheus.NewDesc("signalforge_version_traffic_ratio", "Share of a model's traffic routed to a version (0–1).", []string{"model", "version"}, nil)
-	descReady       = prometheus.NewDesc("signalforge_ready", "1 when the server is ready.", nil, nil)
+	descReady       = prometheus.NewDesc("signalforge_ready", "1 when the server is ready: models loaded, not shutting down, and every model with production traffic has a loaded production version.", nil, nil)
+	descVerFailed   = prometheus.NewDesc("signalforge_model_version_failed", "1 for a version that should be served but failed to load (the error is in /v1/models and the logs).", []string{"model", "version"}, nil)
 )
 
 type statsCollector struct{ s *Server }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBatches, descBatchRows, descBatchSize, descQueueDepth, descInFlight, descRejected, descDropped, descBatchP99,
-		descCacheHits, descCacheMisses, descCacheErrors, descCacheWrites, descCacheOpen, descVerRequests, descVerErrors, descVerErrRate, descTraffic, descReady} {
+		descCacheHits, descCacheMisses, descCacheErrors, descCacheWrites, descCacheOpen, descVerRequests, descVerErrors, descVerErrRate, descTraffic, descReady, descVerFailed} {
 		ch <- d
 	}
 }
@@ -127,8 +133,11 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
+	for ref := range s.models.health.Load().failed {
+		ch <- prometheus.MustNewConstMetric(descVerFailed, prometheus.GaugeValue, 1, ref.Name, ref.Version)
+	}
 	ready := 0.0
-	if s.ready.Load() {
+	if ok, _ := s.readiness(); ok {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)

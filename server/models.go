@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -100,9 +101,13 @@ type modelSet struct {
 	tab atomic.Pointer[table]
 
 	retiring sync.WaitGroup // retire goroutines
-	// failed counts the versions the last reconcile could not load; while
-	// it is not zero, follow retries. Only follow touches it.
+	// failed counts the versions the last reconcile could not load and
+	// may load on a retry; while it is not zero, follow retries. Only
+	// follow touches it.
 	failed int
+	// health is what the last reconcile could not load, for /v1/models,
+	// readiness and metrics. follow writes it; handlers read it.
+	health atomic.Pointer[health]
 	// served remembers which versions were in production, to bump their
 	// cache generation when they (re)enter it. Only follow touches it.
 	served map[registry.Ref]bool
@@ -116,7 +121,48 @@ func newModelSet(s *Server) *modelSet {
 	m := &modelSet{s: s, served: map[registry.Ref]bool{}}
 	t := table{}
 	m.tab.Store(&t)
+	m.health.Store(&health{})
 	return m
+}
+
+// loadFailure is why a version could not be loaded.
+type loadFailure struct {
+	sha256 string // the artifact that failed
+	err    string
+	at     time.Time
+	// permanent is set when loading the same artifact again cannot help
+	// (its warm-up needs more memory than allowed): it is not retried.
+	permanent bool
+}
+
+// health is an immutable snapshot of what the server cannot serve.
+type health struct {
+	// failed are the versions that should be loaded but are not.
+	failed map[registry.Ref]loadFailure
+	// unservable are the models with production traffic none of whose
+	// production versions is loaded, sorted, each with the reason.
+	unservable []unservable
+}
+
+type unservable struct {
+	Model  string `json:"model"`
+	Reason string `json:"reason"`
+}
+
+func (m *modelSet) failure(ref registry.Ref) (loadFailure, bool) {
+	f, ok := m.health.Load().failed[ref]
+	return f, ok
+}
+
+// modelFailure explains why none of model's production versions is
+// loaded, or "" if that is not the case.
+func (m *modelSet) modelFailure(model string) string {
+	for _, u := range m.health.Load().unservable {
+		if u.Model == model {
+			return u.Reason
+		}
+	}
+	return ""
 }
 
 func (m *modelSet) current() table { return *m.tab.Load() }
@@ -198,6 +244,8 @@ func (m *modelSet) reconcile(ctx context.Context) {
 	old := m.current()
 	next := table{}
 	want := map[string]registry.Model{}
+	prevFailed := m.health.Load().failed
+	failed := map[registry.Ref]loadFailure{}
 	m.failed = 0
 	for _, md := range models {
 		want[md.Name] = md
@@ -213,10 +261,25 @@ func (m *modelSet) reconcile(ctx context.Context) {
 				next[v.Name][v.Version] = l
 				continue
 			}
+			ref := v.Ref()
+			if f, ok := prevFailed[ref]; ok && f.permanent && f.sha256 == v.Artifact.SHA256 {
+				failed[ref] = f
+				continue
+			}
 			l, err := m.load(ctx, v)
 			if err != nil {
-				m.failed++
-				s.log.Error("loading model version failed; will retry", "model", v.Name, "version", v.Version, "err", err)
+				if ctx.Err() != nil {
+					continue // shutting down: not the version's fault
+				}
+				f := loadFailure{sha256: v.Artifact.SHA256, err: err.Error(), at: time.Now(), permanent: errors.Is(err, infer.ErrWarmupMemory)}
+				failed[ref] = f
+				s.met.loadFailures.WithLabelValues(v.Name, v.Version).Inc()
+				if f.permanent {
+					s.log.Error("loading model version failed; marked failed, not retried (other versions keep serving)", "model", v.Name, "version", v.Version, "sha256", v.Artifact.SHA256, "err", err)
+				} else {
+					m.failed++
+					s.log.Error("loading model version failed; marked failed, will retry (other versions keep serving)", "model", v.Name, "version", v.Version, "sha256", v.Artifact.SHA256, "err", err)
+				}
 				continue
 			}
 			s.log.Info("loaded model version", "model", v.Name, "version", v.Version, "status", v.Status, "path", v.Artifact.Path)
@@ -280,8 +343,9 @@ func (m *modelSet) reconcile(ctx context.Context) {
 
 	m.seeded = true
 
-	// (3) publish the final table.
+	// (3) publish the final table, and what could not be loaded.
 	m.tab.Store(&next)
+	m.health.Store(newHealth(want, next, failed))
 
 	// (4) retire what is gone.
 	for name, vs := range old {
@@ -304,7 +368,40 @@ func (m *modelSet) reconcile(ctx context.Context) {
 	}
 }
 
-// load opens, warms and wraps one version.
+// newHealth lists the failed versions and the models with production
+// traffic that have no loaded production version.
+func newHealth(want map[string]registry.Model, next table, failed map[registry.Ref]loadFailure) *health {
+	h := &health{failed: failed}
+	for _, name := range slices.Sorted(maps.Keys(want)) {
+		var reasons []string
+		serving, loaded := false, false
+		for _, v := range want[name].Versions {
+			if v.Status != registry.StatusProduction || v.Traffic <= 0 {
+				continue
+			}
+			serving = true
+			if next.get(name, v.Version) != nil {
+				loaded = true
+				break
+			}
+			if f, ok := failed[v.Ref()]; ok {
+				reasons = append(reasons, fmt.Sprintf("%s failed to load: %s", v.Version, f.err))
+			} else {
+				reasons = append(reasons, v.Version+" is not loaded")
+			}
+		}
+		if serving && !loaded {
+			h.unservable = append(h.unservable, unservable{Model: name, Reason: strings.Join(reasons, "; ")})
+		}
+	}
+	return h
+}
+
+// load opens, warms and wraps one version. A version whose declared
+// tensors do not fit the warm-up memory budget is refused before anything
+// is allocated (an error wrapping infer.ErrWarmupMemory), and one whose
+// warm-up fails is not served: it would fail requests at the batch sizes
+// the batcher makes.
 func (m *modelSet) load(ctx context.Context, v registry.Version) (*loaded, error) {
 	s := m.s
 	if v.Artifact.Path == "" {
@@ -317,14 +414,15 @@ func (m *modelSet) load(ctx context.Context, v registry.Version) (*loaded, error
 	if err != nil {
 		return nil, err
 	}
+	if err := infer.Warmup(ctx, sess, warm, opts.MaxWarmupBytes); err != nil {
+		sess.Close()
+		return nil, fmt.Errorf("warm-up: %w", err)
+	}
 	l := &loaded{ref: v.Ref(), meta: v, sess: sess, idle: make(chan struct{})}
 	l.pred, l.predErr = infer.NewPredictor(sess, infer.PredictorConfig{Features: v.Features, MaxRows: s.cfg.MaxRows})
 	if l.pred != nil {
 		l.sortedFeatures = l.pred.Features()
 		slices.Sort(l.sortedFeatures)
-	}
-	if err := infer.Warmup(ctx, sess, warm); err != nil {
-		s.log.Warn("warm-up failed; serving cold", "model", v.Name, "version", v.Version, "err", err)
 	}
 	bcfg := s.cfg.Batch
 	bcfg.Logger = s.log.With("model", v.Name, "version", v.Version)

@@ -77,6 +77,9 @@ func (s *Server) notServing(ctx context.Context, model, version string) error {
 		if !s.ready.Load() {
 			return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: "server is not ready: models are still loading", RetryAfter: time.Second}
 		}
+		if why := s.models.modelFailure(model); why != "" {
+			return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("model %q cannot serve: %s", model, why)}
+		}
 		return notFound("model %q has no production version with traffic; pin a version (native API: \"version\" field; OIP v2: /v2/models/%s/versions/{version}/infer)", model, model)
 	}
 	v, err := s.reg.Get(ctx, registry.Ref{Name: model, Version: version})
@@ -88,6 +91,9 @@ func (s *Server) notServing(ctx context.Context, model, version string) error {
 	}
 	if v.Status == registry.StatusArchived || (v.Status == registry.StatusStaging && !s.cfg.ServeStaging) {
 		return notFound("version %q of model %q is %s and not served", version, model, v.Status)
+	}
+	if f, ok := s.models.failure(v.Ref()); ok && f.sha256 == v.Artifact.SHA256 {
+		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q failed to load: %s", version, model, f.err)}
 	}
 	return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q is not loaded yet", version, model), RetryAfter: time.Second}
 }

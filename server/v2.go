@@ -30,12 +30,32 @@ func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
 // asks for a 4xx when not ready; 503 is what Kubernetes probes and load
 // balancers expect of an instance that is starting or draining, so we keep
 // it (a deliberate deviation, documented in docs/API.md).
+//
+// A server is not ready while it loads, while it shuts down, and while a
+// model with production traffic has no loaded production version (every
+// one failed to load): the body then lists those models with the reason.
+// The other models keep answering requests meanwhile.
 func (s *Server) handleReady(w http.ResponseWriter, r *http.Request) {
-	if !s.ready.Load() {
-		writeJSON(w, http.StatusServiceUnavailable, map[string]bool{"ready": false})
+	ok, bad := s.readiness()
+	if !ok {
+		body := map[string]any{"ready": false}
+		if len(bad) > 0 {
+			body["unavailable_models"] = bad
+		}
+		writeJSON(w, http.StatusServiceUnavailable, body)
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]bool{"ready": true})
+}
+
+// readiness is what /v2/health/ready answers, with the models that have
+// production traffic but no loadable production version.
+func (s *Server) readiness() (bool, []unservable) {
+	if !s.ready.Load() {
+		return false, nil
+	}
+	bad := s.models.health.Load().unservable
+	return len(bad) == 0, bad
 }
 
 func (s *Server) handleV2ModelReady(w http.ResponseWriter, r *http.Request) {
@@ -43,7 +63,7 @@ func (s *Server) handleV2ModelReady(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		var he *HTTPError
 		if errors.As(err, &he) && he.Status == http.StatusServiceUnavailable {
-			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"name": r.PathValue("name"), "ready": false})
+			writeJSON(w, http.StatusServiceUnavailable, map[string]any{"name": r.PathValue("name"), "ready": false, "reason": he.Msg})
 			return
 		}
 		s.writeError(w, r, err, true)
@@ -231,11 +251,34 @@ func ioNames(ios []infer.IOInfo) []string {
 }
 
 // versionSummary renders a registry version for the native API.
-func (s *Server) versionSummary(v registry.Version) api.VersionSummary {
-	return api.VersionSummary{
+// modelView is a model in /v1/models: api.ModelSummary with each version's
+// load state.
+type modelView struct {
+	Name     string        `json:"name"`
+	Versions []versionView `json:"versions"`
+}
+
+// versionView is api.VersionSummary plus whether this server serves the
+// version: "loaded", "failed" (with the error in load_error) or
+// "not_loaded" (archived, staging on a server that serves only
+// production, or not loaded yet).
+type versionView struct {
+	api.VersionSummary
+	State     string `json:"state"`
+	LoadError string `json:"load_error,omitempty"`
+}
+
+func (s *Server) versionSummary(v registry.Version) versionView {
+	out := versionView{VersionSummary: api.VersionSummary{
 		Version: v.Version, Status: string(v.Status), Traffic: v.Traffic, Features: v.Features,
 		Loaded: s.models.current().get(v.Name, v.Version) != nil, Metrics: v.Metrics, Tags: v.Tags,
+	}, State: "not_loaded"}
+	if out.Loaded {
+		out.State = "loaded"
+	} else if f, ok := s.models.failure(v.Ref()); ok && f.sha256 == v.Artifact.SHA256 {
+		out.State, out.LoadError = "failed", f.err
 	}
+	return out
 }
 
 // checkFiniteOutputs refuses float outputs JSON cannot carry.

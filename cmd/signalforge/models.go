@@ -18,6 +18,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/registry"
@@ -271,7 +272,10 @@ func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) e
 	fs.Var(quant, "quantization", "lineage: a quantization parameter, key=value (repeatable)")
 	fs.StringVar(&req.Lineage.CalibrationSHA256, "calibration-sha256", "", "lineage: sha256 of the calibration set")
 	fs.Var(bench, "bench", "lineage: a benchmark result, key=number (repeatable)")
-	fs.BoolVar(&mc.noCheck, "skip-engine-check", false, "only check that the file parses as ONNX; do not load it in ONNX Runtime")
+	fs.BoolVar(&mc.noCheck, "skip-engine-check", false, "check the file without ONNX Runtime (it parses as ONNX, is self-contained, and its declared tensors fit --max-warmup-bytes); do not load and warm it")
+	var adm registry.AdmissionConfig
+	maxBatch := fs.Int("max-batch", 32, "the largest batch the servers run (serve --max-batch): the model is loaded and warmed at batch 1 and this before it is admitted")
+	fs.Int64Var(&adm.MaxWarmupBytes, "max-warmup-bytes", infer.DefaultMaxWarmupBytes, "memory the input and output tensors of one warm-up run may need at the largest batch (the servers' session.max_warmup_bytes)")
 	pos, err := modelsParse(fs, args, 1, 1)
 	if err != nil {
 		return err
@@ -306,9 +310,16 @@ func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) e
 			return err
 		}
 	}
-	var v registry.Validator
+	if *maxBatch < 1 || adm.MaxWarmupBytes < 1 {
+		return fmt.Errorf("--max-batch %d and --max-warmup-bytes %d must be positive", *maxBatch, adm.MaxWarmupBytes)
+	}
+	adm.WarmupBatchSizes = []int{1, *maxBatch}
+	// Without the engine, the static part of admission still runs.
+	v := registry.Validator(registry.ValidatorFunc(func(_ context.Context, data []byte) (registry.ModelInfo, error) {
+		return registry.CheckAdmission(data, adm)
+	}))
 	if !mc.noCheck {
-		val, closeEngine, err := modelsEngineValidator(e)
+		val, closeEngine, err := modelsEngineValidator(e, adm)
 		if err != nil {
 			return err
 		}
@@ -657,11 +668,12 @@ func modelsActor(a string) string {
 
 // modelsEngineValidator opens the ONNX Runtime engine (the library is found
 // as ort.FindLibrary describes, reading the environment through e) and
-// returns a Validator over it and a func to close the engine.
-func modelsEngineValidator(e *env) (registry.Validator, func() error, error) {
+// returns a Validator over it that admits a model as adm says, and a func
+// to close the engine.
+func modelsEngineValidator(e *env, adm registry.AdmissionConfig) (registry.Validator, func() error, error) {
 	eng, err := ort.New(ort.Config{Getenv: e.getenv})
 	if err != nil {
 		return nil, nil, fmt.Errorf("%w (or pass --skip-engine-check to register without loading the model in ONNX Runtime)", err)
 	}
-	return registry.EngineValidator(eng), eng.Close, nil
+	return registry.NewEngineValidator(eng, adm), eng.Close, nil
 }

@@ -380,3 +380,69 @@ func TestModelsRefusesMixedFeatures(t *testing.T) {
 	run(0, "forecast_mlp  v4.0     staging", "list")
 	run(1, "not found", "show", "forecast_mlp:v4.1")
 }
+
+// TestModelsRegisterAdmitsOnlyWhatCanServe (D2, D3): `models register`
+// refuses, with the reason and writing nothing, a model whose warm-up at
+// the servers' batch sizes needs more memory than allowed (also with
+// --skip-engine-check: that part is static) and a model whose weights are
+// external data at a relative path — even run from the folder where that
+// path resolves, since a server loads the stored artifact elsewhere.
+func TestModelsRegisterAdmitsOnlyWhatCanServe(t *testing.T) {
+	dir := t.TempDir()
+	reg := filepath.Join(dir, "reg")
+
+	bld := onnx.NewBuilder("huge", onnx.Opset(17))
+	x := bld.Input("x", tensor.Float32, onnx.Dim("batch"), onnx.Dim(100000000), onnx.Dim(4))
+	axes := bld.Initializer("axes", tensor.Must(tensor.Shape{1}, []int64{1}))
+	bld.Output(bld.Node("ReduceSum", []string{x, axes}, onnx.Attr("keepdims", 0), onnx.Outputs("y")), tensor.Float32, onnx.Dim("batch"), onnx.Dim(4))
+	bld.SetMetadata("signalforge.features", "a,b,c,d")
+	m, err := bld.Build()
+	if err != nil {
+		t.Fatal(err)
+	}
+	huge := filepath.Join(dir, "huge.onnx")
+	if err := onnx.Save(huge, m); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"register", "--name", "huge", huge},
+		{"register", "--name", "huge", "--skip-engine-check", huge},
+	} {
+		code, out, errs := modelsRun(t, reg, args...)
+		if code != 1 || !strings.Contains(errs, `input "x" declared [batch,100000000,4] needs`) || !strings.Contains(errs, "allowed") {
+			t.Errorf("models %q: exit %d\nstdout: %s\nstderr: %s", args, code, out, errs)
+		}
+		t.Logf("models %q: %s", args, strings.TrimSpace(errs))
+	}
+	if code, _, errs := modelsRun(t, reg, "register", "--name", "huge", "--max-warmup-bytes", "4294967296", huge); !strings.Contains(errs, "warm-up batch 32") || code != 1 {
+		t.Errorf("with a 4 GiB budget the refusal is at batch 32: %s", errs)
+	}
+
+	// External data beside the model, registered from that folder.
+	src := filepath.Join(dir, "src")
+	if err := os.Mkdir(src, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	ext := onnxtest.MustMLP(1, 2, 1)
+	blob, err := onnxtest.Externalize(ext.Model, "weights.bin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ext.Save(filepath.Join(src, "model.onnx")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(src, "weights.bin"), blob, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	t.Chdir(src)
+	code, out, errs := modelsRun(t, reg, "register", "--name", "ext", "model.onnx")
+	if code != 1 || !strings.Contains(errs, `tensor "fc0.weight" keeps its data in the external file "weights.bin"`) || !strings.Contains(errs, "save_as_external_data=False") {
+		t.Errorf("register of a model with external data: exit %d\nstdout: %s\nstderr: %s", code, out, errs)
+	}
+	t.Logf("external data: %s", strings.TrimSpace(errs))
+
+	code, out, _ = modelsRun(t, reg, "list", "--json")
+	if code != 0 || strings.TrimSpace(out) != "[]" {
+		t.Fatalf("the registry is not empty after refused registrations: %s", out)
+	}
+}

@@ -122,7 +122,15 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	}
 	defer eng.Close()
 
-	reg, err := registry.Open(ctx, registry.Config{Dir: fc.Registry, Validator: registry.EngineValidator(eng), Logger: log})
+	// Admission through this server (admin uploads) warms a model as the
+	// server will: at batch 1 and the largest batch, within the same memory
+	// budget.
+	warmMax := fc.Batch.MaxBatchSize
+	if warmMax == 0 {
+		warmMax = 32
+	}
+	admission := registry.AdmissionConfig{WarmupBatchSizes: []int{1, warmMax}, MaxWarmupBytes: fc.Session.MaxWarmupBytes}
+	reg, err := registry.Open(ctx, registry.Config{Dir: fc.Registry, Validator: registry.NewEngineValidator(eng, admission), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -180,7 +188,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		DefaultTimeout:  time.Duration(fc.Limits.DefaultTimeout),
 		MaxTimeout:      time.Duration(fc.Limits.MaxTimeout),
 		Batch:           batch.Config{MaxBatchSize: fc.Batch.MaxBatchSize, Window: time.Duration(fc.Batch.Window), MaxQueue: fc.Batch.MaxQueue, MaxInFlight: fc.Batch.MaxInFlight},
-		Session:         infer.Options{IntraOpThreads: fc.Session.IntraOpThreads},
+		Session:         infer.Options{IntraOpThreads: fc.Session.IntraOpThreads, MaxWarmupBytes: fc.Session.MaxWarmupBytes},
 		ServeStaging:    server.BoolOr(fc.ServeStaging, true),
 		ShutdownTimeout: time.Duration(fc.ShutdownTimeout),
 	})

@@ -124,7 +124,7 @@ func (e *Engine) load(ctx context.Context, path string, data []byte, opts infer.
 		sess.Destroy()
 		return nil, err
 	}
-	if err := infer.Warmup(ctx, s, opts.WarmupBatchSizes); err != nil {
+	if err := infer.Warmup(ctx, s, opts.WarmupBatchSizes, opts.MaxWarmupBytes); err != nil {
 		s.Close()
 		return nil, err
 	}
