@@ -295,6 +295,21 @@ func TestRegisterByPath(t *testing.T) {
 	if code, msg := register(ts, "v5", "ok.onnx"); code != 201 {
 		t.Fatalf("a model inside the import folder: %d %s", code, msg)
 	}
+	// The import folder configured through a symbolic link: absolute paths
+	// under either spelling are inside.
+	link := filepath.Join(t.TempDir(), "in")
+	if err := os.Symlink(importDir, link); err != nil {
+		t.Fatal(err)
+	}
+	viaLink := startServer(t, testOpts{noCache: true, adminOpen: true, mutate: func(c *Config) { c.ImportDir = link }})
+	for i, p := range []string{filepath.Join(link, "ok.onnx"), filepath.Join(importDir, "ok.onnx")} {
+		if code, msg := register(viaLink, fmt.Sprintf("v6.%d", i), p); code != 201 {
+			t.Fatalf("onnx_path %q with import folder %q: %d %s", p, link, code, msg)
+		}
+	}
+	if code, _ := register(viaLink, "v6.9", filepath.Join(link, "escape.onnx")); code != 403 {
+		t.Fatalf("escaping symlink via a linked import folder: %d", code)
+	}
 }
 
 // TestUploadConcurrencyBound: uploads beyond MaxUploads get 429 with

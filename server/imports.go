@@ -12,21 +12,20 @@ import (
 	"github.com/signalforge/signalforge/api"
 )
 
-// resolveImportDir makes the import folder absolute with its symbolic
-// links resolved, so that paths inside it can be compared by prefix.
-func resolveImportDir(dir string) (string, error) {
-	abs, err := filepath.Abs(dir)
-	if err != nil {
-		return "", fmt.Errorf("server: import folder %q: %w", dir, err)
+// resolveImportDir returns the import folder made absolute, as written
+// and with its symbolic links resolved, so that paths inside it can be
+// compared by prefix.
+func resolveImportDir(dir string) (abs, root string, err error) {
+	if abs, err = filepath.Abs(dir); err != nil {
+		return "", "", fmt.Errorf("server: import folder %q: %w", dir, err)
 	}
-	root, err := filepath.EvalSymlinks(abs)
-	if err != nil {
-		return "", fmt.Errorf("server: import folder %q: %w", dir, err)
+	if root, err = filepath.EvalSymlinks(abs); err != nil {
+		return "", "", fmt.Errorf("server: import folder %q: %w", dir, err)
 	}
 	if fi, err := os.Stat(root); err != nil || !fi.IsDir() {
-		return "", fmt.Errorf("server: import folder %q is not a folder", dir)
+		return "", "", fmt.Errorf("server: import folder %q is not a folder", dir)
 	}
-	return root, nil
+	return abs, root, nil
 }
 
 // importPath resolves an "onnx_path" of the admin register request to a
@@ -47,7 +46,7 @@ func (s *Server) importPath(p string) (string, error) {
 	}
 	// Lexically first (nothing outside is even looked at), then with the
 	// links resolved.
-	if !within(s.importRoot, filepath.Clean(p)) {
+	if p = filepath.Clean(p); !within(s.importRoot, p) && !within(s.importAbs, p) {
 		return "", refuse
 	}
 	real, err := filepath.EvalSymlinks(p)

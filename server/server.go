@@ -251,9 +251,9 @@ type Server struct {
 	routeClass map[string]routeClass
 	// uploads holds a token per model upload being read (MaxUploads).
 	uploads chan struct{}
-	// importRoot is ImportDir made absolute with its symbolic links
-	// resolved; empty when register-by-path is off.
-	importRoot string
+	// importAbs is ImportDir made absolute, importRoot the same with its
+	// symbolic links resolved; empty when register-by-path is off.
+	importAbs, importRoot string
 
 	ready        atomic.Bool // initial load done and not shutting down
 	shuttingDown atomic.Bool
@@ -284,11 +284,11 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.uploads = make(chan struct{}, cfg.MaxUploads)
 	if cfg.ImportDir != "" {
-		root, err := resolveImportDir(cfg.ImportDir)
+		abs, root, err := resolveImportDir(cfg.ImportDir)
 		if err != nil {
 			return nil, err
 		}
-		s.importRoot = root
+		s.importAbs, s.importRoot = abs, root
 	}
 	s.models = newModelSet(s)
 	ap, err := route.NewAutopilot(s.router, route.AutopilotConfig{OnAction: s.autopilotAction, Logger: cfg.Logger})
