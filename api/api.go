@@ -191,14 +191,19 @@ type ErrorDetail struct {
 
 // Error codes.
 const (
-	CodeBadRequest    = "bad_request"
-	CodeInvalidInput  = "invalid_input"
-	CodeNotFound      = "not_found"
-	CodeTooLarge      = "too_large"
-	CodeQueueFull     = "queue_full"
-	CodeUnavailable   = "unavailable"
-	CodeTimeout       = "timeout"
-	CodeUnauthorized  = "unauthorized"
+	CodeBadRequest   = "bad_request"
+	CodeInvalidInput = "invalid_input"
+	CodeNotFound     = "not_found"
+	CodeTooLarge     = "too_large"
+	CodeQueueFull    = "queue_full"
+	CodeUnavailable  = "unavailable"
+	CodeTimeout      = "timeout"
+	// CodeRequestTimeout (408): the request body did not arrive in time.
+	CodeRequestTimeout = "request_timeout"
+	CodeUnauthorized   = "unauthorized"
+	// CodeForbidden (403): the admin API is closed (no token configured),
+	// or register-by-path is off or names a file outside the import folder.
+	CodeForbidden     = "forbidden"
 	CodeConflict      = "conflict"
 	CodeInternal      = "internal"
 	CodeMethodNotAllo = "method_not_allowed"

@@ -285,7 +285,8 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 }
 
 // DecodePredictRequest decodes a native prediction request strictly
-// (unknown fields are errors). Common requests take a one-pass fast path;
+// (unknown fields are errors; a repeated key, top-level or a feature name,
+// is a *DuplicateKeyError). Common requests take a one-pass fast path;
 // everything else, and every error, goes through encoding/json.
 func DecodePredictRequest(b []byte) (PredictRequest, error) {
 	if r, ok := fastPredictRequest(b); ok {
@@ -302,6 +303,11 @@ func DecodePredictRequest(b []byte) (PredictRequest, error) {
 	}
 	if _, err := dec.Token(); err != io.EOF {
 		return PredictRequest{}, errTrailing
+	}
+	// encoding/json keeps the last of two equal keys; refuse them instead
+	// (the fast path gives up on them, so they all come here).
+	if err := CheckDuplicateKeys(b); err != nil {
+		return PredictRequest{}, err
 	}
 	return r, nil
 }

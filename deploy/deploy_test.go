@@ -183,6 +183,9 @@ func TestConfigMapIsAValidServerConfig(t *testing.T) {
 	if server.BoolOr(fc.Demo, true) {
 		t.Error("demo is on: replicas would seed demo models into the shared registry")
 	}
+	if fc.AdminOpenLoopback || fc.ImportDir != "" {
+		t.Errorf("admin_open_loopback %v, import_dir %q: a cluster's admin API needs the token, and models arrive by upload", fc.AdminOpenLoopback, fc.ImportDir)
+	}
 	if !server.BoolOr(fc.Cache.Enabled, true) {
 		t.Error("the cache is off")
 	}
@@ -241,6 +244,11 @@ func TestPodSpecsRunTheServerAsConfigured(t *testing.T) {
 				}
 				if str(t, e, "valueFrom", "secretKeyRef", "name") != secretName || str(t, e, "valueFrom", "secretKeyRef", "key") != key {
 					t.Errorf("%s does not come from secret %s key %s: %v", name, secretName, key, e)
+				}
+				// Without the token the admin API is closed: a missing key
+				// must stop the pod, not start it without admin.
+				if opt, _ := get(t, e, "valueFrom", "secretKeyRef").(obj)["optional"].(bool); opt {
+					t.Errorf("%s: secretKeyRef is optional", name)
 				}
 				if _, ok := get(t, secret, "stringData").(obj)[key]; !ok {
 					t.Errorf("secret.example.yaml has no key %s", key)

@@ -4,7 +4,7 @@ import (
 	"crypto/subtle"
 	"errors"
 	"fmt"
-	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -17,50 +17,57 @@ import (
 const Version = "0.1.0"
 
 func (s *Server) routes() {
-	m := s.mux
+	h := s.handle
 	// Native API.
-	m.HandleFunc("POST /v1/models/{name}/predict", s.handlePredict)
-	m.HandleFunc("GET /v1/models", s.handleListModels)
-	m.HandleFunc("GET /v1/models/{name}", s.handleGetModel)
-	m.HandleFunc("GET /v1/models/{name}/versions/{version}", s.handleGetVersion)
+	h("POST /v1/models/{name}/predict", classData, s.handlePredict)
+	h("GET /v1/models", classProbe, s.handleListModels)
+	h("GET /v1/models/{name}", classProbe, s.handleGetModel)
+	h("GET /v1/models/{name}/versions/{version}", classProbe, s.handleGetVersion)
 	// Admin.
-	m.HandleFunc("POST /v1/admin/models/{name}/versions", s.admin(s.handleRegister))
-	m.HandleFunc("POST /v1/admin/models/{name}/versions/{version}/promote", s.admin(s.handlePromote))
-	m.HandleFunc("POST /v1/admin/models/{name}/versions/{version}/traffic", s.admin(s.handleTraffic))
-	m.HandleFunc("POST /v1/admin/models/{name}/versions/{version}/archive", s.admin(s.handleArchive))
-	m.HandleFunc("PUT /v1/admin/models/{name}/split", s.admin(s.handleSplit))
-	m.HandleFunc("POST /v1/admin/models/{name}/rollback", s.admin(s.handleRollback))
-	m.HandleFunc("GET /v1/admin/models/{name}/history", s.admin(s.handleHistory))
-	m.HandleFunc("GET /v1/admin/models/{name}/stats", s.admin(s.handleModelStats))
-	m.HandleFunc("POST /v1/admin/models/{name}/canary", s.admin(s.handleCanaryStart))
-	m.HandleFunc("GET /v1/admin/models/{name}/canary", s.admin(s.handleCanaryStatus))
-	m.HandleFunc("DELETE /v1/admin/models/{name}/canary", s.admin(s.handleCanaryStop))
-	m.HandleFunc("GET /v1/admin/models/{name}/judge", s.admin(s.handleJudge))
-	m.HandleFunc("PUT /v1/admin/models/{name}/shadow", s.admin(s.handleShadowStart))
-	m.HandleFunc("GET /v1/admin/models/{name}/shadow", s.admin(s.handleShadowStats))
-	m.HandleFunc("DELETE /v1/admin/models/{name}/shadow", s.admin(s.handleShadowStop))
-	m.HandleFunc("POST /v1/admin/cache/invalidate", s.admin(s.handleInvalidate))
-	m.HandleFunc("GET /v1/admin/cache/stats", s.admin(s.handleCacheStats))
+	h("POST /v1/admin/models/{name}/versions", classAdmin, s.admin(s.handleRegister))
+	h("POST /v1/admin/models/{name}/versions/{version}/promote", classAdmin, s.admin(s.handlePromote))
+	h("POST /v1/admin/models/{name}/versions/{version}/traffic", classAdmin, s.admin(s.handleTraffic))
+	h("POST /v1/admin/models/{name}/versions/{version}/archive", classAdmin, s.admin(s.handleArchive))
+	h("PUT /v1/admin/models/{name}/split", classAdmin, s.admin(s.handleSplit))
+	h("POST /v1/admin/models/{name}/rollback", classAdmin, s.admin(s.handleRollback))
+	h("GET /v1/admin/models/{name}/history", classAdmin, s.admin(s.handleHistory))
+	h("GET /v1/admin/models/{name}/stats", classAdmin, s.admin(s.handleModelStats))
+	h("POST /v1/admin/models/{name}/canary", classAdmin, s.admin(s.handleCanaryStart))
+	h("GET /v1/admin/models/{name}/canary", classAdmin, s.admin(s.handleCanaryStatus))
+	h("DELETE /v1/admin/models/{name}/canary", classAdmin, s.admin(s.handleCanaryStop))
+	h("GET /v1/admin/models/{name}/judge", classAdmin, s.admin(s.handleJudge))
+	h("PUT /v1/admin/models/{name}/shadow", classAdmin, s.admin(s.handleShadowStart))
+	h("GET /v1/admin/models/{name}/shadow", classAdmin, s.admin(s.handleShadowStats))
+	h("DELETE /v1/admin/models/{name}/shadow", classAdmin, s.admin(s.handleShadowStop))
+	h("POST /v1/admin/cache/invalidate", classAdmin, s.admin(s.handleInvalidate))
+	h("GET /v1/admin/cache/stats", classAdmin, s.admin(s.handleCacheStats))
 	// Open Inference Protocol v2.
-	m.HandleFunc("GET /v2", s.handleV2Server)
-	m.HandleFunc("GET /v2/health/live", s.handleLive)
-	m.HandleFunc("GET /v2/health/ready", s.handleReady)
-	m.HandleFunc("GET /v2/models/{name}", s.handleV2Metadata)
-	m.HandleFunc("GET /v2/models/{name}/versions/{version}", s.handleV2Metadata)
-	m.HandleFunc("GET /v2/models/{name}/ready", s.handleV2ModelReady)
-	m.HandleFunc("GET /v2/models/{name}/versions/{version}/ready", s.handleV2ModelReady)
-	m.HandleFunc("POST /v2/models/{name}/infer", s.handleV2Infer)
-	m.HandleFunc("POST /v2/models/{name}/versions/{version}/infer", s.handleV2Infer)
+	h("GET /v2", classProbe, s.handleV2Server)
+	h("GET /v2/health/live", classProbe, s.handleLive)
+	h("GET /v2/health/ready", classProbe, s.handleReady)
+	h("GET /v2/models/{name}", classProbe, s.handleV2Metadata)
+	h("GET /v2/models/{name}/versions/{version}", classProbe, s.handleV2Metadata)
+	h("GET /v2/models/{name}/ready", classProbe, s.handleV2ModelReady)
+	h("GET /v2/models/{name}/versions/{version}/ready", classProbe, s.handleV2ModelReady)
+	h("POST /v2/models/{name}/infer", classData, s.handleV2Infer)
+	h("POST /v2/models/{name}/versions/{version}/infer", classData, s.handleV2Infer)
 	// Operations.
-	m.HandleFunc("GET /healthz", s.handleLive)
-	m.HandleFunc("GET /readyz", s.handleReady)
-	m.Handle("GET /metrics", promhttpHandler(s.cfg.Gatherer))
+	h("GET /healthz", classProbe, s.handleLive)
+	h("GET /readyz", classProbe, s.handleReady)
+	h("GET /metrics", classProbe, promhttpHandler(s.cfg.Gatherer).ServeHTTP)
+}
+
+// handle registers a route with its timeout class.
+func (s *Server) handle(pattern string, c routeClass, h http.HandlerFunc) {
+	s.routeClass[pattern] = c
+	s.mux.HandleFunc(pattern, h)
 }
 
 // ServeHTTP serves the API. Requests no route matches get a JSON 404, or a
 // JSON 405 with an Allow header when the path exists for other methods.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	h, pattern := s.mux.Handler(r)
+	s.setDeadlines(w, s.routeClass[pattern]) // unknown paths: classProbe
 	if pattern != "" {
 		s.mux.ServeHTTP(w, r) // sets the path values
 		return
@@ -98,21 +105,63 @@ func (r *statusRecorder) WriteHeader(code int) {
 	}
 }
 
-// admin wraps an admin handler with the bearer-token check.
+// errAdminClosed is the answer of every admin endpoint on a server with no
+// admin token that was not explicitly opened for loopback development.
+const errAdminClosed = "the admin API is closed: this server has no admin token. " +
+	"Set one (serve --admin-token, env SIGNALFORGE_ADMIN_TOKEN, config admin_token) and send \"Authorization: Bearer <token>\"; " +
+	"for development on this machine only, serve on a loopback address (127.0.0.1) with --admin-open-loopback (config admin_open_loopback: true)"
+
+// admin wraps an admin handler with the bearer-token check. Without a
+// token the admin API is closed, unless AdminOpenLoopback opened it (Serve
+// then only listens on loopback).
 func (s *Server) admin(h func(w http.ResponseWriter, r *http.Request) error) http.HandlerFunc {
-	return func(w http.ResponseWriter, r *http.Request) {
-		if tok := s.cfg.AdminToken; tok != "" {
+	return func(rw http.ResponseWriter, r *http.Request) {
+		// Admin handlers may run long (registration loads and warms a
+		// model): the write deadline starts when the answer does.
+		w := &deadlineWriter{ResponseWriter: rw, d: s.cfg.Timeouts.Write}
+		switch tok := s.cfg.AdminToken; {
+		case tok != "":
 			scheme, got, ok := strings.Cut(r.Header.Get("Authorization"), " ")
 			if !ok || !strings.EqualFold(scheme, "Bearer") || subtle.ConstantTimeCompare([]byte(strings.TrimSpace(got)), []byte(tok)) != 1 {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="signalforge-admin"`)
 				s.writeError(w, r, &HTTPError{Status: http.StatusUnauthorized, Code: api.CodeUnauthorized, Msg: "admin endpoints need \"Authorization: Bearer <token>\""}, false)
 				return
 			}
+		case !s.cfg.AdminOpenLoopback:
+			s.writeError(w, r, &HTTPError{Status: http.StatusForbidden, Code: api.CodeForbidden, Msg: errAdminClosed}, false)
+			return
+		}
+		if r.ContentLength == 0 {
+			bodyRead(w) // nothing to read: the handler may take its time
 		}
 		if err := h(w, r.WithContext(registry.WithActor(r.Context(), "http:"+r.RemoteAddr))); err != nil {
 			s.writeError(w, r, registryError(err), false)
 		}
 	}
+}
+
+// checkAdminAddr refuses an admin API opened without a token on an
+// address other machines can reach.
+func (s *Server) checkAdminAddr(addr string) error {
+	if s.cfg.AdminToken != "" || !s.cfg.AdminOpenLoopback || LoopbackAddr(addr) {
+		return nil
+	}
+	return fmt.Errorf("server: the admin API is open without a token (AdminOpenLoopback, --admin-open-loopback), "+
+		"which is only allowed on a loopback address like 127.0.0.1:8080, not %s: set an admin token to serve admin beyond this machine", addr)
+}
+
+// LoopbackAddr reports whether a listen address ("host:port") accepts
+// connections from this machine only: a loopback IP or "localhost".
+func LoopbackAddr(addr string) bool {
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return false
+	}
+	if host == "localhost" {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 // registryError maps registry errors to HTTP errors.
@@ -201,9 +250,14 @@ type registerBody struct {
 func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 	req := registry.RegisterRequest{Name: r.PathValue("name")}
 	if strings.HasPrefix(r.Header.Get("Content-Type"), "application/octet-stream") {
-		body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxUploadBytes))
+		release, err := s.acquireUpload()
 		if err != nil {
-			return jsonError(err, s.cfg.MaxUploadBytes)
+			return err
+		}
+		defer release()
+		body, err := s.readUpload(w, r)
+		if err != nil {
+			return err
 		}
 		q := r.URL.Query()
 		for k := range q {
@@ -226,12 +280,23 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) error {
 		}
 	} else {
 		var b registerBody
-		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+		if err := s.decodeJSON(w, r, &b); err != nil {
 			return err
 		}
 		if b.ONNXPath == "" {
 			return badRequest("field \"onnx_path\" is required (or upload the file as application/octet-stream)")
 		}
+		p, err := s.importPath(b.ONNXPath)
+		if err != nil {
+			return err
+		}
+		// Registration reads the file into memory like an upload.
+		release, err := s.acquireUpload()
+		if err != nil {
+			return err
+		}
+		defer release()
+		b.ONNXPath = p
 		req.Version, req.ONNXPath, req.Features, req.Metrics, req.Tags = b.Version, b.ONNXPath, b.Features, b.Metrics, b.Tags
 		req.Description, req.Status, req.Traffic, req.Lineage = b.Description, registry.Status(b.Status), b.TrafficPct, b.Lineage
 	}
@@ -266,7 +331,7 @@ func (s *Server) trafficCall(w http.ResponseWriter, r *http.Request, fn func(reg
 		return err
 	}
 	var b trafficBody
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+	if err := s.decodeJSON(w, r, &b); err != nil {
 		return err
 	}
 	if b.TrafficPct == nil {
@@ -302,7 +367,7 @@ func (s *Server) handleArchive(w http.ResponseWriter, r *http.Request) error {
 		AllowEmpty bool `json:"allow_empty"`
 	}
 	if r.ContentLength != 0 {
-		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+		if err := s.decodeJSON(w, r, &b); err != nil {
 			return err
 		}
 	}
@@ -319,7 +384,7 @@ func (s *Server) handleSplit(w http.ResponseWriter, r *http.Request) error {
 	var b struct {
 		Split registry.Split `json:"split"`
 	}
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+	if err := s.decodeJSON(w, r, &b); err != nil {
 		return err
 	}
 	if len(b.Split) == 0 {
@@ -340,7 +405,7 @@ func (s *Server) handleRollback(w http.ResponseWriter, r *http.Request) error {
 		AllowEmpty bool   `json:"allow_empty"`
 	}
 	if r.ContentLength != 0 {
-		if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+		if err := s.decodeJSON(w, r, &b); err != nil {
 			return err
 		}
 	}
@@ -407,7 +472,7 @@ func (s *Server) handleInvalidate(w http.ResponseWriter, r *http.Request) error 
 		Ticker  string `json:"ticker"`
 		Pattern string `json:"pattern"`
 	}
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+	if err := s.decodeJSON(w, r, &b); err != nil {
 		return err
 	}
 	ctx := r.Context()

@@ -76,7 +76,7 @@ func mustServeDemo(t *testing.T, ts *testServer) {
 // upload to the server — while the server following that registry stays
 // up and keeps serving its other models. Nothing is registered.
 func TestRegisterHugeInputRefusedWhileServing(t *testing.T) {
-	ts := startServer(t, testOpts{noCache: true})
+	ts := startServer(t, testOpts{noCache: true, token: "admin-secret"})
 	ctx := context.Background()
 	huge := hugeInputModel(t, 100000000)
 
@@ -105,6 +105,7 @@ func TestRegisterHugeInputRefusedWhileServing(t *testing.T) {
 	// The admin upload.
 	req, _ := http.NewRequest("POST", ts.URL+"/v1/admin/models/huge/versions?status=production&traffic_pct=100", strings.NewReader(string(huge)))
 	req.Header.Set("Content-Type", "application/octet-stream")
+	req.Header.Set("Authorization", "Bearer admin-secret")
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)

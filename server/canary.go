@@ -68,7 +68,7 @@ type canaryBody struct {
 func (s *Server) handleCanaryStart(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	var b canaryBody
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+	if err := s.decodeJSON(w, r, &b); err != nil {
 		return err
 	}
 	p := route.Plan{Model: name, Canary: b.Canary, Baseline: b.Baseline, Rollback: b.Rollback == nil || *b.Rollback, StepUp: b.StepUp,
@@ -160,7 +160,7 @@ type shadowBody struct {
 func (s *Server) handleShadowStart(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	var b shadowBody
-	if err := decodeJSON(w, r, s.cfg.MaxBodyBytes, &b); err != nil {
+	if err := s.decodeJSON(w, r, &b); err != nil {
 		return err
 	}
 	if err := registry.ValidateName(b.Version); err != nil {

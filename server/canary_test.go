@@ -11,7 +11,7 @@ import (
 )
 
 func TestShadowViaAdminAPI(t *testing.T) {
-	ts := startServer(t, testOpts{noCache: true})
+	ts := startServer(t, testOpts{noCache: true, adminOpen: true})
 	ctx := context.Background()
 	admin := &api.Client{BaseURL: ts.URL}
 	if err := admin.Do(ctx, "PUT", "/v1/admin/models/forecast_mlp/shadow", map[string]any{"version": "v2.0", "rate": 1}, nil); err != nil {
@@ -49,7 +49,7 @@ func TestShadowViaAdminAPI(t *testing.T) {
 }
 
 func TestCanaryPlanWritesRegistry(t *testing.T) {
-	ts := startServer(t, testOpts{noCache: true})
+	ts := startServer(t, testOpts{noCache: true, adminOpen: true})
 	ctx := context.Background()
 	admin := &api.Client{BaseURL: ts.URL}
 	var st struct {

@@ -22,7 +22,14 @@ type FileConfig struct {
 	// Registry is the registry folder. Default "models".
 	Registry string `yaml:"registry"`
 	// AdminToken protects the admin endpoints (env SIGNALFORGE_ADMIN_TOKEN).
+	// Without one the admin endpoints are closed (403).
 	AdminToken string `yaml:"admin_token"`
+	// AdminOpenLoopback opens the admin endpoints without a token, for
+	// development on one machine; only allowed with a loopback Addr.
+	AdminOpenLoopback bool `yaml:"admin_open_loopback"`
+	// ImportDir is the only folder register-by-path ("onnx_path") may read
+	// models from. Default: none (register-by-path refused).
+	ImportDir string `yaml:"import_dir"`
 	// Demo registers the demo model into an empty registry. Default true.
 	Demo *bool `yaml:"demo"`
 	// ServeStaging loads staging versions so clients can pin them. Default true.
@@ -30,11 +37,22 @@ type FileConfig struct {
 	// ShutdownTimeout bounds graceful shutdown. Default 30s.
 	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
 	Limits          struct {
-		MaxBodyBytes   int64    `yaml:"max_body_bytes"`  // default 1 MiB
-		MaxRows        int      `yaml:"max_rows"`        // default 1024
-		DefaultTimeout Duration `yaml:"default_timeout"` // default 2s
-		MaxTimeout     Duration `yaml:"max_timeout"`     // default 30s
+		MaxBodyBytes   int64    `yaml:"max_body_bytes"`   // default 1 MiB
+		MaxUploadBytes int64    `yaml:"max_upload_bytes"` // admin model uploads; default 256 MiB
+		MaxUploads     int      `yaml:"max_uploads"`      // registrations at once; default 2
+		MaxRows        int      `yaml:"max_rows"`         // default 1024
+		DefaultTimeout Duration `yaml:"default_timeout"`  // default 2s
+		MaxTimeout     Duration `yaml:"max_timeout"`      // default 30s
 	} `yaml:"limits"`
+	// Timeouts bound slow clients (server.Timeouts documents each).
+	Timeouts struct {
+		ReadHeader Duration `yaml:"read_header"` // default 5s
+		Probe      Duration `yaml:"probe"`       // health, metrics, listings: whole request; default 5s
+		Body       Duration `yaml:"body"`        // predict, infer, admin bodies; default 10s
+		Upload     Duration `yaml:"upload"`      // admin model uploads; default 5m
+		Write      Duration `yaml:"write"`       // writing an answer; default 10s
+		Idle       Duration `yaml:"idle"`        // keep-alive connections; default 60s
+	} `yaml:"timeouts"`
 	Batch struct {
 		MaxBatchSize int      `yaml:"max_batch_size"` // default 32
 		Window       Duration `yaml:"window"`         // default: the batch package's
@@ -125,6 +143,10 @@ func (c *FileConfig) validate() error {
 	switch {
 	case c.Limits.MaxBodyBytes < 0:
 		return errors.New("config: limits.max_body_bytes must not be negative")
+	case c.Limits.MaxUploadBytes < 0, c.Limits.MaxUploads < 0:
+		return errors.New("config: limits.max_upload_bytes and limits.max_uploads must not be negative")
+	case c.AdminOpenLoopback && c.AdminToken == "" && c.Addr != "" && !LoopbackAddr(c.Addr):
+		return fmt.Errorf("config: admin_open_loopback needs a loopback addr like \"127.0.0.1:8080\", not %q; set admin_token to serve admin beyond this machine", c.Addr)
 	case c.Limits.MaxRows < 0:
 		return errors.New("config: limits.max_rows must not be negative")
 	case c.Batch.MaxBatchSize < 0, c.Batch.MaxQueue < 0, c.Batch.MaxInFlight < 0:
@@ -150,6 +172,13 @@ func (c *FileConfig) validate() error {
 		return fmt.Errorf("config: log.format %q: want text or json", c.Log.Format)
 	}
 	return nil
+}
+
+// ServerTimeouts returns the file's timeouts for Config.Timeouts.
+func (c *FileConfig) ServerTimeouts() Timeouts {
+	t := c.Timeouts
+	return Timeouts{ReadHeader: time.Duration(t.ReadHeader), Probe: time.Duration(t.Probe), Body: time.Duration(t.Body),
+		Upload: time.Duration(t.Upload), Write: time.Duration(t.Write), Idle: time.Duration(t.Idle)}
 }
 
 // BoolOr returns *b, or def when b is nil.

@@ -17,9 +17,14 @@ batch:
 cache:
   redis: redis://127.0.0.1:6379/0
   type_ttl: {h1: 1m, h5: 5m}
+timeouts: {probe: 1s, body: 3s}
+import_dir: /srv/models-in
 `))
 	if err != nil {
 		t.Fatal(err)
+	}
+	if to := c.ServerTimeouts(); to.Probe != time.Second || to.Body != 3*time.Second || to.Upload != 0 || c.ImportDir != "/srv/models-in" {
+		t.Fatalf("timeouts %+v, import_dir %q", to, c.ImportDir)
 	}
 	if c.Addr != ":9090" || c.Batch.MaxBatchSize != 16 || time.Duration(c.Batch.Window) != 2*time.Millisecond ||
 		time.Duration(c.Cache.TypeTTL["h5"]) != 5*time.Minute || !BoolOr(c.Demo, true) {
@@ -35,6 +40,9 @@ func TestParseFileConfigErrors(t *testing.T) {
 		{"cache: {type_ttl: {h1: 0s}}", `cache.type_ttl["h1"] must be positive`},
 		{"log: {level: loud}", `log.level "loud"`},
 		{"a: 1\n---\nb: 2", "field a not found"},
+		{"addr: \":8080\"\nadmin_open_loopback: true", `admin_open_loopback needs a loopback addr like "127.0.0.1:8080", not ":8080"`},
+		{"timeouts: {body: soon}", `"soon" is not a duration`},
+		{"limits: {max_uploads: -1}", "limits.max_uploads must not be negative"},
 	}
 	for _, tt := range tests {
 		_, err := ParseFileConfig([]byte(tt.in))

@@ -9,14 +9,15 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/signalforge/signalforge/api"
 )
 
-// decodeJSON reads r's body (at most limit bytes) into v, turning every
+// decodeJSON reads r's body (at most MaxBodyBytes) into v, turning every
 // failure into a 4xx HTTPError that says what is wrong and where.
-func decodeJSON(w http.ResponseWriter, r *http.Request, limit int64, v any) error {
-	return decodeJSONMode(w, r, limit, v, true)
+func (s *Server) decodeJSON(w http.ResponseWriter, r *http.Request, v any) error {
+	return s.decodeJSONMode(w, r, v, true)
 }
 
 // checkEncoding refuses request encodings the server does not read, with a
@@ -35,27 +36,33 @@ func checkEncoding(r *http.Request) error {
 
 // decodeJSONMode is decodeJSON; strict refuses unknown fields (the native
 // API does, so typos surface; OIP v2 does not, as its extensions add
-// fields).
-func decodeJSONMode(w http.ResponseWriter, r *http.Request, limit int64, v any, strict bool) error {
+// fields). Repeated keys are refused in both modes.
+func (s *Server) decodeJSONMode(w http.ResponseWriter, r *http.Request, v any, strict bool) error {
 	// The Content-Type is not checked: `curl -d` sends form encoding for
 	// JSON bodies, and a body that is not JSON fails below anyway.
 	if err := checkEncoding(r); err != nil {
 		return err
 	}
-	body := http.MaxBytesReader(w, r.Body, limit)
-	dec := json.NewDecoder(body)
+	buf, err := s.pools.readBody(w, r, s.cfg.MaxBodyBytes, s.cfg.Timeouts.Body)
+	if err != nil {
+		return err
+	}
+	defer s.pools.putBody(buf)
+	dec := json.NewDecoder(bytes.NewReader(buf.Bytes()))
 	if strict {
 		dec.DisallowUnknownFields()
 	}
 	if err := dec.Decode(v); err != nil {
-		return jsonError(err, limit)
+		return jsonError(err, s.cfg.MaxBodyBytes)
 	}
 	if dec.More() {
 		return badRequest("malformed JSON: unexpected data after the request object")
 	}
-	// Drain to detect trailing garbage beyond whitespace, within the limit.
-	if _, err := io.Copy(io.Discard, body); err != nil {
-		return jsonError(err, limit)
+	if _, err := dec.Token(); err != io.EOF {
+		return badRequest("malformed JSON: unexpected data after the request object")
+	}
+	if err := api.CheckDuplicateKeys(buf.Bytes()); err != nil {
+		return badRequest("%v", err)
 	}
 	return nil
 }
@@ -88,8 +95,10 @@ func jsonError(err error, limit int64) error {
 }
 
 // readBody reads r's body, at most limit bytes, into a buffer from pool
-// (release it with putBody once nothing refers to it).
-func (p *pools) readBody(w http.ResponseWriter, r *http.Request, limit int64) (*bytes.Buffer, error) {
+// (release it with putBody once nothing refers to it). budget is the body
+// timeout the route gave it, for the 408's message; once the body is read
+// the read deadline is lifted (bodyRead).
+func (p *pools) readBody(w http.ResponseWriter, r *http.Request, limit int64, budget time.Duration) (*bytes.Buffer, error) {
 	body := http.MaxBytesReader(w, r.Body, limit)
 	buf, _ := p.bodies.Get().(*bytes.Buffer)
 	if buf == nil {
@@ -102,8 +111,9 @@ func (p *pools) readBody(w http.ResponseWriter, r *http.Request, limit int64) (*
 	}
 	if _, err := buf.ReadFrom(body); err != nil {
 		p.putBody(buf)
-		return nil, jsonError(err, limit)
+		return nil, bodyError(err, limit, budget)
 	}
+	bodyRead(w)
 	return buf, nil
 }
 
@@ -134,18 +144,19 @@ func (p *pools) putBody(b *bytes.Buffer) {
 }
 
 // decodePredict reads and decodes a native prediction request.
-func (p *pools) decodePredict(w http.ResponseWriter, r *http.Request, limit int64) (api.PredictRequest, error) {
+func (p *pools) decodePredict(w http.ResponseWriter, r *http.Request, limit int64, budget time.Duration) (api.PredictRequest, error) {
 	if err := checkEncoding(r); err != nil {
 		return api.PredictRequest{}, err
 	}
-	buf, err := p.readBody(w, r, limit)
+	buf, err := p.readBody(w, r, limit, budget)
 	if err != nil {
 		return api.PredictRequest{}, err
 	}
 	defer p.putBody(buf)
 	req, err := api.DecodePredictRequest(buf.Bytes())
 	if err != nil {
-		if strings.HasPrefix(err.Error(), "malformed JSON") {
+		var dup *api.DuplicateKeyError
+		if strings.HasPrefix(err.Error(), "malformed JSON") || errors.As(err, &dup) {
 			return req, badRequest("%v", err)
 		}
 		return req, jsonError(err, limit)

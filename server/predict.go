@@ -29,11 +29,12 @@ func (s *Server) requestTimeout(ms int) (time.Duration, error) {
 	if ms == 0 {
 		return s.cfg.DefaultTimeout, nil
 	}
-	d := time.Duration(ms) * time.Millisecond
-	if d > s.cfg.MaxTimeout {
-		d = s.cfg.MaxTimeout
+	// Compared in milliseconds: converting a huge timeout_ms (1e13, max
+	// int64) to a Duration first would overflow into a past deadline.
+	if int64(ms) >= int64(s.cfg.MaxTimeout/time.Millisecond) {
+		return s.cfg.MaxTimeout, nil
 	}
-	return d, nil
+	return time.Duration(ms) * time.Millisecond, nil
 }
 
 // pick chooses the version that serves a request and takes a reference on
@@ -189,11 +190,9 @@ func (s *Server) handlePredict(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, start time.Time) (*api.PredictResponse, error) {
-	// A client that sends its body slowly must not hold a connection (or
-	// a graceful shutdown) for long: the body has the longest request
-	// timeout to arrive.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.MaxTimeout))
-	req, err := s.pools.decodePredict(w, r, s.cfg.MaxBodyBytes)
+	// The body must arrive within Timeouts.Body (set by ServeHTTP for the
+	// route), or the client gets 408.
+	req, err := s.pools.decodePredict(w, r, s.cfg.MaxBodyBytes, s.cfg.Timeouts.Body)
 	if err != nil {
 		return nil, err
 	}

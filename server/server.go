@@ -56,13 +56,26 @@ type Config struct {
 	Metrics  prometheus.Registerer
 	Gatherer prometheus.Gatherer
 	// AdminToken, if set, is the bearer token the admin endpoints require.
-	// If empty, admin endpoints are open (fine on a laptop; set one
-	// anywhere else).
+	// If empty, the admin endpoints are closed (403) unless
+	// AdminOpenLoopback is set.
 	AdminToken string
+	// AdminOpenLoopback opens the admin endpoints without a token, for
+	// development on one machine. It is only allowed when the server
+	// listens on a loopback address: Serve and ListenAndServe refuse to
+	// start otherwise. Ignored when AdminToken is set.
+	AdminOpenLoopback bool
+	// ImportDir is the folder register-by-path ("onnx_path" in the admin
+	// register request) may read models from; a path outside it, also
+	// through a symbolic link, is refused. If empty, register-by-path is
+	// refused (upload the file instead).
+	ImportDir string
 	// MaxBodyBytes caps a request body. If zero, 1 MiB. Model uploads on
-	// the admin API have their own cap, MaxUploadBytes (if zero, 256 MiB).
+	// the admin API have their own cap, MaxUploadBytes (if zero, 256 MiB),
+	// and at most MaxUploads of them are read at once (if zero, 2; beyond
+	// it 429 with Retry-After), so uploads cannot exhaust memory.
 	MaxBodyBytes   int64
 	MaxUploadBytes int64
+	MaxUploads     int
 	// MaxRows caps the rows of one request. If zero, 1024.
 	MaxRows int
 	// DefaultTimeout bounds a request that gives no timeout_ms. If zero,
@@ -82,7 +95,13 @@ type Config struct {
 	// PredictionType names the cache type (and so the TTL) of a prediction;
 	// if nil, "h<horizon>" (configure TTLs like {"h1": 1m, "h5": 5m}).
 	PredictionType func(model, version string, horizon int) string
-	// ShutdownTimeout bounds graceful shutdown. If zero, 30s.
+	// Timeouts bound how long a client may take to send a request and
+	// read its answer; zero fields take their defaults.
+	Timeouts Timeouts
+	// ShutdownTimeout bounds graceful shutdown. If zero, 30s. The first
+	// four fifths drain HTTP requests; connections still open after that
+	// are closed (a slow client never holds shutdown longer), and the rest
+	// closes batchers and sessions.
 	ShutdownTimeout time.Duration
 	// DrainDelay is how long the server keeps accepting after shutdown
 	// starts (readiness already false, keep-alives off) so that load
@@ -92,6 +111,54 @@ type Config struct {
 	// ReconcileRetry is how long to wait before retrying a version that
 	// failed to load. If zero, 5s.
 	ReconcileRetry time.Duration
+}
+
+// Timeouts bound every request, per route class. Unauthenticated routes
+// that take no body (health, readiness, metrics, model listings and
+// metadata, unknown paths) get a small budget for the whole request; routes
+// that take a body (predict, infer, admin) get BodyTimeout for the body,
+// and a client that misses it gets 408 and a closed connection.
+type Timeouts struct {
+	// ReadHeader bounds reading a request's headers. If zero, 5s.
+	ReadHeader time.Duration
+	// Probe bounds a whole request to a route without a body, answer
+	// included. If zero, 5s.
+	Probe time.Duration
+	// Body bounds receiving the body of a predict, infer or admin request,
+	// counted from the end of its headers. If zero, 10s.
+	Body time.Duration
+	// Upload bounds receiving a model upload on the admin API (after the
+	// token is checked). If zero, 5m.
+	Upload time.Duration
+	// Write bounds writing an answer once the request has been handled
+	// (predict and infer: after the request's own timeout). If zero, 10s.
+	Write time.Duration
+	// Idle is how long a keep-alive connection may wait for its next
+	// request. If zero, 60s.
+	Idle time.Duration
+}
+
+func (t *Timeouts) setDefaults() error {
+	for _, f := range []struct {
+		d    *time.Duration
+		def  time.Duration
+		name string
+	}{
+		{&t.ReadHeader, 5 * time.Second, "ReadHeader"},
+		{&t.Probe, 5 * time.Second, "Probe"},
+		{&t.Body, 10 * time.Second, "Body"},
+		{&t.Upload, 5 * time.Minute, "Upload"},
+		{&t.Write, 10 * time.Second, "Write"},
+		{&t.Idle, 60 * time.Second, "Idle"},
+	} {
+		if *f.d < 0 {
+			return fmt.Errorf("server: Timeouts.%s must not be negative, got %v", f.name, *f.d)
+		}
+		if *f.d == 0 {
+			*f.d = f.def
+		}
+	}
+	return nil
 }
 
 func (c *Config) setDefaults() error {
@@ -117,8 +184,14 @@ func (c *Config) setDefaults() error {
 	if c.MaxUploadBytes == 0 {
 		c.MaxUploadBytes = 256 << 20
 	}
+	if c.MaxUploads == 0 {
+		c.MaxUploads = 2
+	}
 	if c.MaxRows == 0 {
 		c.MaxRows = 1024
+	}
+	if err := c.Timeouts.setDefaults(); err != nil {
+		return err
 	}
 	if c.DefaultTimeout == 0 {
 		c.DefaultTimeout = 2 * time.Second
@@ -149,6 +222,8 @@ func (c *Config) setDefaults() error {
 		return errors.New("server: negative body limit")
 	case c.MaxRows < 0:
 		return errors.New("server: negative MaxRows")
+	case c.MaxUploads < 0:
+		return errors.New("server: negative MaxUploads")
 	case c.DefaultTimeout < 0, c.MaxTimeout < 0, c.DefaultTimeout > c.MaxTimeout:
 		return fmt.Errorf("server: DefaultTimeout %v must be in [0, MaxTimeout %v]", c.DefaultTimeout, c.MaxTimeout)
 	}
@@ -171,6 +246,14 @@ type Server struct {
 	autopilot *route.Autopilot
 	shadows   shadowSet
 	pools     pools
+
+	// routeClass maps each route pattern to its timeout class.
+	routeClass map[string]routeClass
+	// uploads holds a token per model upload being read (MaxUploads).
+	uploads chan struct{}
+	// importAbs is ImportDir made absolute, importRoot the same with its
+	// symbolic links resolved; empty when register-by-path is off.
+	importAbs, importRoot string
 
 	ready        atomic.Bool // initial load done and not shutting down
 	shuttingDown atomic.Bool
@@ -199,6 +282,14 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.router = r
 	}
+	s.uploads = make(chan struct{}, cfg.MaxUploads)
+	if cfg.ImportDir != "" {
+		abs, root, err := resolveImportDir(cfg.ImportDir)
+		if err != nil {
+			return nil, err
+		}
+		s.importAbs, s.importRoot = abs, root
+	}
 	s.models = newModelSet(s)
 	ap, err := route.NewAutopilot(s.router, route.AutopilotConfig{OnAction: s.autopilotAction, Logger: cfg.Logger})
 	if err != nil {
@@ -211,6 +302,7 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.met = met
 	s.mux = http.NewServeMux()
+	s.routeClass = map[string]routeClass{}
 	s.routes()
 	return s, nil
 }
@@ -227,6 +319,9 @@ func (s *Server) Ready() bool { return s.ready.Load() }
 
 // ListenAndServe listens on addr and calls Serve.
 func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
+	if err := s.checkAdminAddr(addr); err != nil {
+		return err
+	}
 	var lc net.ListenConfig
 	ln, err := lc.Listen(ctx, "tcp", addr)
 	if err != nil {
@@ -238,7 +333,10 @@ func (s *Server) ListenAndServe(ctx context.Context, addr string) error {
 // Serve loads the registry's serving models, serves HTTP on ln until ctx is
 // done, then shuts down in order: readiness goes false, the listener stops
 // accepting, in-flight requests finish, batchers drain, sessions close —
-// all within Config.ShutdownTimeout. It returns nil after a clean shutdown.
+// all within Config.ShutdownTimeout; connections still open after the HTTP
+// part of the budget are closed. It returns nil after a clean shutdown. It
+// refuses to start when AdminOpenLoopback is set (without a token) and ln
+// is not a loopback address.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.mu.Lock()
 	if s.started {
@@ -247,12 +345,19 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	s.started = true
 	s.mu.Unlock()
+	if err := s.checkAdminAddr(ln.Addr().String()); err != nil {
+		return err
+	}
 
+	t := s.cfg.Timeouts
 	hs := &http.Server{
 		Handler:           s,
-		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+		ReadHeaderTimeout: t.ReadHeader,
+		// A backstop only: every route sets its own, shorter read deadline
+		// (ServeHTTP), and clears it once the body is read.
+		ReadTimeout: t.ReadHeader + max(t.Probe, t.Body, t.Upload),
+		IdleTimeout: t.Idle,
+		ErrorLog:    slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	serveErr := make(chan error, 1)
 	go func() { serveErr <- hs.Serve(ln) }()
@@ -284,6 +389,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.log.Info("shutting down: draining requests, batchers and sessions", "timeout", s.cfg.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
+	// HTTP gets four fifths of the budget; batchers and sessions the rest.
+	hctx, hcancel := context.WithTimeout(sctx, s.cfg.ShutdownTimeout*4/5)
+	defer hcancel()
 	// Answers now carry "Connection: close", so clients stop reusing their
 	// connections before Shutdown closes the idle ones: a request written
 	// onto a connection just as it closes would fail without an answer.
@@ -291,11 +399,14 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if d := s.cfg.DrainDelay; d > 0 {
 		select {
 		case <-time.After(d):
-		case <-sctx.Done():
+		case <-hctx.Done():
 		}
 	}
-	if serr := hs.Shutdown(sctx); serr != nil && err == nil {
-		err = fmt.Errorf("server: shutdown: %w", serr)
+	if serr := hs.Shutdown(hctx); serr != nil {
+		// Clients still sending or reading after the budget (slow or
+		// stalled ones) are cut off: shutdown never waits on a client.
+		s.log.Warn("shutdown: closing connections still open after the HTTP drain budget", "budget", s.cfg.ShutdownTimeout*4/5, "err", serr)
+		_ = hs.Close() // its only error: the listener Shutdown closed already
 	}
 	s.autopilot.Close()
 	s.closeShadows()

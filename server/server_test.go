@@ -35,6 +35,7 @@ type testServer struct {
 type testOpts struct {
 	noCache    bool
 	token      string
+	adminOpen  bool // AdminOpenLoopback (the test server listens on 127.0.0.1)
 	cacheStore cache.Store
 	cacheCfg   cache.Config
 	mutate     func(*Config)
@@ -76,7 +77,7 @@ func startServer(t *testing.T, o testOpts) *testServer {
 	if testing.Verbose() {
 		logw = os.Stderr
 	}
-	cfg := Config{Registry: reg, Engine: eng, Cache: c, AdminToken: o.token, ServeStaging: true,
+	cfg := Config{Registry: reg, Engine: eng, Cache: c, AdminToken: o.token, AdminOpenLoopback: o.adminOpen, ServeStaging: true,
 		MaxBodyBytes: 64 << 10, MaxRows: 64, ReconcileRetry: 100 * time.Millisecond,
 		Logger: slog.New(slog.NewTextHandler(logw, nil))}
 	if o.mutate != nil {
@@ -237,8 +238,12 @@ func TestSplitObservedOverRequestIDs(t *testing.T) {
 func TestBadInputs(t *testing.T) {
 	ts := startServer(t, testOpts{})
 	full := mustJSON(t, demoFeatures(3))
+	// withFeature sets one feature (`"name":value`) of a full row.
 	withFeature := func(extra string) string {
-		return `{"features":` + strings.TrimSuffix(full, "}") + `,` + extra + `}}`
+		f := demoFeatures(3)
+		name, _, _ := strings.Cut(strings.Trim(extra, `"`), `"`)
+		delete(f, name)
+		return `{"features":` + strings.TrimSuffix(mustJSON(t, f), "}") + `,` + extra + `}}`
 	}
 	many := make([]api.Features, 65)
 	for i := range many {

@@ -132,9 +132,8 @@ func (s *Server) handleV2Infer(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version string, start time.Time) (*api.InferResponse, error) {
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now().Add(s.cfg.MaxTimeout))
 	var req api.InferRequest
-	if err := decodeJSONMode(w, r, s.cfg.MaxBodyBytes, &req, false); err != nil {
+	if err := s.decodeJSONMode(w, r, &req, false); err != nil {
 		return nil, err
 	}
 	if err := checkRequestID(req.ID); err != nil {
@@ -143,13 +142,9 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	if len(req.Inputs) == 0 {
 		return nil, badRequest("field \"inputs\" is empty: send one tensor per model input")
 	}
-	timeout := s.cfg.DefaultTimeout
-	if raw, ok := req.Parameters["timeout_ms"]; ok {
-		t, isNum := raw.(float64)
-		if !isNum || t <= 0 || t != float64(int64(t)) {
-			return nil, badRequest("parameters.timeout_ms: want a positive whole number of milliseconds, got %v", raw)
-		}
-		timeout = min(time.Duration(t)*time.Millisecond, s.cfg.MaxTimeout)
+	timeout, err := s.v2Timeout(req.Parameters)
+	if err != nil {
+		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), timeout)
 	defer cancel()
@@ -240,6 +235,45 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 		resp.Outputs = append(resp.Outputs, api.InferTensor{Name: io.Name, Shape: slices.Clone(t.Shape()), Datatype: v2Name(t.DType()), Data: encodeV2Data(t)})
 	}
 	return resp, nil
+}
+
+// v2Timeout reads parameters.timeout_ms: a positive whole number of
+// milliseconds, capped at MaxTimeout (compared before any conversion, so a
+// huge value cannot overflow).
+func (s *Server) v2Timeout(params map[string]any) (time.Duration, error) {
+	raw, ok := params["timeout_ms"]
+	if !ok {
+		return s.cfg.DefaultTimeout, nil
+	}
+	const want = "parameters.timeout_ms: want a positive whole number of milliseconds"
+	t, isNum := raw.(float64)
+	switch {
+	case !isNum:
+		return 0, badRequest("%s, got %s", want, describeJSON(raw))
+	case t <= 0 || t != math.Trunc(t):
+		return 0, badRequest("%s, got %v", want, t)
+	case t >= float64(s.cfg.MaxTimeout/time.Millisecond):
+		return s.cfg.MaxTimeout, nil
+	}
+	return time.Duration(t) * time.Millisecond, nil
+}
+
+// describeJSON names a decoded JSON value that is not a number, so that
+// "5" (a string) is not reported as if it were 5.
+func describeJSON(v any) string {
+	switch v := v.(type) {
+	case string:
+		return fmt.Sprintf("the string %q", v)
+	case bool:
+		return fmt.Sprintf("the boolean %v", v)
+	case nil:
+		return "null"
+	case []any:
+		return "an array"
+	case map[string]any:
+		return "an object"
+	}
+	return fmt.Sprintf("%v", v)
 }
 
 func ioNames(ios []infer.IOInfo) []string {

@@ -31,7 +31,12 @@ Serves the registry's production (and staging) model versions over HTTP:
 With no flags it serves the registry folder ./models with the in-memory
 cache on 127.0.0.1:8080, and registers demo models when the registry is
 empty (forecast_mlp, v1.0/v2.0 at 80/20; forecast_lstm, 16 time steps).
-To serve beyond this machine, listen on ":8080" and set an admin token. Environment: SIGNALFORGE_REDIS, SIGNALFORGE_ADMIN_TOKEN,
+To serve beyond this machine, listen on ":8080".
+The admin API (/v1/admin/...) is closed unless an admin token is set
+(--admin-token, SIGNALFORGE_ADMIN_TOKEN); --admin-open-loopback opens it
+without a token for development, on a loopback address only. Registering a
+model by path reads only from the --import-dir folder.
+Environment: SIGNALFORGE_REDIS, SIGNALFORGE_ADMIN_TOKEN,
 SIGNALFORGE_ORT_LIB (ONNX Runtime library).
 
 Examples:
@@ -47,7 +52,9 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	redisURL := fs.String("redis", "", "Redis URL for the shared prediction cache (default: in-memory; env SIGNALFORGE_REDIS)")
 	noCache := fs.Bool("no-cache", false, "disable the prediction cache")
 	noDemo := fs.Bool("no-demo", false, "do not register the demo model into an empty registry")
-	token := fs.String("admin-token", "", "bearer token for the admin endpoints (env SIGNALFORGE_ADMIN_TOKEN)")
+	token := fs.String("admin-token", "", "bearer token for the admin endpoints (env SIGNALFORGE_ADMIN_TOKEN); without one they are closed")
+	adminOpen := fs.Bool("admin-open-loopback", false, "open the admin endpoints without a token (development; only with a loopback --addr)")
+	importDir := fs.String("import-dir", "", "folder the admin API may register models from by path (\"onnx_path\"); default: none")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
 	window := fs.Duration("batch-window", 0, "batching window: the longest the oldest queued request waits (default "+batch.DefaultWindow.String()+")")
@@ -80,6 +87,8 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	set(&fc.Registry, *dir, e.getenv("SIGNALFORGE_REGISTRY"), fc.Registry, "models")
 	set(&fc.Cache.Redis, *redisURL, e.getenv("SIGNALFORGE_REDIS"), fc.Cache.Redis)
 	set(&fc.AdminToken, *token, e.getenv("SIGNALFORGE_ADMIN_TOKEN"), fc.AdminToken)
+	set(&fc.ImportDir, *importDir, fc.ImportDir)
+	fc.AdminOpenLoopback = fc.AdminOpenLoopback || *adminOpen
 	set(&fc.Log.Level, *logLevel, fc.Log.Level, "info")
 	if *logJSON {
 		fc.Log.Format = "json"
@@ -102,8 +111,18 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	log := newLogger(e, fc.Log.Level, fc.Log.Format)
 	// go-redis logs through a process-wide logger; send it to ours.
 	redis.SetLogger(redisLogger{log})
-	if fc.AdminToken == "" && !loopbackAddr(fc.Addr) {
-		log.Warn("admin endpoints are open to anyone who can reach " + fc.Addr + ": set --admin-token or SIGNALFORGE_ADMIN_TOKEN")
+	switch {
+	case fc.AdminToken != "":
+		if fc.AdminOpenLoopback {
+			log.Info("admin endpoints need the admin token (--admin-open-loopback is ignored when a token is set)")
+		}
+	case fc.AdminOpenLoopback:
+		if !server.LoopbackAddr(fc.Addr) {
+			return fmt.Errorf("--admin-open-loopback (admin_open_loopback) opens the admin API without a token and needs a loopback --addr like 127.0.0.1:8080, not %q; set --admin-token (or SIGNALFORGE_ADMIN_TOKEN) to serve admin beyond this machine", fc.Addr)
+		}
+		log.Warn("admin endpoints are open without a token to clients on this machine (--admin-open-loopback)", "addr", fc.Addr)
+	default:
+		log.Info("admin endpoints are closed: no admin token (set --admin-token or SIGNALFORGE_ADMIN_TOKEN)")
 	}
 	// Bind first: a taken port must fail before anything else is done.
 	var lc net.ListenConfig
@@ -182,15 +201,20 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 
 	srv, err := server.New(server.Config{
 		Registry: reg, Engine: eng, Cache: c, Logger: log,
-		AdminToken:      fc.AdminToken,
-		MaxBodyBytes:    fc.Limits.MaxBodyBytes,
-		MaxRows:         fc.Limits.MaxRows,
-		DefaultTimeout:  time.Duration(fc.Limits.DefaultTimeout),
-		MaxTimeout:      time.Duration(fc.Limits.MaxTimeout),
-		Batch:           batch.Config{MaxBatchSize: fc.Batch.MaxBatchSize, Window: time.Duration(fc.Batch.Window), MaxQueue: fc.Batch.MaxQueue, MaxInFlight: fc.Batch.MaxInFlight},
-		Session:         infer.Options{IntraOpThreads: fc.Session.IntraOpThreads, MaxWarmupBytes: fc.Session.MaxWarmupBytes},
-		ServeStaging:    server.BoolOr(fc.ServeStaging, true),
-		ShutdownTimeout: time.Duration(fc.ShutdownTimeout),
+		AdminToken:        fc.AdminToken,
+		AdminOpenLoopback: fc.AdminOpenLoopback,
+		ImportDir:         fc.ImportDir,
+		MaxUploadBytes:    fc.Limits.MaxUploadBytes,
+		MaxUploads:        fc.Limits.MaxUploads,
+		Timeouts:          fc.ServerTimeouts(),
+		MaxBodyBytes:      fc.Limits.MaxBodyBytes,
+		MaxRows:           fc.Limits.MaxRows,
+		DefaultTimeout:    time.Duration(fc.Limits.DefaultTimeout),
+		MaxTimeout:        time.Duration(fc.Limits.MaxTimeout),
+		Batch:             batch.Config{MaxBatchSize: fc.Batch.MaxBatchSize, Window: time.Duration(fc.Batch.Window), MaxQueue: fc.Batch.MaxQueue, MaxInFlight: fc.Batch.MaxInFlight},
+		Session:           infer.Options{IntraOpThreads: fc.Session.IntraOpThreads, MaxWarmupBytes: fc.Session.MaxWarmupBytes},
+		ServeStaging:      server.BoolOr(fc.ServeStaging, true),
+		ShutdownTimeout:   time.Duration(fc.ShutdownTimeout),
 	})
 	if err != nil {
 		return err
@@ -227,17 +251,4 @@ type redisLogger struct{ log *slog.Logger }
 
 func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
 	l.log.DebugContext(ctx, "redis: "+fmt.Sprintf(format, v...))
-}
-
-// loopbackAddr reports whether a listen address is loopback-only.
-func loopbackAddr(addr string) bool {
-	host, _, err := net.SplitHostPort(addr)
-	if err != nil {
-		return false
-	}
-	if host == "localhost" {
-		return true
-	}
-	ip := net.ParseIP(host)
-	return ip != nil && ip.IsLoopback()
 }
