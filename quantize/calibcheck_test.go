@@ -103,7 +103,8 @@ func TestCheckCalibration(t *testing.T) {
 }
 
 // Rows are samples: for a sequence model [batch, 32, 16], windows; the
-// columns are the 16 features, pooled over the time steps.
+// columns are the 16 features (named by the model), pooled over the time
+// steps.
 func TestCheckCalibrationSequence(t *testing.T) {
 	lstm := loadFixture(t, "lstm.onnx")
 	x := normal(3, 20, 32, 16)
@@ -116,8 +117,8 @@ func TestCheckCalibrationSequence(t *testing.T) {
 		t.Errorf("rows %d columns %d, want 20 and 16", chk.Rows, chk.Columns)
 	}
 	r := chk.Refusals()
-	if len(r) != 1 || r[0].Kind != quantize.FindOutlier || !strings.Contains(r[0].Column, "4") || !strings.Contains(r[0].Message, "row 6") {
-		t.Errorf("refusals %+v, want the outlier in column 4, row 6", r)
+	if len(r) != 1 || r[0].Kind != quantize.FindOutlier || r[0].Column != `feature "atr_14"` || !strings.Contains(r[0].Message, "row 6") {
+		t.Errorf("refusals %+v, want the outlier in feature atr_14 (column 4), row 6", r)
 	}
 }
 
@@ -241,5 +242,20 @@ func TestReportRowCounts(t *testing.T) {
 	}
 	if text := report(t, rep); !strings.HasPrefix(text, "evaluated on 64 rows\n") || strings.Contains(text, "warning") {
 		t.Errorf("dynamic report:\n%s", text)
+	}
+}
+
+// Without feature names a column is named by its input and index.
+func TestCheckCalibrationUnnamedColumns(t *testing.T) {
+	m := loadFixture(t, "mlp_small.onnx")
+	m.MetadataProps = nil
+	in := m.GetGraph().GetInput()[0].GetName()
+	chk, err := quantize.CheckCalibration(context.Background(), m, rows(128, func(v []float32) { v[8*3+6] = 1e30 }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := `input "` + in + `" column 6`
+	if r := chk.Refusals(); len(r) != 1 || r[0].Column != want || !strings.Contains(r[0].Message, "row 4") {
+		t.Errorf("refusals %+v, want %s, row 4", r, want)
 	}
 }

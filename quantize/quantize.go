@@ -14,8 +14,15 @@
 //     activation ranges calibrated by running the fp32 model on calibration
 //     data: MinMax, Percentile or Entropy (KL divergence).
 //
+// Static quantization first checks the calibration data (CheckCalibration):
+// too few rows, every row the same, NaN or infinite values and extreme
+// outliers make ranges that fit the calibration rows and nothing else, so
+// they are refused with a *CalibrationError naming the column, unless
+// Config.Force; milder findings are warnings carried into the report.
+//
 // Then Evaluate compares the two models (max/mean absolute error, relative
-// error, SQNR, sign agreement per output and per quantized node),
+// error, SQNR, sign agreement per output and per quantized node, with the
+// calibration and evaluation row counts),
 // QuantizeWithBudget excludes the worst nodes until an accuracy budget holds,
 // and Benchmark measures fp32 against int8 honestly, recommending fp32 when
 // int8 is not faster.

@@ -302,7 +302,9 @@ type GateResult struct {
 	Steps  []GateStep
 }
 
-// QuantizeWithBudget quantizes model and evaluates it on eval (calib if nil).
+// QuantizeWithBudget quantizes model and evaluates it on eval (calib if nil):
+// eval decides the budget, so give it held-out rows; on calib the accuracy
+// is that of the rows the ranges were fitted to, and the report says so.
 // If the budget is exceeded it measures each quantized node's damage in
 // isolation (the output SQNR with only that node quantized, reusing the
 // calibration) and excludes nodes worst first, re-evaluating after each,
