@@ -14,8 +14,15 @@
 //     activation ranges calibrated by running the fp32 model on calibration
 //     data: MinMax, Percentile or Entropy (KL divergence).
 //
+// Static quantization first checks the calibration data (CheckCalibration):
+// too few rows, every row the same, NaN or infinite values and extreme
+// outliers make ranges that fit the calibration rows and nothing else, so
+// they are refused with a *CalibrationError naming the column, unless
+// Config.Force; milder findings are warnings carried into the report.
+//
 // Then Evaluate compares the two models (max/mean absolute error, relative
-// error, SQNR, sign agreement per output and per quantized node),
+// error, SQNR, sign agreement per output and per quantized node, with the
+// calibration and evaluation row counts),
 // QuantizeWithBudget excludes the worst nodes until an accuracy budget holds,
 // and Benchmark measures fp32 against int8 honestly, recommending fp32 when
 // int8 is not faster.
@@ -191,6 +198,14 @@ type Config struct {
 	// Parent is recorded as lineage: the source model's version (a
 	// registry wants the fp32 version of the same model, e.g. "v2.0").
 	Parent string
+	// Force lets static quantization go on when CheckCalibration refuses
+	// the calibration data (fewer than MinCalibrationRows rows, every row
+	// the same, a NaN or infinite value, a value beyond
+	// OutlierRefuseSigma): the refusals stay in Result.Calibration with
+	// Forced set and are recorded in the model's metadata
+	// ("calibration_forced"). Without it Quantize returns a
+	// *CalibrationError and no model.
+	Force bool
 }
 
 // Quantizer quantizes models according to its Config. It is safe for
@@ -325,6 +340,9 @@ type Result struct {
 	Excluded []string
 	// Ranges holds the calibrated activation ranges (static only).
 	Ranges map[string]Range
+	// Calibration is the check of the calibration data: its row count
+	// and its warnings (static only).
+	Calibration *DataCheck
 	// Lineage is what a registry should record about this model.
 	Lineage Lineage
 }
@@ -332,7 +350,8 @@ type Result struct {
 // MetaPrefix starts the metadata_props keys in which the quantized model
 // records its parameters ("signalforge.quantize.mode", ".per_channel",
 // ".op_types", ".nodes", ".excluded", ".weights", ".activations",
-// ".calibration", ".percentile", ".bins", ".calibration_sha256", ".parent").
+// ".calibration", ".percentile", ".bins", ".calibration_sha256",
+// ".calibration_rows", ".calibration_forced", ".parent").
 const MetaPrefix = "signalforge.quantize."
 
 // Params returns the quantization parameters recorded in the model's
@@ -349,14 +368,17 @@ func (r *Result) Params() map[string]string {
 }
 
 // Quantize quantizes model (which it does not modify). calib is required for
-// Static and ignored for Dynamic.
+// Static and ignored for Dynamic. Static quantization first checks calib
+// with CheckCalibration and returns a *CalibrationError, before running
+// anything, when the check refuses it and Config.Force is not set.
 func (q *Quantizer) Quantize(ctx context.Context, model *onnx.ModelProto, calib Dataset) (*Result, error) {
 	return q.quantize(ctx, model, calib, q.cfg.Exclude, nil)
 }
 
-// quantize does the work; ranges, when non-nil, are reused calibration
-// results (the gate re-quantizes without recalibrating).
-func (q *Quantizer) quantize(ctx context.Context, model *onnx.ModelProto, calib Dataset, exclude []string, ranges map[string]Range) (*Result, error) {
+// quantize does the work; prior, when non-nil, is an earlier result whose
+// calibration (ranges and data check) is reused: the gate re-quantizes
+// without recalibrating.
+func (q *Quantizer) quantize(ctx context.Context, model *onnx.ModelProto, calib Dataset, exclude []string, prior *Result) (*Result, error) {
 	m := proto.Clone(model).(*onnx.ModelProto)
 	gr, err := newGraph(m)
 	if err != nil {
@@ -395,16 +417,29 @@ func (q *Quantizer) quantize(ctx context.Context, model *onnx.ModelProto, calib 
 	}
 	res.Lineage = Lineage{Parent: q.cfg.Parent, Method: q.cfg.Mode.String()}
 	if q.cfg.Mode == Static {
-		if ranges == nil {
+		var ranges map[string]Range
+		var chk *DataCheck
+		if prior != nil {
+			ranges, chk = prior.Ranges, prior.Calibration
+		} else {
 			if calib == nil {
 				return nil, fmt.Errorf("%w: static quantization needs calibration data", ErrConfig)
+			}
+			if chk, err = CheckCalibration(ctx, model, calib); err != nil {
+				return nil, err
+			}
+			if len(chk.Refusals()) > 0 {
+				if !q.cfg.Force {
+					return nil, &CalibrationError{Check: chk}
+				}
+				chk.Forced = true
 			}
 			ranges, err = q.calibrate(ctx, model, sel, calib)
 			if err != nil {
 				return nil, err
 			}
 		}
-		res.Ranges = ranges
+		res.Ranges, res.Calibration = ranges, chk
 		res.Lineage.Method += "/" + q.cfg.Calibration.String()
 		if calib != nil {
 			res.Lineage.CalibrationSHA256 = calib.Hash()
@@ -506,6 +541,16 @@ func (q *Quantizer) record(m *onnx.ModelProto, res *Result) {
 		}
 		if res.Lineage.CalibrationSHA256 != "" {
 			setMeta(m, MetaPrefix+"calibration_sha256", res.Lineage.CalibrationSHA256)
+		}
+		if c := res.Calibration; c != nil {
+			setMeta(m, MetaPrefix+"calibration_rows", strconv.FormatInt(c.Rows, 10))
+			if c.Forced {
+				var why []string
+				for _, f := range c.Refusals() {
+					why = append(why, strings.TrimSpace(f.Kind+" "+f.Column))
+				}
+				setMeta(m, MetaPrefix+"calibration_forced", strings.Join(why, "; "))
+			}
 		}
 	} else {
 		setMeta(m, MetaPrefix+"activations", "uint8 dynamic")

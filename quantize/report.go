@@ -47,7 +47,19 @@ type NodeMetrics struct {
 type Report struct {
 	Outputs []Metrics
 	Nodes   []NodeMetrics
+	// Samples is the number of evaluation rows.
 	Samples int64
+	// CalibrationSamples is the number of rows the static ranges were
+	// calibrated on (0 for dynamic quantization, which uses none).
+	CalibrationSamples int64
+	// OnCalibrationData is set when the evaluation data is the
+	// calibration data (same hash): the ranges were fitted to these very
+	// rows, so the accuracy is optimistic.
+	OnCalibrationData bool
+	// Findings are the calibration data's warnings (and forced
+	// refusals), then the evaluation's own: too few rows, or measured on
+	// the calibration data.
+	Findings []Finding
 }
 
 // Worst returns the worst output values: the largest max-abs error and the
@@ -62,8 +74,24 @@ func (r *Report) Worst() (maxErr, sqnr, sign float64) {
 	return maxErr, sqnr, sign
 }
 
-// WriteText writes the report as aligned tables.
+// WriteText writes the report: the row counts, the findings, and the
+// accuracy as aligned tables.
 func (r *Report) WriteText(w io.Writer) error {
+	switch {
+	case r.CalibrationSamples == 0:
+		fmt.Fprintf(w, "evaluated on %d rows\n", r.Samples)
+	case r.OnCalibrationData:
+		fmt.Fprintf(w, "evaluated on %d rows: the %d calibration rows themselves\n", r.Samples, r.CalibrationSamples)
+	default:
+		fmt.Fprintf(w, "evaluated on %d held-out rows; calibrated on %d other rows\n", r.Samples, r.CalibrationSamples)
+	}
+	for _, f := range r.Findings {
+		label := f.Severity.String()
+		if f.Severity == Refusal {
+			label = "FORCED past a refusal"
+		}
+		fmt.Fprintf(w, "%s: %s\n", label, f)
+	}
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
 	fmt.Fprintf(tw, "output\tmax abs err\tmean abs err\trel err\tSQNR dB\tsign agree\n")
 	for _, m := range r.Outputs {
@@ -183,6 +211,19 @@ func (q *Quantizer) Evaluate(ctx context.Context, fp32 *onnx.ModelProto, res *Re
 		return nil, fmt.Errorf("evaluation: %w", err)
 	}
 	rep := &Report{Samples: samples}
+	if c := res.Calibration; c != nil {
+		rep.CalibrationSamples = c.Rows
+		rep.Findings = slices.Clone(c.Findings)
+		if h := res.Lineage.CalibrationSHA256; h != "" && data.Hash() == h {
+			rep.OnCalibrationData = true
+			rep.Findings = append(rep.Findings, Finding{Severity: Warning, Kind: FindEval,
+				Message: "accuracy measured on the calibration data, to which the ranges were fitted: optimistic; evaluate on held-out data"})
+		}
+	}
+	if samples < WarnCalibrationRows {
+		rep.Findings = append(rep.Findings, Finding{Severity: Warning, Kind: FindRows,
+			Message: fmt.Sprintf("accuracy measured on only %d evaluation row(s) (%d or more recommended): a noisy estimate", samples, WarnCalibrationRows)})
+	}
 	for _, n := range names {
 		if accs[n].n > 0 {
 			rep.Outputs = append(rep.Outputs, accs[n].metrics(n))
@@ -261,7 +302,9 @@ type GateResult struct {
 	Steps  []GateStep
 }
 
-// QuantizeWithBudget quantizes model and evaluates it on eval (calib if nil).
+// QuantizeWithBudget quantizes model and evaluates it on eval (calib if nil):
+// eval decides the budget, so give it held-out rows; on calib the accuracy
+// is that of the rows the ranges were fitted to, and the report says so.
 // If the budget is exceeded it measures each quantized node's damage in
 // isolation (the output SQNR with only that node quantized, reusing the
 // calibration) and excludes nodes worst first, re-evaluating after each,
@@ -286,8 +329,8 @@ func (q *Quantizer) QuantizeWithBudget(ctx context.Context, model *onnx.ModelPro
 		return nil, fmt.Errorf("%w: the accuracy gate needs evaluation data", ErrConfig)
 	}
 	gate := &GateResult{}
-	try := func(exclude []string, ranges map[string]Range) (*Result, *Report, error) {
-		res, err := q.quantize(ctx, model, calib, exclude, ranges)
+	try := func(exclude []string, prior *Result) (*Result, *Report, error) {
+		res, err := q.quantize(ctx, model, calib, exclude, prior)
 		if err != nil {
 			return nil, nil, err
 		}
@@ -299,7 +342,7 @@ func (q *Quantizer) QuantizeWithBudget(ctx context.Context, model *onnx.ModelPro
 	if err != nil {
 		return nil, err
 	}
-	ranges := res.Ranges
+	first := res
 	step := GateStep{}
 	step.MaxError, step.SQNR, _ = rep.Worst()
 	gate.Result, gate.Report, gate.Steps = res, rep, []GateStep{step}
@@ -319,7 +362,7 @@ func (q *Quantizer) QuantizeWithBudget(ctx context.Context, model *onnx.ModelPro
 				others = append(others, o.Name)
 			}
 		}
-		_, r, err := try(others, ranges)
+		_, r, err := try(others, first)
 		if err != nil {
 			return gate, fmt.Errorf("isolating %s: %w", n.Name, err)
 		}
@@ -329,7 +372,7 @@ func (q *Quantizer) QuantizeWithBudget(ctx context.Context, model *onnx.ModelPro
 	sort.SliceStable(cands, func(i, j int) bool { return cands[i].sqnr < cands[j].sqnr })
 	for _, c := range cands[:len(cands)-1] {
 		exclude = append(exclude, c.name)
-		res, rep, err := try(exclude, ranges)
+		res, rep, err := try(exclude, first)
 		if err != nil {
 			return gate, err
 		}

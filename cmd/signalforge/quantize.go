@@ -26,9 +26,17 @@ import (
 const quantizeAbout = `Quantizes an ONNX model to INT8 in Go: dynamic (int8 weights, activations
 quantized at run time; no data needed) or static (QDQ, activation ranges
 calibrated on -calibration data). Prints the accuracy against the fp32 model
-(on -eval data, else the calibration data, else synthetic N(0,1) inputs) and,
-with -bench, fp32 against int8 latency. An accuracy gate (-max-error,
--min-sqnr, -min-sign) keeps the nodes that break it in fp32, worst first.
+(on -eval data, else the calibration data, else synthetic N(0,1) inputs),
+with the row counts, and, with -bench, fp32 against int8 latency. An
+accuracy gate (-max-error, -min-sqnr, -min-sign) keeps the nodes that break
+it in fp32, worst first; it is decided on -eval data when given (without
+it, static accuracy is measured on the calibration rows themselves and the
+report says it is optimistic).
+Static calibration data is checked first: fewer than 8 rows, every row the
+same, a NaN or infinite value, or a value more than 1000 robust σ from its
+column's median is refused, naming the column and row, and nothing is
+written unless -force; fewer than 64 rows, a constant column or a value
+beyond 20σ is a warning in the report.
 The output is written atomically and, with --register, added to the model
 registry with its lineage: parent version (-parent, or the registered
 version whose artifact is the input file), quantization parameters,
@@ -68,6 +76,7 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	maxErr := fs.Float64("max-error", 0, "accuracy gate: largest allowed absolute output error")
 	minSQNR := fs.Float64("min-sqnr", 0, "accuracy gate: lowest allowed output SQNR in dB")
 	minSign := fs.Float64("min-sign", 0, "accuracy gate: lowest allowed fraction of output elements whose sign matches fp32, 0 to 1 (0.95 for 95%)")
+	force := fs.Bool("force", false, "static: quantize even calibration data the check refuses (under 8 rows, every row the same, NaN/Inf, a value beyond 1000 robust σ); the refusals are printed and recorded in the model")
 	bench := fs.Bool("bench", false, "benchmark fp32 vs int8 after quantizing")
 	batches := fs.String("batch-sizes", "1,32", "benchmark batch sizes")
 	iters := fs.Int("iterations", 200, "benchmark iterations per model and batch size")
@@ -92,7 +101,7 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 		}
 	}
 	cfg := quantize.Config{PerChannel: *perChannel, Symmetric: *symmetric, Percentile: *pct, Parent: *parent,
-		OpTypes: splitNames(*opTypes), Exclude: splitNames(*exclude)}
+		OpTypes: splitNames(*opTypes), Exclude: splitNames(*exclude), Force: *force}
 	if cfg.Mode, err = quantize.ParseMode(*mode); err != nil {
 		return err
 	}
@@ -161,9 +170,20 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 		evalWhat = "512 synthetic N(0,1) samples (pass -eval for real data)"
 	}
 
+	// A refused calibration set names the file and the flag that
+	// overrides; nothing is written.
+	calibErr := func(err error) error {
+		var ce *quantize.CalibrationError
+		if errors.As(err, &ce) {
+			ce.Override = "pass -force to quantize anyway (the model may be useless); no model written"
+			return fmt.Errorf("%s: %w", *calib, err)
+		}
+		return err
+	}
 	var res *quantize.Result
 	var rep *quantize.Report
 	if budget != (quantize.Budget{}) {
+		fmt.Fprintf(e.stdout, "gate: measured on %s\n", evalWhat)
 		g, gerr := q.QuantizeWithBudget(ctx, model, calData, evalData, budget)
 		if g != nil {
 			for _, s := range g.Steps {
@@ -175,6 +195,9 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 			}
 		}
 		if gerr != nil {
+			if errors.Is(gerr, quantize.ErrCalibration) {
+				return calibErr(gerr)
+			}
 			if g != nil && g.Report != nil {
 				fmt.Fprintf(e.stdout, "\nlast attempt, on %s:\n", evalWhat)
 				g.Report.WriteText(e.stdout)
@@ -184,7 +207,7 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 		res, rep = g.Result, g.Report
 	} else {
 		if res, err = q.Quantize(ctx, model, calData); err != nil {
-			return err
+			return calibErr(err)
 		}
 		if rep, err = q.Evaluate(ctx, model, res, evalData); err != nil {
 			return err
@@ -192,6 +215,11 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	}
 	if err := onnx.Save(*out, res.Model); err != nil {
 		return err
+	}
+	if c := res.Calibration; c != nil && c.Forced {
+		for _, f := range c.Refusals() {
+			fmt.Fprintf(e.stderr, "WARNING: -force: wrote %s from calibration data that was refused: %s\n", *out, f)
+		}
 	}
 	fmt.Fprintf(e.stdout, "wrote %s: %s, %d node(s) quantized", *out, res.Lineage.Method, len(res.Nodes))
 	if len(res.Excluded) > 0 {

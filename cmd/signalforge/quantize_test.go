@@ -4,9 +4,12 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
+
+	"github.com/signalforge/signalforge/onnx"
 )
 
 func TestQuantizeHelp(t *testing.T) {
@@ -190,4 +193,137 @@ func TestQuantizeRefusesNonRegularFiles(t *testing.T) {
 		}
 	}
 	assertDir(t, dir, "calib.csv", "model.onnx")
+}
+
+// calibCSV writes a CSV with the header of quantize/testdata/
+// calib_mlp_small.csv and the data rows edit makes from its 256 rows.
+func calibCSV(t *testing.T, dir, name string, edit func(rows [][]string) [][]string) string {
+	t.Helper()
+	b, err := os.ReadFile(fixture("quantize/testdata/calib_mlp_small.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	var rows [][]string
+	for _, l := range lines[1:] {
+		rows = append(rows, strings.Split(l, ","))
+	}
+	var sb strings.Builder
+	sb.WriteString(lines[0] + "\n")
+	for _, r := range edit(rows) {
+		sb.WriteString(strings.Join(r, ",") + "\n")
+	}
+	path := filepath.Join(dir, name)
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// Degenerate calibration data is refused, naming the column, the row count
+// and -force, and nothing is written. Today's main wrote all three with
+// exit 0, reporting 31–52 dB on the calibration data (held-out: 25 dB, and
+// 0 dB with 0% sign agreement for the outlier).
+func TestQuantizeRefusesDegenerateCalibration(t *testing.T) {
+	data, dir := t.TempDir(), t.TempDir()
+	out := filepath.Join(dir, "q.onnx")
+	model := fixture("quantize/testdata/mlp_small.onnx")
+	outlier := calibCSV(t, data, "outlier.csv", func(r [][]string) [][]string {
+		r[0][2] = "1e30" // macd_signal
+		return r[:128]
+	})
+	for _, tt := range []struct {
+		name string
+		file string
+		want []string
+	}{
+		{"one row", calibCSV(t, data, "one.csv", func(r [][]string) [][]string { return r[:1] }),
+			[]string{"(1 row(s) checked)", "at least 8"}},
+		{"every row the same", calibCSV(t, data, "same.csv", func(r [][]string) [][]string {
+			var s [][]string
+			for range 64 {
+				s = append(s, r[0])
+			}
+			return s
+		}), []string{"(64 row(s) checked)", "all 8 column(s) are constant"}},
+		{"1e30 outlier", outlier, []string{"(128 row(s) checked)", `feature "macd_signal": value 1e+30 in row 1`}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := cliRun(t, "", "quantize", "-mode", "static", "-calibration", tt.file, "-o", out, model)
+			if code != 1 || strings.Contains(stdout, "wrote") {
+				t.Errorf("exit %d\n%s%s", code, stdout, stderr)
+			}
+			for _, w := range append(tt.want, tt.file+": quantize: calibration data refused", "pass -force to quantize anyway", "no model written") {
+				if !strings.Contains(stderr, w) {
+					t.Errorf("stderr %q lacks %q", stderr, w)
+				}
+			}
+		})
+	}
+	assertDir(t, dir)
+
+	// -force writes it, loudly: on stderr, in the report and in the model.
+	code, stdout, stderr := cliRun(t, "", "quantize", "-mode", "static", "-force", "-calibration", outlier, "-o", out, model)
+	if code != 0 || !strings.Contains(stdout, "wrote ") {
+		t.Fatalf("-force: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if !strings.Contains(stderr, "WARNING: -force: wrote "+out+" from calibration data that was refused: feature \"macd_signal\"") ||
+		!strings.Contains(stdout, "FORCED past a refusal: feature \"macd_signal\"") {
+		t.Errorf("-force is not loud:\n%s%s", stdout, stderr)
+	}
+	m, err := loadONNXFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if meta := onnx.Metadata(m); meta["signalforge.quantize.calibration_forced"] != `outlier feature "macd_signal"` {
+		t.Errorf("metadata %v", meta)
+	}
+}
+
+// -eval data decides the gate: calibrated on 128 rows, the int8 model meets
+// -min-sqnr 35 on those rows (43.6 dB) but not on held-out rows of a wider
+// range (11.6 dB with one node left int8): exit 1, nothing written. The
+// report says which data and how many rows it measured; without -eval it
+// says the accuracy is the calibration rows' own, and optimistic.
+func TestQuantizeEvalDecidesGate(t *testing.T) {
+	data, dir := t.TempDir(), t.TempDir()
+	model := fixture("quantize/testdata/mlp_small.onnx")
+	calib := calibCSV(t, data, "calib.csv", func(r [][]string) [][]string { return r[:128] })
+	wide := calibCSV(t, data, "wide.csv", func(r [][]string) [][]string {
+		for _, row := range r[128:] {
+			for i, v := range row {
+				f, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				row[i] = strconv.FormatFloat(4*f, 'g', -1, 64)
+			}
+		}
+		return r[128:]
+	})
+
+	code, stdout, stderr := cliRun(t, "", "quantize", "-mode", "static", "-calibration", calib, "-min-sqnr", "35", "-o", filepath.Join(dir, "oncal.onnx"), model)
+	if code != 0 {
+		t.Fatalf("on the calibration data: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, w := range []string{"gate: measured on " + calib + " (the calibration data", "evaluated on 128 rows: the 128 calibration rows themselves",
+		"warning: accuracy measured on the calibration data", "optimistic"} {
+		if !strings.Contains(stdout, w) {
+			t.Errorf("without -eval: stdout lacks %q:\n%s", w, stdout)
+		}
+	}
+
+	code, stdout, stderr = cliRun(t, "", "quantize", "-mode", "static", "-calibration", calib, "-eval", wide, "-min-sqnr", "35", "-o", filepath.Join(dir, "q.onnx"), model)
+	if code != 1 || strings.Contains(stdout, "wrote") || !strings.Contains(stderr, "accuracy budget cannot be met") || !strings.Contains(stderr, "no model written") {
+		t.Errorf("with -eval: exit %d\n%s%s", code, stdout, stderr)
+	}
+	for _, w := range []string{"gate: measured on " + wide + "\n", "evaluated on 128 held-out rows; calibrated on 128 other rows"} {
+		if !strings.Contains(stdout, w) {
+			t.Errorf("with -eval: stdout lacks %q:\n%s", w, stdout)
+		}
+	}
+	if strings.Contains(stdout, "optimistic") {
+		t.Errorf("held-out report calls itself optimistic:\n%s", stdout)
+	}
+	assertDir(t, dir, "oncal.onnx")
 }
