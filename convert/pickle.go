@@ -333,8 +333,17 @@ func (l *loader) persistentLoad(pid interface{}) (interface{}, error) {
 		return nil, fmt.Errorf("%w: storage key %T", ErrFormat, t.Get(2))
 	}
 	n, err := toInt(t.Get(4))
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || n > math.MaxInt64/8 {
 		return nil, fmt.Errorf("%w: storage size %v", ErrFormat, t.Get(4))
+	}
+	// Every storage named must be in the archive with at least its bytes,
+	// used by a tensor or not: PyTorch reads each one it is given.
+	f, ok := l.files[l.dataDir+key]
+	if !ok {
+		return nil, fmt.Errorf("%w: storage %q missing from the archive", ErrFormat, key)
+	}
+	if f.UncompressedSize64 < uint64(n)*uint64(sc.dtype.Size()) {
+		return nil, fmt.Errorf("%w: storage %s has %d bytes, needs %d", ErrFormat, key, f.UncompressedSize64, n*int64(sc.dtype.Size()))
 	}
 	return &storageRef{dtype: sc.dtype, key: key, numel: n}, nil
 }
