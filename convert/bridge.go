@@ -73,8 +73,8 @@ type bridgeRequest struct {
 	TrustPickle  bool              `json:"trust_pickle,omitempty"`
 	AllowClasses []string          `json:"allow_classes,omitempty"`
 	Modules      map[string]string `json:"modules,omitempty"`
-	Threads     int            `json:"threads,omitempty"`
-	Inputs      []RefTensor    `json:"inputs,omitempty"`
+	Threads      int               `json:"threads,omitempty"`
+	Inputs       []RefTensor       `json:"inputs,omitempty"`
 	// export
 	InputShape []int64 `json:"input_shape,omitempty"`
 	BatchAxis  int     `json:"batch_axis"`
@@ -94,9 +94,9 @@ type bridgeReply struct {
 	// the class or function it met, if any.
 	Refused      bool        `json:"refused"`
 	RefusedClass string      `json:"refused_class"`
-	Torch   string      `json:"torch"`
-	Outputs []RefTensor `json:"outputs"`
-	Rows    []struct {
+	Torch        string      `json:"torch"`
+	Outputs      []RefTensor `json:"outputs"`
+	Rows         []struct {
 		MedianNS float64 `json:"median_ns"`
 		Runs     int     `json:"runs"`
 	} `json:"rows"`
