@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,19 +28,40 @@ const DefaultPython = "/usr/bin/python3"
 // configured path, or torch does not import there.
 var ErrNoTorch = errors.New("convert: PyTorch bridge unavailable")
 
+// ErrUntrusted is wrapped when the bridge refuses a file that only
+// PyTorch's unrestricted loading could read (a pickle referencing other
+// classes or functions, a TorchScript archive run for its code): that
+// loading can execute code from the file, so it needs Bridge.TrustPickle.
+var ErrUntrusted = errors.New("convert: the torch bridge needs --trust-pickle for this file")
+
 // Bridge runs PyTorch in a Python subprocess: torch.onnx.export for models
 // with custom forward logic, reference outputs for Verify, and eager-mode
 // timing for Benchmark.
 //
-// Unlike LoadFile, the bridge uses PyTorch's own loader (torch.load), which
-// can execute code embedded in a pickle: use it on files you trust.
+// Nothing from the model file runs unless TrustPickle is set. The bridge
+// first reads the file in Go (LoadFile's checks and limits under Load) and
+// gives PyTorch a private copy of exactly those bytes; PyTorch then loads a
+// state dict with torch.load(weights_only=True), rebuilds a whole-model
+// pickle with a restricted unpickler (tensors, the supported torch.nn
+// modules and Load.AllowClasses only, whose code is not called), and reads
+// only the weights of a TorchScript archive (its code is never compiled or
+// run, so it needs a spec). Anything else fails with ErrUntrusted.
 type Bridge struct {
 	// Python is the interpreter. If empty, DefaultPython.
 	Python string
 	// TorchModule is an optional Python file defining the classes a
 	// whole-model pickle references (a custom nn.Module saved from
-	// __main__); it is run before torch.load.
+	// __main__); it is run before the model is loaded. It is your code,
+	// not the file's: allow its classes with Load.AllowClasses.
 	TorchModule string
+	// TrustPickle lets PyTorch load the file with its unrestricted
+	// unpickler (torch.load(weights_only=False)) and run a TorchScript
+	// archive's code, which can execute anything the file holds: set it
+	// only for files you made yourself. The Go checks still apply.
+	TrustPickle bool
+	// Load bounds the Go reading of the file before PyTorch sees it, and
+	// its AllowClasses are the classes of your own the bridge may rebuild.
+	Load LoadOptions
 }
 
 type bridgeRequest struct {
@@ -47,8 +69,12 @@ type bridgeRequest struct {
 	Model       string         `json:"model,omitempty"`
 	Spec        map[string]any `json:"spec,omitempty"`
 	TorchModule string         `json:"torch_module,omitempty"`
-	Threads     int            `json:"threads,omitempty"`
-	Inputs      []RefTensor    `json:"inputs,omitempty"`
+	// TrustPickle, AllowClasses and Modules set what PyTorch may load.
+	TrustPickle  bool              `json:"trust_pickle,omitempty"`
+	AllowClasses []string          `json:"allow_classes,omitempty"`
+	Modules      map[string]string `json:"modules,omitempty"`
+	Threads      int               `json:"threads,omitempty"`
+	Inputs       []RefTensor       `json:"inputs,omitempty"`
 	// export
 	InputShape []int64 `json:"input_shape,omitempty"`
 	BatchAxis  int     `json:"batch_axis"`
@@ -63,10 +89,14 @@ type bridgeRequest struct {
 }
 
 type bridgeReply struct {
-	Error   string      `json:"error"`
-	Torch   string      `json:"torch"`
-	Outputs []RefTensor `json:"outputs"`
-	Rows    []struct {
+	Error string `json:"error"`
+	// Refused marks an error of the restricted loading; RefusedClass names
+	// the class or function it met, if any.
+	Refused      bool        `json:"refused"`
+	RefusedClass string      `json:"refused_class"`
+	Torch        string      `json:"torch"`
+	Outputs      []RefTensor `json:"outputs"`
+	Rows         []struct {
 		MedianNS float64 `json:"median_ns"`
 		Runs     int     `json:"runs"`
 	} `json:"rows"`
@@ -84,17 +114,24 @@ func (b *Bridge) run(ctx context.Context, req bridgeRequest) (*bridgeReply, erro
 	if _, err := os.Stat(py); err != nil {
 		return nil, fmt.Errorf("%w: %s not found (on Debian: apt-get install python3-torch)", ErrNoTorch, py)
 	}
+	if b != nil && req.TorchModule == "" {
+		req.TorchModule = b.TorchModule
+	}
+	var opts LoadOptions
+	if b != nil {
+		opts, req.TrustPickle = b.Load, b.TrustPickle
+	}
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	req.AllowClasses, req.Modules = opts.AllowClasses, moduleFiles
 	if req.Model != "" {
-		// PyTorch would read a device such as /dev/zero until memory runs
-		// out, and block on a FIFO: check the file as ConvertFile does.
-		f, _, err := onnx.OpenFileLimited(req.Model, MaxFileSize)
+		staged, cleanup, err := stageModel(req.Model, opts, req.TrustPickle)
 		if err != nil {
 			return nil, err
 		}
-		f.Close()
-	}
-	if b != nil && req.TorchModule == "" {
-		req.TorchModule = b.TorchModule
+		defer cleanup()
+		req.Model = staged
 	}
 	in, err := json.Marshal(req)
 	if err != nil {
@@ -120,10 +157,82 @@ func (b *Bridge) run(ctx context.Context, req bridgeRequest) (*bridgeReply, erro
 		if strings.HasPrefix(rep.Error, "cannot import torch") {
 			return nil, fmt.Errorf("%w: %s", ErrNoTorch, rep.Error)
 		}
+		if rep.Refused {
+			hint := ""
+			if rep.RefusedClass != "" && checkAllowClass(rep.RefusedClass) == nil {
+				hint = fmt.Sprintf(" If %s is your own nn.Module, allow it with --allow-class %s and define it with -torch-module.", rep.RefusedClass, rep.RefusedClass)
+			}
+			return nil, fmt.Errorf("%w: %s. %s%s", ErrUntrusted, rep.Error, untrustedWhy, hint)
+		}
 		return nil, fmt.Errorf("convert: bridge: %s", rep.Error)
 	}
 	return &rep, nil
 }
+
+// stageModel checks the model file in Go and copies it to a private
+// temporary file for PyTorch, so that PyTorch reads the very bytes Go
+// checked (the original could change in between). Untrusted, the file
+// must load in Go (Load: allow-list, limits, one entry per name);
+// trusted, only its archive structure is checked (CheckArchive), as
+// PyTorch may need classes Go does not read.
+func stageModel(path string, opts LoadOptions, trusted bool) (string, func(), error) {
+	// PyTorch would read a device such as /dev/zero until memory runs
+	// out, and block on a FIFO: check the file as ConvertFile does.
+	f, st, err := onnx.OpenFileLimited(path, MaxFileSize)
+	if err != nil {
+		return "", nil, err
+	}
+	defer f.Close()
+	dir, err := os.MkdirTemp("", "signalforge-bridge-")
+	if err != nil {
+		return "", nil, err
+	}
+	cleanup := func() { os.RemoveAll(dir) }
+	staged := filepath.Join(dir, "model.pt")
+	err = func() error {
+		out, err := os.OpenFile(staged, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
+		if err != nil {
+			return err
+		}
+		n, err := io.Copy(out, io.LimitReader(f, st.Size()))
+		if cerr := out.Close(); err == nil {
+			err = cerr
+		}
+		if err == nil && n != st.Size() {
+			err = fmt.Errorf("convert: %s changed size while being read", path)
+		}
+		if err != nil {
+			return err
+		}
+		in, err := os.Open(staged)
+		if err != nil {
+			return err
+		}
+		defer in.Close()
+		if trusted {
+			err = CheckArchive(in, n, opts)
+		} else {
+			_, err = Load(in, n, opts)
+		}
+		if errors.Is(err, ErrRefused) {
+			return fmt.Errorf("%w: %s: %w. %s", ErrUntrusted, path, err, untrustedWhy)
+		}
+		if err != nil {
+			return fmt.Errorf("%s: %w", path, err)
+		}
+		return nil
+	}()
+	if err != nil {
+		cleanup()
+		return "", nil, err
+	}
+	return staged, cleanup, nil
+}
+
+// untrustedWhy explains ErrUntrusted.
+const untrustedWhy = "Without --trust-pickle PyTorch loads only tensors (weights_only), the supported torch.nn modules " +
+	"and classes of your own allowed by name, never running code from the file; --trust-pickle makes PyTorch run the " +
+	"file's pickle (and a TorchScript archive's code), which can execute anything: use it only for files you made yourself"
 
 func lastLines(s string, n int) string {
 	lines := strings.Split(strings.TrimSpace(s), "\n")
@@ -182,7 +291,8 @@ func (b *Bridge) Reference(ctx context.Context, path string, spec *Spec, inputs 
 }
 
 // Export converts with torch.onnx.export in the subprocess, for models the
-// Go converter cannot map (custom forward logic). inputShape is the full
+// Go converter cannot map (custom forward logic). opts.Load.AllowClasses
+// are allowed to the bridge when its own Load lists none. inputShape is the full
 // input shape with -1 for dynamic sizes; the batch axis is made dynamic
 // unless opts.StaticBatch. The lineage metadata and feature names are added
 // as for ConvertFile.
@@ -206,7 +316,15 @@ func (b *Bridge) Export(ctx context.Context, path string, inputShape []int64, ba
 	}
 	defer os.RemoveAll(dir)
 	out := filepath.Join(dir, "model.onnx")
-	_, err = b.run(ctx, bridgeRequest{
+	// The classes opts allow the Go reader are allowed to the bridge too.
+	eb := Bridge{}
+	if b != nil {
+		eb = *b
+	}
+	if len(eb.Load.AllowClasses) == 0 {
+		eb.Load.AllowClasses = opts.Load.AllowClasses
+	}
+	_, err = eb.run(ctx, bridgeRequest{
 		Cmd: "export", Model: path, Spec: specJSON(opts.Spec), InputShape: shape, BatchAxis: batchAxis,
 		InputName: opts.InputName, OutputName: opts.OutputName, Opset: opts.Opset, Out: out, Threads: 1,
 	})

@@ -6,7 +6,11 @@
 // allow-list (the supported torch.nn modules, tensor rebuild helpers,
 // OrderedDict and set) and refuses anything else by name. That is a
 // security property: loading a pickle in Python can execute arbitrary code,
-// loading it here cannot.
+// loading it here cannot. Archives two zip readers could read differently
+// (duplicate or ambiguous entry names) are refused, and LoadOptions bound
+// the memory loading takes. The PyTorch bridge (Bridge) keeps the property:
+// it hands PyTorch only files Load accepted and loads them without running
+// their code, unless Bridge.TrustPickle says the file is the user's own.
 //
 // Supported: nn.Sequential trees of Linear, ReLU, LeakyReLU, GELU, SiLU,
 // Tanh, Sigmoid, Softmax, Dropout, Identity, Flatten, BatchNorm1d,

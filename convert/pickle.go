@@ -236,10 +236,83 @@ func (l *loader) findClass(module, name string) (interface{}, error) {
 			return &pyClass{name: full}, nil
 		}
 	}
+	if checkAllowClass(full) != nil {
+		// Never suggest allowing a function or a system class: the name
+		// is what a hostile pickle would want reached.
+		return nil, fmt.Errorf("%w: %s (loading never runs code; a pickle may reference only the supported modules %v "+
+			"and classes of your own code)", ErrRefused, full, SupportedModules())
+	}
 	return nil, fmt.Errorf("%w: %s (loading never runs code; supported modules: %v; "+
 		"if it is your own nn.Module saved with torch.save(model), allow it with --allow-class %s "+
 		"(its state is read as data, never run) and give an architecture spec, or use --exporter torch)",
 		ErrRefused, full, SupportedModules(), full)
+}
+
+// systemModules are top-level Python packages whose names are never the
+// user's own model code: a class or function of one of them is not
+// allowed (LoadOptions.Validate) nor suggested. It lists the standard
+// library modules a pickle can reach to run commands, import, read or
+// write files, open sockets or call arbitrary functions, and the
+// scientific packages around PyTorch.
+var systemModules = map[string]bool{
+	"__builtin__": true, "builtins": true, "os": true, "posix": true, "nt": true, "posixpath": true,
+	"ntpath": true, "sys": true, "subprocess": true, "shutil": true, "socket": true, "ssl": true,
+	"http": true, "urllib": true, "urllib2": true, "importlib": true, "imp": true, "runpy": true,
+	"pickle": true, "_pickle": true, "cPickle": true, "copyreg": true, "copy_reg": true, "marshal": true,
+	"ctypes": true, "cffi": true, "code": true, "codeop": true, "pdb": true, "bdb": true, "io": true,
+	"_io": true, "pty": true, "commands": true, "platform": true, "webbrowser": true,
+	"multiprocessing": true, "threading": true, "_thread": true, "thread": true, "signal": true,
+	"tempfile": true, "pathlib": true, "glob": true, "functools": true, "operator": true, "types": true,
+	"inspect": true, "gc": true, "weakref": true, "asyncio": true, "concurrent": true, "ftplib": true,
+	"smtplib": true, "telnetlib": true, "xmlrpc": true, "zipimport": true, "pkgutil": true, "site": true,
+	"sysconfig": true, "distutils": true, "setuptools": true, "pip": true, "pydoc": true, "timeit": true,
+	"trace": true, "profile": true, "cProfile": true, "zipfile": true, "tarfile": true, "shelve": true,
+	"dbm": true, "sqlite3": true, "logging": true, "collections": true, "typing": true, "copy": true,
+	"builtin": true, "exec": true, "eval": true, "numpy": true, "scipy": true, "pandas": true,
+	"torch": true, "torchvision": true, "torchaudio": true, "onnx": true, "dill": true, "joblib": true,
+	"_posixsubprocess": true, "_winapi": true, "msvcrt": true, "winreg": true, "select": true,
+	"selectors": true, "mmap": true, "fcntl": true, "resource": true, "atexit": true, "abc": true,
+	"contextlib": true, "itertools": true, "string": true, "re": true, "json": true, "yaml": true,
+}
+
+// checkAllowClass accepts "module.Class" naming a class of the user's own
+// code: a dotted path of identifiers whose top-level package is not a
+// system module (systemModules), ending in a class name that starts with
+// an upper-case letter (functions such as os.system or builtins.eval are
+// not classes).
+func checkAllowClass(full string) error {
+	parts := strings.Split(full, ".")
+	refuse := func(why string) error {
+		return fmt.Errorf("%w: --allow-class %s: %s; only classes of your own code (such as __main__.Forecaster) can be allowed",
+			ErrRefused, full, why)
+	}
+	if len(parts) < 2 {
+		return refuse("want module.Class")
+	}
+	for _, p := range parts {
+		if !isIdentifier(p) {
+			return refuse(fmt.Sprintf("%q is not a Python identifier", p))
+		}
+	}
+	if systemModules[parts[0]] {
+		return refuse(fmt.Sprintf("%s is a system or library module, not your own code", parts[0]))
+	}
+	if c := parts[len(parts)-1][0]; c < 'A' || c > 'Z' {
+		return refuse(fmt.Sprintf("%s is not a class name (want one starting with an upper-case letter)", parts[len(parts)-1]))
+	}
+	return nil
+}
+
+func isIdentifier(s string) bool {
+	for i, c := range s {
+		switch {
+		case c == '_', 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z':
+		case '0' <= c && c <= '9' && i > 0:
+		default:
+			return false
+		}
+	}
+	return s != ""
 }
 
 // persistentLoad resolves ('storage', StorageClass, key, location, numel).
@@ -260,8 +333,17 @@ func (l *loader) persistentLoad(pid interface{}) (interface{}, error) {
 		return nil, fmt.Errorf("%w: storage key %T", ErrFormat, t.Get(2))
 	}
 	n, err := toInt(t.Get(4))
-	if err != nil || n < 0 {
+	if err != nil || n < 0 || n > math.MaxInt64/8 {
 		return nil, fmt.Errorf("%w: storage size %v", ErrFormat, t.Get(4))
+	}
+	// Every storage named must be in the archive with at least its bytes,
+	// used by a tensor or not: PyTorch reads each one it is given.
+	f, ok := l.files[l.dataDir+key]
+	if !ok {
+		return nil, fmt.Errorf("%w: storage %q missing from the archive", ErrFormat, key)
+	}
+	if f.UncompressedSize64 < uint64(n)*uint64(sc.dtype.Size()) {
+		return nil, fmt.Errorf("%w: storage %s has %d bytes, needs %d", ErrFormat, key, f.UncompressedSize64, n*int64(sc.dtype.Size()))
 	}
 	return &storageRef{dtype: sc.dtype, key: key, numel: n}, nil
 }
@@ -306,11 +388,16 @@ func toInts(v interface{}) ([]int64, error) {
 	return out, nil
 }
 
-// scanPickle walks the opcodes of a pickle without building anything and
-// rejects one whose length fields point past its end. gopickle allocates
-// a buffer of the declared length before reading, so this check is what
-// bounds allocation by the size of the input.
-func scanPickle(p []byte) error {
+// scanPickle walks the opcodes of a pickle without building anything. It
+// rejects one whose length fields point past its end (gopickle allocates a
+// buffer of the declared length before reading), and tracks what the
+// unpickler would hold: the MARK nesting, the items on the stack (those
+// put aside under MARKs included), the memo entries and the values
+// created, refusing a pickle over opts' limits before gopickle (or
+// PyTorch's unpickler, which the bridge runs on the same bytes) sees it.
+// Every opcode creates at most one value, so with these limits the
+// unpickled objects are bounded whatever the pickle's size.
+func scanPickle(p []byte, opts *LoadOptions) error {
 	i := 0
 	need := func(n uint64) error {
 		if n > uint64(len(p)-i) {
@@ -327,18 +414,55 @@ func scanPickle(p []byte) error {
 		}
 		return fmt.Errorf("%w: unterminated line in pickle at offset %d", ErrFormat, i)
 	}
+	var (
+		marks  []int64 // stack heights put aside by MARK
+		stack  int64   // items above the last MARK
+		below  int64   // items put aside under MARKs
+		memo   int64
+		values int64
+	)
+	limit := func(field string, value int64, what string) error {
+		return &LimitError{Limit: field, Value: value, What: fmt.Sprintf("%s at offset %d", what, i-1)}
+	}
+	underflow := func() error {
+		return fmt.Errorf("%w: pickle pops an empty stack at offset %d", ErrFormat, i-1)
+	}
+	// pop removes n items above the last MARK; popMark removes everything
+	// above it and the MARK. push adds one item (a new value if fresh).
+	pop := func(n int64) error {
+		if stack < n {
+			return underflow()
+		}
+		stack -= n
+		return nil
+	}
+	popMark := func() error {
+		if len(marks) == 0 {
+			return fmt.Errorf("%w: pickle has no MARK to pop at offset %d", ErrFormat, i-1)
+		}
+		stack = marks[len(marks)-1]
+		below -= stack
+		marks = marks[:len(marks)-1]
+		return nil
+	}
+	push := func(fresh bool) error {
+		stack++
+		if stack+below > opts.MaxPickleStack {
+			return limit("MaxPickleStack", opts.MaxPickleStack, "stack items")
+		}
+		if fresh {
+			if values++; values > opts.MaxPickleValues {
+				return limit("MaxPickleValues", opts.MaxPickleValues, "values created")
+			}
+		}
+		return nil
+	}
 	for i < len(p) {
 		op := p[i]
 		i++
 		var n uint64
+		// Operands.
 		switch op {
-		case '(', '.', '0', '1', '2', 'N', 0x88, 0x89, 'R', ']', 'a', 'e', '}', 's', 'u', ')',
-			't', 0x85, 0x86, 0x87, 'l', 'd', 'b', 0x81, 0x92, 0x93, 0x94, 'Q', 0x8f, 0x90,
-			0x91, 0x97, 0x98, 'o':
-			if op == '.' {
-				return nil
-			}
-			continue
 		case 0x80, 'K', 'h', 'q', 0x82:
 			n = 1
 		case 'M', 0x83:
@@ -374,7 +498,6 @@ func scanPickle(p []byte) error {
 			if err := line(); err != nil {
 				return err
 			}
-			continue
 		case 'c', 'i':
 			if err := line(); err != nil {
 				return err
@@ -382,19 +505,93 @@ func scanPickle(p []byte) error {
 			if err := line(); err != nil {
 				return err
 			}
-			continue
+		case '(', '.', '0', '1', '2', 'N', 0x88, 0x89, 'R', ']', 'a', 'e', '}', 's', 'u', ')',
+			't', 0x85, 0x86, 0x87, 'l', 'd', 'b', 0x81, 0x92, 0x93, 0x94, 'Q', 0x8f, 0x90,
+			0x91, 0x97, 0x98, 'o':
 		default:
 			return fmt.Errorf("%w: unknown pickle opcode 0x%02x at offset %d", ErrFormat, op, i-1)
 		}
-		if err := need(n); err != nil {
+		if n > 0 {
+			if err := need(n); err != nil {
+				return err
+			}
+			if op == 0x95 {
+				if v := binary.LittleEndian.Uint64(p[i:]); v > uint64(len(p)) {
+					return fmt.Errorf("%w: frame size too large in pickle at offset %d", ErrFormat, i)
+				}
+			}
+			i += int(n)
+		}
+		// Stack effects, as pickletools documents them.
+		var err error
+		switch op {
+		case '.':
+			return nil
+		case 0x80, 0x95:
+		case '(':
+			if int64(len(marks)) >= opts.MaxPickleDepth {
+				return limit("MaxPickleDepth", opts.MaxPickleDepth, "MARK nesting")
+			}
+			marks = append(marks, stack)
+			below += stack
+			stack = 0
+		case '0': // POP; on an empty stack gopickle pops the MARK
+			if stack == 0 {
+				err = popMark()
+			} else {
+				err = pop(1)
+			}
+		case '1', 'e', 'u', 0x90: // POP_MARK, APPENDS, SETITEMS, ADDITEMS
+			err = popMark()
+			if err == nil && op != '1' && stack < 1 {
+				err = underflow()
+			}
+		case 't', 'l', 'd', 0x91, 'o', 'i': // to the MARK, one new value
+			if err = popMark(); err == nil {
+				err = push(true)
+			}
+		case '2', 'g', 'h', 'j': // DUP and memo gets: an existing value
+			if op == '2' && stack < 1 {
+				err = underflow()
+			} else {
+				err = push(false)
+			}
+		case 'p', 'q', 'r', 0x94: // memo puts
+			if stack < 1 {
+				err = underflow()
+			} else if memo++; memo > opts.MaxPickleMemo {
+				err = limit("MaxPickleMemo", opts.MaxPickleMemo, "memo entries")
+			}
+		case 'a', 'b': // APPEND, BUILD
+			if stack < 2 {
+				err = underflow()
+			} else {
+				err = pop(1)
+			}
+		case 's': // SETITEM
+			if stack < 3 {
+				err = underflow()
+			} else {
+				err = pop(2)
+			}
+		case 'Q', 0x85, 0x98: // one in, one new out
+			if err = pop(1); err == nil {
+				err = push(true)
+			}
+		case 'R', 0x81, 0x86, 0x93:
+			if err = pop(2); err == nil {
+				err = push(true)
+			}
+		case 0x87, 0x92:
+			if err = pop(3); err == nil {
+				err = push(true)
+			}
+		default: // every other opcode pushes one new value
+			err = push(true)
+		}
+		if err != nil {
 			return err
 		}
-		if op == 0x95 {
-			if v := binary.LittleEndian.Uint64(p[i:]); v > uint64(len(p)) {
-				return fmt.Errorf("%w: frame size too large in pickle at offset %d", ErrFormat, i)
-			}
-		}
-		i += int(n)
 	}
 	return fmt.Errorf("%w: pickle has no STOP opcode", ErrFormat)
 }

@@ -12,6 +12,7 @@ import (
 	"runtime"
 	"sort"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/nlpodyssey/gopickle/pickle"
 	"github.com/nlpodyssey/gopickle/types"
@@ -188,30 +189,115 @@ type Checkpoint struct {
 }
 
 // LoadOptions bound what loading may allocate. The zero value is safe for
-// untrusted input.
+// untrusted input: with the defaults, Load holds at most about
+// 2×MaxExpansion times the file's size in pickles, storages and
+// materialised tensors (ConvertFile also holds the file itself), plus a
+// fixed amount for the unpickled objects (MaxPickleValues and
+// MaxPickleMemo bound them to about 200 MiB). Each limit, when exceeded,
+// gives a *LimitError naming it.
 type LoadOptions struct {
 	// MaxPickleBytes caps the size of a pickle inside the archive. If zero,
 	// 64 MiB.
 	MaxPickleBytes int64
-	// MaxTensorBytes caps the total bytes of tensor data read. If zero,
-	// 4 GiB.
+	// MaxTensorBytes caps the total bytes of the tensors Load
+	// materialises, counting every tensor: several views of one storage
+	// count once each, as they are each copied. If zero, 4 GiB.
 	MaxTensorBytes int64
+	// MaxExpansion caps what one byte of the file may become: every
+	// archive entry's uncompressed size against its compressed size (for
+	// entries over 1 MiB; torch.save stores entries uncompressed, a ratio
+	// of 1), the archive's total uncompressed size against the file's
+	// size, and the materialised tensors against the file's size. If zero,
+	// 4.
+	MaxExpansion int64
+	// MaxPickleDepth caps the nesting of MARK opcodes in a pickle (the
+	// depth of containers being built). If zero, 256.
+	MaxPickleDepth int64
+	// MaxPickleStack caps the items on the unpickler's stack, those put
+	// aside under MARKs included. If zero, 65536.
+	MaxPickleStack int64
+	// MaxPickleMemo caps the memo entries a pickle stores. If zero, 1<<20.
+	MaxPickleMemo int64
+	// MaxPickleValues caps the values a pickle creates (each opcode that
+	// pushes a new value). If zero, 1<<21.
+	MaxPickleValues int64
 	// AllowClasses lists further classes ("__main__.Forecaster") a
 	// whole-model pickle may reference: the user's own nn.Module
 	// subclasses. Their instances are rebuilt as data (an Object holding
 	// their __dict__); their code is never run, so converting them needs a
-	// Spec.
+	// Spec. Names of system modules (os.system, builtins.eval,
+	// subprocess.Popen, …) are refused: see Validate.
 	AllowClasses []string
 }
 
+// Default loading limits (see LoadOptions).
+const (
+	DefaultMaxPickleBytes  = 64 << 20
+	DefaultMaxTensorBytes  = 4 << 30
+	DefaultMaxExpansion    = 4
+	DefaultMaxPickleDepth  = 256
+	DefaultMaxPickleStack  = 1 << 16
+	DefaultMaxPickleMemo   = 1 << 20
+	DefaultMaxPickleValues = 1 << 21
+)
+
+// expansionFloor is the entry size up to which MaxExpansion does not apply
+// to an entry's compression ratio (small text entries compress well).
+const expansionFloor = 1 << 20
+
 func (o *LoadOptions) defaults() {
-	if o.MaxPickleBytes <= 0 {
-		o.MaxPickleBytes = 64 << 20
+	set := func(v *int64, d int64) {
+		if *v <= 0 {
+			*v = d
+		}
 	}
-	if o.MaxTensorBytes <= 0 {
-		o.MaxTensorBytes = 4 << 30
-	}
+	set(&o.MaxPickleBytes, DefaultMaxPickleBytes)
+	set(&o.MaxTensorBytes, DefaultMaxTensorBytes)
+	set(&o.MaxExpansion, DefaultMaxExpansion)
+	set(&o.MaxPickleDepth, DefaultMaxPickleDepth)
+	set(&o.MaxPickleStack, DefaultMaxPickleStack)
+	set(&o.MaxPickleMemo, DefaultMaxPickleMemo)
+	set(&o.MaxPickleValues, DefaultMaxPickleValues)
 }
+
+// Validate checks AllowClasses: each entry must name a class
+// ("module.Class", the class name starting with an upper-case letter) of
+// the user's own code, such as __main__.Forecaster or
+// mymodels.Forecaster. Functions and classes of Python's system modules
+// and of torch (os.system, builtins.eval, subprocess.Popen,
+// torch.nn.modules.conv.Conv2d, …) are refused with ErrRefused: allowing
+// one would let a pickle reach it. Load calls Validate.
+func (o *LoadOptions) Validate() error {
+	for _, c := range o.AllowClasses {
+		if err := checkAllowClass(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// LimitError reports a file refused by one of the LoadOptions limits. It
+// wraps ErrLimit.
+type LimitError struct {
+	// Limit is the LoadOptions field ("MaxPickleDepth").
+	Limit string
+	// Value is the limit in force.
+	Value int64
+	// What says what exceeded it, naming the archive entry when there is one.
+	What string
+}
+
+func (e *LimitError) Error() string {
+	return fmt.Sprintf("convert: %s: over the %s limit of %d (raise LoadOptions.%s, or signalforge convert -load-limit %s=N)",
+		e.What, e.Limit, e.Value, e.Limit, e.Limit)
+}
+
+// Unwrap returns ErrLimit.
+func (e *LimitError) Unwrap() error { return ErrLimit }
+
+// ErrLimit is wrapped by the errors of files refused by a LoadOptions
+// limit (see LimitError).
+var ErrLimit = errors.New("convert: PyTorch file over a loading limit")
 
 // MaxFileSize is the largest PyTorch file ConvertFile, LoadFile and the
 // torch bridge accept: 4 GiB of tensor data (the default
@@ -239,28 +325,16 @@ func LoadFile(path string, opts LoadOptions) (*Checkpoint, error) {
 // Load reads a PyTorch file of the given size from r. See LoadFile.
 func Load(r io.ReaderAt, size int64, opts LoadOptions) (cp *Checkpoint, err error) {
 	opts.defaults()
-	zr, err := zip.NewReader(r, size)
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	ar, err := openArchive(r, size, &opts)
 	if err != nil {
-		var magic [2]byte
-		if n, _ := r.ReadAt(magic[:], 0); n == 2 && magic[0] == 0x80 {
-			return nil, fmt.Errorf("%w: legacy (pre-1.6) torch.save format; re-save it with a newer PyTorch", ErrFormat)
-		}
-		return nil, fmt.Errorf("%w: not a zip archive: %v", ErrFormat, err)
+		return nil, err
 	}
-	l := &loader{opts: opts, files: map[string]*zip.File{}}
-	for _, f := range zr.File {
-		l.files[f.Name] = f
-	}
-	var prefix string
-	for _, f := range zr.File {
-		if strings.HasSuffix(f.Name, "/data.pkl") && strings.Count(f.Name, "/") == 1 {
-			prefix = strings.TrimSuffix(f.Name, "data.pkl")
-			break
-		}
-	}
-	if prefix == "" {
-		return nil, fmt.Errorf("%w: no <name>/data.pkl in the archive", ErrFormat)
-	}
+	l := &loader{opts: opts, files: ar.files}
+	l.maxTensor, l.maxTensorField = materializeLimit(&opts, size)
+	prefix := ar.prefix
 	// gopickle is not hardened against every hostile pickle (for example
 	// unhashable dict keys panic inside it); a panic there is malformed
 	// input, not a bug of ours.
@@ -310,6 +384,146 @@ func Load(r io.ReaderAt, size int64, opts LoadOptions) (cp *Checkpoint, err erro
 	return cp, nil
 }
 
+// materializeLimit is the most tensor bytes Load may materialise for a
+// file of the given size: MaxTensorBytes, and MaxExpansion times the size.
+func materializeLimit(o *LoadOptions, size int64) (limit int64, field string) {
+	limit, field = o.MaxTensorBytes, "MaxTensorBytes"
+	if size > 0 && size <= math.MaxInt64/o.MaxExpansion && o.MaxExpansion*size < limit {
+		limit, field = o.MaxExpansion*size, "MaxExpansion"
+	}
+	return limit, field
+}
+
+// CheckArchive checks the structure of a PyTorch file without building
+// anything from it: the checks Load makes on the zip archive (one entry
+// per name, all under one top-level folder, sizes and compression ratios
+// within opts) and on the opcodes of its data.pkl and constants.pkl
+// (MARK depth, stack, memo and value counts). The torch bridge runs it
+// before PyTorch sees a file, so that PyTorch and Load read the same
+// entries and PyTorch's unpickler works within the same bounds.
+func CheckArchive(r io.ReaderAt, size int64, opts LoadOptions) error {
+	opts.defaults()
+	ar, err := openArchive(r, size, &opts)
+	if err != nil {
+		return err
+	}
+	l := &loader{opts: opts, files: ar.files}
+	for _, name := range []string{"data.pkl", "constants.pkl"} {
+		if _, ok := ar.files[ar.prefix+name]; ok {
+			if _, err := l.readPickle(ar.prefix + name); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// archive is a checked PyTorch zip archive.
+type archive struct {
+	files  map[string]*zip.File
+	prefix string // the top-level folder with its slash: "model/"
+}
+
+// openArchive opens the zip archive and refuses anything two zip readers
+// could read differently: PyTorch's reader (miniz) looks entries up by
+// name case-insensitively and takes one of several equal names, Go's
+// archive/zip and Python's zipfile take others, so duplicate names (also
+// differing only in ASCII case), names that are not plain relative paths
+// ("..", ".", empty components, a leading or doubled slash, backslashes,
+// control characters) and entries outside the single top-level folder
+// torch.save writes are all refused. It also applies the MaxExpansion
+// limits to the entries' declared sizes (which archive/zip enforces when
+// reading).
+func openArchive(r io.ReaderAt, size int64, opts *LoadOptions) (*archive, error) {
+	zr, err := zip.NewReader(r, size)
+	if err != nil && !(errors.Is(err, zip.ErrInsecurePath) && zr != nil) {
+		var magic [2]byte
+		if n, _ := r.ReadAt(magic[:], 0); n == 2 && magic[0] == 0x80 {
+			return nil, fmt.Errorf("%w: legacy (pre-1.6) torch.save format; re-save it with a newer PyTorch", ErrFormat)
+		}
+		return nil, fmt.Errorf("%w: not a zip archive: %v", ErrFormat, err)
+	}
+	ar := &archive{files: make(map[string]*zip.File, len(zr.File))}
+	folded := make(map[string]string, len(zr.File))
+	var total uint64
+	for _, f := range zr.File {
+		if err := checkEntryName(f.Name); err != nil {
+			return nil, err
+		}
+		top := f.Name[:strings.IndexByte(f.Name, '/')+1]
+		if ar.prefix == "" {
+			ar.prefix = top
+		} else if top != ar.prefix {
+			return nil, fmt.Errorf("%w: ambiguous archive: entries under two top-level folders (%q and %q)", ErrFormat, ar.prefix, top)
+		}
+		key := asciiLower(f.Name)
+		if prev, dup := folded[key]; dup {
+			if prev == f.Name {
+				return nil, fmt.Errorf("%w: ambiguous archive: two entries named %q (readers disagree on which one counts)", ErrFormat, f.Name)
+			}
+			return nil, fmt.Errorf("%w: ambiguous archive: entries %q and %q differ only in case (PyTorch's reader does not tell them apart)", ErrFormat, prev, f.Name)
+		}
+		folded[key] = f.Name
+		ar.files[f.Name] = f
+		if f.UncompressedSize64 > expansionFloor && f.UncompressedSize64/uint64(opts.MaxExpansion) > f.CompressedSize64 {
+			return nil, &LimitError{Limit: "MaxExpansion", Value: opts.MaxExpansion,
+				What: fmt.Sprintf("%s expands from %d to %d bytes", f.Name, f.CompressedSize64, f.UncompressedSize64)}
+		}
+		total += f.UncompressedSize64
+		if total < f.UncompressedSize64 {
+			total = math.MaxUint64
+		}
+	}
+	if ar.prefix == "" || ar.files[ar.prefix+"data.pkl"] == nil {
+		return nil, fmt.Errorf("%w: no <name>/data.pkl in the archive", ErrFormat)
+	}
+	if max := uint64(opts.MaxExpansion) * uint64(size); size > 0 && total > max+expansionFloor {
+		return nil, &LimitError{Limit: "MaxExpansion", Value: opts.MaxExpansion,
+			What: fmt.Sprintf("the archive's entries total %d bytes uncompressed, from a %d-byte file", total, size)}
+	}
+	return ar, nil
+}
+
+// checkEntryName accepts what torch.save writes: "folder/path", relative,
+// with non-empty components other than "." and "..", and no backslashes or
+// control characters.
+func checkEntryName(name string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("%w: ambiguous archive: entry %q %s", ErrFormat, name, why)
+	}
+	if !strings.Contains(name, "/") {
+		return bad("is outside a top-level folder")
+	}
+	if strings.HasSuffix(name, "/") {
+		return bad("is a folder")
+	}
+	for _, c := range name {
+		if c < 0x20 || c == 0x7f || c == '\\' || c == utf8.RuneError {
+			return bad("has a backslash, a control character or invalid UTF-8")
+		}
+	}
+	for _, part := range strings.Split(name, "/") {
+		switch part {
+		case "":
+			return bad("has an empty path component (a leading or doubled slash)")
+		case ".", "..":
+			return bad("has a \".\" or \"..\" component")
+		}
+	}
+	return nil
+}
+
+// asciiLower folds ASCII letters only, as miniz compares names.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
+}
+
 // strictPanics is set by FuzzLoad: Load then re-raises panics that did
 // not start inside gopickle, so the fuzzer finds our bugs instead of the
 // recover hiding them.
@@ -341,13 +555,21 @@ type loader struct {
 	files    map[string]*zip.File
 	dataDir  string
 	storages map[string][]byte
-	read     int64 // tensor bytes read so far
+	read     int64 // storage bytes read so far
+	// maxTensor bounds the bytes materialised (every view counted), set
+	// by the field maxTensorField names.
+	maxTensor      int64
+	maxTensorField string
+	materialized   int64
 }
 
-func (l *loader) unpickle(name string) (interface{}, error) {
+// readPickle reads a pickle entry and checks its opcodes (scanPickle)
+// within the limits.
+func (l *loader) readPickle(name string) ([]byte, error) {
 	f := l.files[name]
 	if f.UncompressedSize64 > uint64(l.opts.MaxPickleBytes) {
-		return nil, fmt.Errorf("%w: %s is %d bytes, over the %d-byte limit", ErrFormat, name, f.UncompressedSize64, l.opts.MaxPickleBytes)
+		return nil, &LimitError{Limit: "MaxPickleBytes", Value: l.opts.MaxPickleBytes,
+			What: fmt.Sprintf("%s is %d bytes", name, f.UncompressedSize64)}
 	}
 	rc, err := f.Open()
 	if err != nil {
@@ -358,7 +580,20 @@ func (l *loader) unpickle(name string) (interface{}, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: reading %s: %v", ErrFormat, name, err)
 	}
-	if err := scanPickle(data); err != nil {
+	if err := scanPickle(data, &l.opts); err != nil {
+		var le *LimitError
+		if errors.As(err, &le) {
+			le.What = name + ": " + le.What
+			return nil, le
+		}
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
+	return data, nil
+}
+
+func (l *loader) unpickle(name string) (interface{}, error) {
+	data, err := l.readPickle(name)
+	if err != nil {
 		return nil, err
 	}
 	u := pickle.NewUnpickler(bytes.NewReader(data))
@@ -366,7 +601,7 @@ func (l *loader) unpickle(name string) (interface{}, error) {
 	u.PersistentLoad = l.persistentLoad
 	v, err := u.Load()
 	if err != nil {
-		if errors.Is(err, ErrRefused) || errors.Is(err, ErrFormat) {
+		if errors.Is(err, ErrRefused) || errors.Is(err, ErrFormat) || errors.Is(err, ErrLimit) {
 			return nil, err
 		}
 		return nil, fmt.Errorf("%w: %s: %v", ErrFormat, name, err)
@@ -391,7 +626,8 @@ func (l *loader) storage(st *storageRef) ([]byte, error) {
 	}
 	need := st.numel * int64(st.dtype.Size())
 	if need > l.opts.MaxTensorBytes-l.read {
-		return nil, fmt.Errorf("%w: tensor data over the %d-byte limit", ErrFormat, l.opts.MaxTensorBytes)
+		return nil, &LimitError{Limit: "MaxTensorBytes", Value: l.opts.MaxTensorBytes,
+			What: fmt.Sprintf("storage %s needs %d bytes after %d bytes of other storages", st.key, need, l.read)}
 	}
 	if f.UncompressedSize64 < uint64(need) {
 		return nil, fmt.Errorf("%w: storage %s has %d bytes, needs %d", ErrFormat, st.key, f.UncompressedSize64, need)
@@ -455,11 +691,18 @@ func (l *loader) materialize(st *storageRef, off int64, size, stride []int64) (*
 	if numel == 0 {
 		return t, nil
 	}
+	// Every view is copied, so every view counts against the limit (64
+	// views of one 64 MiB storage are 4 GiB), checked before allocating.
+	es := int64(st.dtype.Size())
+	if numel*es > l.maxTensor-l.materialized {
+		return nil, &LimitError{Limit: l.maxTensorField, Value: l.limitValue(),
+			What: fmt.Sprintf("tensors materialised (every view of a storage counted) need %d bytes after %d, over %d bytes", numel*es, l.materialized, l.maxTensor)}
+	}
 	src, err := l.storage(st)
 	if err != nil {
 		return nil, err
 	}
-	es := int64(st.dtype.Size())
+	l.materialized += numel * es
 	t.Data = make([]byte, numel*es)
 	// Walk the indices in row-major order.
 	idx := make([]int64, len(size))
@@ -478,6 +721,14 @@ func (l *loader) materialize(st *storageRef, off int64, size, stride []int64) (*
 		}
 	}
 	return t, nil
+}
+
+// limitValue is the value of the field maxTensorField names.
+func (l *loader) limitValue() int64 {
+	if l.maxTensorField == "MaxExpansion" {
+		return l.opts.MaxExpansion
+	}
+	return l.opts.MaxTensorBytes
 }
 
 // maxDepth bounds the nesting of pickled containers and modules (a hostile

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -208,11 +209,20 @@ func FuzzLoad(f *testing.F) {
 		}
 	}
 	f.Add([]byte("\x80\x02cos\nsystem\nq\x00X\x02\x00\x00\x00lsq\x01\x85q\x02Rq\x03."))
+	// The hostile pickles of TestMemoryBombs and TestAllowClassNeverSystem.
+	f.Add([]byte("\x80\x02" + strings.Repeat("(", 300) + "."))
+	f.Add([]byte("\x80\x02]" + strings.Repeat("]a", 200) + "."))
+	f.Add(aliasPickle(8, 16))
+	f.Add(systemPickle("touch /nonexistent/x"))
 	strictPanics = true
 	f.Cleanup(func() { strictPanics = false })
 	f.Fuzz(func(t *testing.T, pkl []byte) {
 		data := pickleZip(t, pkl)
-		cp, err := Load(bytes.NewReader(data), int64(len(data)), LoadOptions{MaxTensorBytes: 1 << 20})
+		var cp *Checkpoint
+		err := fuzzMemBound(t, len(data), func() (err error) {
+			cp, err = Load(bytes.NewReader(data), int64(len(data)), LoadOptions{MaxTensorBytes: 1 << 20})
+			return err
+		})
 		if err != nil {
 			return
 		}
@@ -221,6 +231,61 @@ func FuzzLoad(f *testing.F) {
 		}
 		// Converting whatever loaded must not panic either.
 		_, _ = Convert(cp, Options{})
+	})
+}
+
+// fuzzMemBound runs load and fails if it allocated more than 64 MiB plus
+// 64 bytes per input byte: the fuzzers check the loading limits hold.
+func fuzzMemBound(t *testing.T, size int, load func() error) error {
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	err := load()
+	runtime.ReadMemStats(&after)
+	if got, bound := after.TotalAlloc-before.TotalAlloc, uint64(64<<20+64*size); got > bound {
+		t.Fatalf("loading a %d-byte input allocated %d bytes, over %d", size, got, bound)
+	}
+	return err
+}
+
+// FuzzLoadArchive feeds whole archives to Load and CheckArchive, seeded
+// with the committed fixtures and the hostile archives of the tests
+// (duplicate and case-folded entries, a second top-level folder, aliasing
+// views, a small zip bomb): never a panic, never more memory than the
+// limits allow. Its inputs are kilobytes, so keep the fuzzer's
+// minimisation short:
+//
+//	go test ./convert -run '^$' -fuzz '^FuzzLoadArchive$' -fuzzminimizetime 200x -fuzztime 10m
+func FuzzLoadArchive(f *testing.F) {
+	names, err := filepath.Glob("testdata/*.pt")
+	if err != nil || len(names) == 0 {
+		f.Fatalf("fixtures: %v", err)
+	}
+	for _, name := range names {
+		data, err := os.ReadFile(name)
+		if err != nil {
+			f.Fatal(err)
+		}
+		f.Add(data)
+	}
+	base := fixtureEntries(f, "mlp_state.pt", "archive")
+	f.Add(duplicateDataPkl(f, "/nonexistent/x"))
+	f.Add(makeZip(f, append([]zipEntry{{name: "archive/DATA.pkl", data: base[0].data}}, base...)))
+	f.Add(makeZip(f, append([]zipEntry{{name: "other/data.pkl", data: base[0].data}}, base...)))
+	f.Add(makeZip(f, []zipEntry{{name: "archive/data.pkl", data: aliasPickle(8, 1<<10)}, {name: "archive/data/0", data: make([]byte, 4<<10)}}))
+	f.Add(makeZip(f, []zipEntry{{name: "archive/data.pkl", data: aliasPickle(1, 1<<19)}, {name: "archive/data/0", data: make([]byte, 2<<20), deflate: true}}))
+	strictPanics = true
+	f.Cleanup(func() { strictPanics = false })
+	f.Fuzz(func(t *testing.T, data []byte) {
+		opts := LoadOptions{MaxTensorBytes: 1 << 20}
+		err := fuzzMemBound(t, len(data), func() error {
+			_, err := Load(bytes.NewReader(data), int64(len(data)), opts)
+			return err
+		})
+		cerr := CheckArchive(bytes.NewReader(data), int64(len(data)), opts)
+		// What Load accepts, CheckArchive accepts.
+		if err == nil && cerr != nil {
+			t.Fatalf("Load accepted what CheckArchive refused: %v", cerr)
+		}
 	})
 }
 

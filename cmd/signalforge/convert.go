@@ -26,14 +26,31 @@ writes it atomically and, with --register, adds it to the model registry with
 its lineage (source checkpoint and sha256, conversion parameters).
 
 State dicts, whole-model pickles (torch.save(model)) and TorchScript archives
-are read in Go, which never runs code from the file; a state dict or a custom
-forward needs an architecture spec (-spec). Reference outputs come from
--reference, or else from PyTorch in a Python subprocess (Debian's
-/usr/bin/python3 with python3-torch).`
+are read in Go; a state dict or a custom forward needs an architecture spec
+(-spec). Reference outputs come from -reference, or else from PyTorch in a
+Python subprocess (Debian's /usr/bin/python3 with python3-torch).
+
+What is trusted when:
+  - The Go reader never runs code: pickles may reference only the supported
+    torch.nn modules, tensor helpers and classes allowed with -allow-class
+    (your own, such as __main__.Forecaster; system modules and functions are
+    refused), read as data. Archives with duplicate or ambiguous entry names
+    are refused, and loading is bounded (-load-limit).
+  - The PyTorch bridge (verification without -reference, -exporter torch,
+    -benchmark) gets only a file the Go reader accepted, as a private copy,
+    and loads it with weights_only: tensors, the supported torch.nn modules
+    and allowed classes (defined by -torch-module, your code), never running
+    code from the file. A TorchScript archive is read for its weights only
+    (give -spec).
+  - -trust-pickle runs the file's pickle in PyTorch (torch.load with
+    weights_only=False, and torch.jit.load for TorchScript code), which can
+    execute anything: only for files you made yourself.`
 
 var convertExamples = []example{
 	{"a state dict with its spec, verified against live PyTorch, registered as mlp",
 		"signalforge convert -spec convert/testdata/mlp_state.spec.json -features a,b,c,d,e,f,g,h -o /tmp/mlp.onnx --register mlp --registry /tmp/sf-registry convert/testdata/mlp_state.pt"},
+	{"a whole-model pickle (torch.save(model)), verified against live PyTorch without running its pickle",
+		"signalforge convert -o /tmp/relu.onnx convert/testdata/relu.pt"},
 	{"an LSTM forecaster, verified against committed reference outputs (no Python needed)",
 		"signalforge convert -spec convert/testdata/lstm.spec.json -reference convert/testdata/lstm.ref.json -o /tmp/lstm.onnx convert/testdata/lstm.pt"},
 	{"a TorchScript archive, with the PyTorch eager vs ONNX Runtime speed-up table",
@@ -89,7 +106,10 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 	exporter := fs.String("exporter", "go", "go (read the file in Go, never runs code) or torch (torch.onnx.export in a Python subprocess)")
 	python := fs.String("python", convert.DefaultPython, "Python interpreter with torch, for -exporter torch, reference outputs and -benchmark")
 	allowClass := fs.String("allow-class", "", "comma-separated classes of your own (e.g. __main__.Forecaster) a whole-model pickle may reference; read as data, never run; needs -spec")
-	torchModule := fs.String("torch-module", "", "torch exporter: Python file defining the custom classes a whole-model pickle references")
+	torchModule := fs.String("torch-module", "", "Python file (your code) defining the custom classes a whole-model pickle references, for the PyTorch bridge; allow them with -allow-class")
+	trustPickle := fs.Bool("trust-pickle", false, "let PyTorch load the file with its unrestricted unpickler (and run TorchScript code): runs code from the file; only for files you made yourself")
+	var limits loadLimits
+	fs.Var(&limits, "load-limit", "raise a loading limit, NAME=N (repeatable): "+strings.Join(loadLimitNames, ", "))
 	inputName := fs.String("input-name", "input", "name of the ONNX input")
 	outputName := fs.String("output-name", "output", "name of the ONNX output")
 	opset := fs.Int("opset", convert.DefaultOpset, "ONNX opset (13 to 17)")
@@ -136,7 +156,11 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 		InputName: *inputName, OutputName: *outputName, Opset: *opset, StaticBatch: *staticBatch,
 		Features: splitNames(*features),
 	}
+	opts.Load = limits.opts
 	opts.Load.AllowClasses = splitNames(*allowClass)
+	if err := opts.Load.Validate(); err != nil {
+		return err
+	}
 	if opts.InputShape, err = parseInt64s(*inputShape); err != nil {
 		return fmt.Errorf("-input-shape: %w", err)
 	}
@@ -150,7 +174,7 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 			return err
 		}
 	}
-	bridge := &convert.Bridge{Python: *python, TorchModule: *torchModule}
+	bridge := &convert.Bridge{Python: *python, TorchModule: *torchModule, TrustPickle: *trustPickle, Load: opts.Load}
 	var ref *convert.Reference
 	if *refPath != "" {
 		if ref, err = convert.ReadReferenceFile(*refPath); err != nil {
@@ -336,4 +360,34 @@ func parseInt64s(s string) ([]int64, error) {
 		out = append(out, n)
 	}
 	return out, nil
+}
+
+// loadLimitNames are the LoadOptions limits -load-limit sets.
+var loadLimitNames = []string{"MaxPickleBytes", "MaxTensorBytes", "MaxExpansion", "MaxPickleDepth",
+	"MaxPickleStack", "MaxPickleMemo", "MaxPickleValues"}
+
+// loadLimits is the -load-limit flag: NAME=N pairs setting LoadOptions
+// limits, named as the errors of a refused file name them.
+type loadLimits struct{ opts convert.LoadOptions }
+
+func (l *loadLimits) String() string { return "" }
+
+func (l *loadLimits) Set(v string) error {
+	name, val, ok := strings.Cut(v, "=")
+	n, err := strconv.ParseInt(strings.TrimSpace(val), 10, 64)
+	if !ok || err != nil || n < 1 {
+		return fmt.Errorf("want NAME=N with N ≥ 1 (NAME one of %s)", strings.Join(loadLimitNames, ", "))
+	}
+	fields := map[string]*int64{
+		"MaxPickleBytes": &l.opts.MaxPickleBytes, "MaxTensorBytes": &l.opts.MaxTensorBytes,
+		"MaxExpansion": &l.opts.MaxExpansion, "MaxPickleDepth": &l.opts.MaxPickleDepth,
+		"MaxPickleStack": &l.opts.MaxPickleStack, "MaxPickleMemo": &l.opts.MaxPickleMemo,
+		"MaxPickleValues": &l.opts.MaxPickleValues,
+	}
+	f, ok := fields[strings.TrimSpace(name)]
+	if !ok {
+		return fmt.Errorf("unknown limit %q: want one of %s", name, strings.Join(loadLimitNames, ", "))
+	}
+	*f = n
+	return nil
 }

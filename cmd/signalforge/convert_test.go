@@ -1,11 +1,14 @@
 package main
 
 import (
+	"archive/zip"
 	"bytes"
 	"context"
 	"crypto/sha256"
+	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -340,4 +343,119 @@ func TestConvertRefusesBadFlagsAndInputs(t *testing.T) {
 		}
 	}
 	assertDir(t, dir, "fifo.pt")
+}
+
+// hostileArchive is D1's file: two entries named archive/data.pkl, the
+// first (the one torch.load took) running `touch marker` through
+// os.system, the last mlp_state.pt's benign state dict (the one the Go
+// reader took), followed by mlp_state.pt's other entries.
+func hostileArchive(t *testing.T, marker string) string {
+	t.Helper()
+	src, err := os.ReadFile(fixture("convert/testdata/mlp_state.pt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zr, err := zip.NewReader(bytes.NewReader(src), int64(len(src)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := "touch " + marker
+	payload := []byte("\x80\x02cos\nsystem\nX")
+	payload = binary.LittleEndian.AppendUint32(payload, uint32(len(cmd)))
+	payload = append(append(payload, cmd...), "\x85R."...)
+	var buf bytes.Buffer
+	zw := zip.NewWriter(&buf)
+	add := func(name string, data []byte) {
+		w, err := zw.CreateHeader(&zip.FileHeader{Name: name, Method: zip.Store})
+		if err != nil {
+			t.Fatal(err)
+		}
+		w.Write(data)
+	}
+	add("archive/data.pkl", payload)
+	for _, f := range zr.File {
+		rc, err := f.Open()
+		if err != nil {
+			t.Fatal(err)
+		}
+		data, err := io.ReadAll(rc)
+		rc.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, rest, _ := strings.Cut(f.Name, "/")
+		add("archive/"+rest, data)
+	}
+	if err := zw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(t.TempDir(), "hostile.pt")
+	if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// TestConvertNeverRunsTheFile is D1 end to end: the hostile archive given
+// to `signalforge convert` with verification through the real PyTorch
+// bridge (and with the torch exporter, the benchmark and even
+// -trust-pickle) is refused as ambiguous, and its payload never runs.
+func TestConvertNeverRunsTheFile(t *testing.T) {
+	needTorch(t)
+	marker := filepath.Join(t.TempDir(), "pwned")
+	src := hostileArchive(t, marker)
+	spec := fixture("convert/testdata/mlp_state.spec.json")
+	out := filepath.Join(t.TempDir(), "x.onnx")
+	for _, extra := range [][]string{
+		nil,
+		{"-exporter", "torch", "-input-shape", "-1,8"},
+		{"-benchmark", "-bench-iterations", "1"},
+		{"-trust-pickle"},
+		{"-trust-pickle", "-exporter", "torch", "-input-shape", "-1,8"},
+	} {
+		args := append(append([]string{"convert", "-spec", spec, "-o", out}, extra...), src)
+		code, stdout, stderr := cliRun(t, "", args...)
+		if code != 1 || !strings.Contains(stderr, `two entries named "archive/data.pkl"`) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want the ambiguous archive refused", extra, code, stdout, stderr)
+		}
+		if _, err := os.Stat(marker); err == nil {
+			t.Fatalf("%v: the file's payload ran (%s exists)", extra, marker)
+		}
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Errorf("%s written", out)
+	}
+}
+
+// TestConvertTrustFlags: -allow-class refuses system modules and
+// functions before anything is read, -load-limit names the limits it
+// sets, and a file over a limit is refused naming the flag that raises it.
+func TestConvertTrustFlags(t *testing.T) {
+	src := fixture("convert/testdata/mlp_state.pt")
+	spec := fixture("convert/testdata/mlp_state.spec.json")
+	ref := fixture("convert/testdata/mlp_state.ref.json")
+	out := filepath.Join(t.TempDir(), "x.onnx")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"-allow-class", "os.system"}, "--allow-class os.system: os is a system or library module"},
+		{[]string{"-allow-class", "builtins.eval"}, "--allow-class builtins.eval"},
+		{[]string{"-allow-class", "subprocess.Popen"}, "--allow-class subprocess.Popen"},
+		{[]string{"-load-limit", "MaxPickleDepth=1"}, "over the MaxPickleDepth limit of 1 (raise LoadOptions.MaxPickleDepth, or signalforge convert -load-limit MaxPickleDepth=N)"},
+		{[]string{"-load-limit", "MaxBogus=3"}, `unknown limit "MaxBogus"`},
+		{[]string{"-load-limit", "MaxTensorBytes=0"}, "want NAME=N with N ≥ 1"},
+	} {
+		args := append(append([]string{"convert", "-spec", spec, "-reference", ref, "-o", out}, tt.args...), src)
+		code, stdout, stderr := cliRun(t, "", args...)
+		if code == 0 || !strings.Contains(stderr, tt.want) {
+			t.Errorf("%v: exit %d, stdout %q, stderr %q; want %q", tt.args, code, stdout, stderr, tt.want)
+		}
+	}
+	// Raised, the limit lets the file through.
+	code, stdout, stderr := cliRun(t, "", "convert", "-spec", spec, "-reference", ref, "-o", out,
+		"-load-limit", "MaxPickleDepth=64", "-load-limit", "MaxTensorBytes=1000000", src)
+	if code != 0 || !strings.Contains(stdout, "verify: ok") {
+		t.Errorf("raised limits: exit %d, %s%s", code, stdout, stderr)
+	}
 }
