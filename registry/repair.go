@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -72,20 +73,23 @@ func checkBytes(a Artifact, n int64, sum [sha256.Size]byte) error {
 
 // RebuildProblem is something Rebuild could not rebuild, or had to change.
 type RebuildProblem struct {
-	// Seq is the event that shows the problem (0 for a model-wide one).
-	Seq    uint64
-	Action Action
-	Ref    Ref // Version "" for a model-wide problem
-	Reason string
+	// Seq is the event that shows the problem (0 for a model-wide one)
+	// and Action its action.
+	Seq    uint64 `json:"seq,omitempty"`
+	Action Action `json:"action,omitempty"`
+	Model  string `json:"model"`
+	// Version is "" for a model-wide problem.
+	Version string `json:"version,omitempty"`
+	Reason  string `json:"reason"`
 }
 
 func (p RebuildProblem) String() string {
 	if p.Seq == 0 {
-		return fmt.Sprintf("model %s: %s", p.Ref.Name, p.Reason)
+		return fmt.Sprintf("model %s: %s", p.Model, p.Reason)
 	}
-	what := p.Ref.Name
-	if p.Ref.Version != "" {
-		what = p.Ref.String()
+	what := p.Model
+	if p.Version != "" {
+		what += ":" + p.Version
 	}
 	return fmt.Sprintf("event %d (%s %s): %s", p.Seq, p.Action, what, p.Reason)
 }
@@ -94,13 +98,13 @@ func (p RebuildProblem) String() string {
 type Rebuilt struct {
 	// Models are the rebuilt models, sorted by name, versions in
 	// registration order, as a Store holds them (no artifact paths).
-	Models []Model
+	Models []Model `json:"models"`
 	// Seq is the last event replayed; Events how many there were.
-	Seq    uint64
-	Events int
+	Seq    uint64 `json:"seq"`
+	Events int    `json:"events"`
 	// Problems lists the versions left out and why, and anything else the
 	// replay had to change, in log order.
-	Problems []RebuildProblem
+	Problems []RebuildProblem `json:"problems"`
 }
 
 // Versions returns how many versions were rebuilt.
@@ -133,7 +137,7 @@ func Rebuild(ctx context.Context, events []Event, check ArtifactCheck) (*Rebuilt
 	dropped := map[Ref]bool{}         // versions left out
 	droppedShare := map[Ref]float64{} // their last traffic
 	problem := func(e *Event, version, format string, args ...any) {
-		out.Problems = append(out.Problems, RebuildProblem{Seq: e.Seq, Action: e.Action, Ref: Ref{e.Name, version}, Reason: fmt.Sprintf(format, args...)})
+		out.Problems = append(out.Problems, RebuildProblem{Seq: e.Seq, Action: e.Action, Model: e.Name, Version: version, Reason: fmt.Sprintf(format, args...)})
 	}
 	for i := range events {
 		if err := ctx.Err(); err != nil {
@@ -229,7 +233,7 @@ func Rebuild(ctx context.Context, events []Event, check ArtifactCheck) (*Rebuilt
 			if m.Split().Total() <= eps {
 				reason = fmt.Sprintf("versions left out served %s%%; no remaining version had traffic, so nothing serves the model: promote a version or set a split", FormatPercent(lost))
 			}
-			out.Problems = append(out.Problems, RebuildProblem{Ref: Ref{Name: name}, Reason: reason})
+			out.Problems = append(out.Problems, RebuildProblem{Model: name, Reason: reason})
 		}
 		for i := range m.Versions {
 			if !m.Versions[i].Status.valid() {
@@ -289,26 +293,26 @@ type RepairOptions struct {
 // RepairReport says what Repair found and did.
 type RepairReport struct {
 	Rebuilt
-	Dir string
+	Dir string `json:"dir"`
 	// OldState describes state.json before: "missing", "valid", or why it
 	// could not be used.
-	OldState string
+	OldState string `json:"old_state"`
 	// Unchanged is set when state.json was valid and equal to the replay.
-	Unchanged bool
+	Unchanged bool `json:"unchanged"`
 	// Differs is set when state.json was valid but differs from the
 	// replay (written only with Force).
-	Differs bool
+	Differs bool `json:"differs"`
 	// Tail is the number of bytes at the end of audit.log left out of the
 	// replay: an uncommitted write (a half line, or events past the size
 	// the old state.json committed).
-	Tail int64
+	Tail int64 `json:"tail_bytes"`
 	// Unreferenced lists stored artifacts no rebuilt version refers to
 	// (left in place: they are harmless).
-	Unreferenced []string
+	Unreferenced []string `json:"unreferenced_artifacts"`
 	// Wrote is set when state.json was replaced; KeptAs names the copy of
 	// the old one (state.json.broken-<time>), if there was one.
-	Wrote  bool
-	KeptAs string
+	Wrote  bool   `json:"wrote"`
+	KeptAs string `json:"kept_as,omitempty"`
 }
 
 // Repair rebuilds the state.json of the FileStore in dir from its audit log
@@ -369,7 +373,7 @@ func Repair(ctx context.Context, dir string, opts RepairOptions) (*RepairReport,
 		default:
 			old = st
 			if err := validateModels(st.Models); err != nil {
-				rep.OldState = "invalid: " + err.Error()
+				rep.OldState = "invalid: " + strings.TrimPrefix(err.Error(), "registry: invalid state: ")
 			} else {
 				rep.OldState = "valid"
 			}

@@ -135,7 +135,7 @@ func CheckFileStoreState(dir string) error {
 	if len(found) > 1 {
 		msg += " and " + found[1]
 	}
-	return fmt.Errorf("%w: registry %s: %s is missing but %s; it is not an empty registry: %s", ErrStateMissing, dir, stateFile, msg, RepairHint)
+	return fmt.Errorf("%w: %s is missing but %s, so the registry is not empty; %s", ErrStateMissing, filepath.Join(dir, stateFile), msg, RepairHint)
 }
 
 // listArtifacts returns the sha256 of every artifact file in dir's
