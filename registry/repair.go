@@ -105,6 +105,10 @@ type Rebuilt struct {
 	// Problems lists the versions left out and why, and anything else the
 	// replay had to change, in log order.
 	Problems []RebuildProblem `json:"problems"`
+	// Notes lists what was rebuilt from elsewhere than the log (Repair
+	// takes a version whose register event predates records from the old
+	// state.json when that still parses).
+	Notes []RebuildProblem `json:"notes,omitempty"`
 }
 
 // Versions returns how many versions were rebuilt.
@@ -132,6 +136,12 @@ func (r *Rebuilt) Versions() int {
 // Rebuild returns an error only for a log it cannot replay at all (Seq
 // numbers with gaps, an event for an invalid name).
 func Rebuild(ctx context.Context, events []Event, check ArtifactCheck) (*Rebuilt, error) {
+	return rebuild(ctx, events, check, nil)
+}
+
+// rebuild is Rebuild; a register event without a record takes the version
+// from fallback (the old state's copy), if it has it.
+func rebuild(ctx context.Context, events []Event, check ArtifactCheck, fallback map[Ref]Version) (*Rebuilt, error) {
 	out := &Rebuilt{}
 	models := map[string]*Model{}
 	dropped := map[Ref]bool{}         // versions left out
@@ -158,7 +168,11 @@ func Rebuild(ctx context.Context, events []Event, check ArtifactCheck) (*Rebuilt
 		}
 		if e.Action == ActionRegister {
 			ref := Ref{e.Name, e.Version}
-			switch rec := e.Record; {
+			rec, fromState := e.Record, false
+			if fb, ok := fallback[ref]; ok && rec == nil {
+				rec, fromState = &fb, true
+			}
+			switch {
 			case rec == nil:
 				problem(e, e.Version, "predates artifact records; cannot rebuild this version")
 				dropped[ref] = true
@@ -188,6 +202,10 @@ func Rebuild(ctx context.Context, events []Event, check ArtifactCheck) (*Rebuilt
 				// Status and traffic come from the event's Changes below.
 				v.Status, v.Traffic = "", 0
 				m.Versions = append(m.Versions, v)
+				if fromState {
+					out.Notes = append(out.Notes, RebuildProblem{Seq: e.Seq, Action: e.Action, Model: e.Name, Version: e.Version,
+						Reason: "predates artifact records; the version was taken from the old state.json (artifact verified), its status and traffic from the log"})
+				}
 			}
 		}
 		for _, c := range e.Changes {
@@ -325,8 +343,10 @@ type RepairReport struct {
 //
 // A state.json that loads and keeps the rules is left alone: if it matches
 // the replay, nothing is written (Unchanged); if it differs, only with
-// RepairOptions.Force. Versions that cannot be rebuilt are left out and
-// listed in the report's Problems; the state is written without them.
+// RepairOptions.Force. A version whose register event predates event
+// records is taken from the old state.json if that still parses (listed in
+// Notes). Versions that cannot be rebuilt are left out and listed in the
+// report's Problems; the state is written without them.
 func Repair(ctx context.Context, dir string, opts RepairOptions) (*RepairReport, error) {
 	if opts.Now == nil {
 		opts.Now = time.Now
@@ -385,7 +405,7 @@ func Repair(ctx context.Context, dir string, opts RepairOptions) (*RepairReport,
 		return nil, fmt.Errorf("registry: repair: %w", err)
 	}
 	committed := int64(len(log))
-	if old != nil && old.AuditSize <= committed && (old.AuditSize == 0 || log[old.AuditSize-1] == '\n') {
+	if old != nil && old.AuditSize >= 0 && old.AuditSize <= committed && (old.AuditSize == 0 || log[old.AuditSize-1] == '\n') {
 		committed = old.AuditSize
 	}
 	events, used, err := parseLog(log[:committed])
@@ -394,7 +414,20 @@ func Repair(ctx context.Context, dir string, opts RepairOptions) (*RepairReport,
 	}
 	rep.Tail = int64(len(log)) - used
 
-	rb, err := Rebuild(ctx, events, fileArtifacts(dir))
+	// Versions registered by a build older than event records can still
+	// be rebuilt from the old state, if it parses.
+	var fallback map[Ref]Version
+	if old != nil {
+		fallback = map[Ref]Version{}
+		for name, m := range old.Models {
+			for _, v := range m.Versions {
+				if v.Name == name {
+					fallback[v.Ref()] = v
+				}
+			}
+		}
+	}
+	rb, err := rebuild(ctx, events, fileArtifacts(dir), fallback)
 	if err != nil {
 		return nil, err
 	}

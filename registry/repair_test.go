@@ -274,12 +274,14 @@ func TestRepairFlagsTamperedArtifact(t *testing.T) {
 }
 
 // TestRepairReportsEventsWithoutRecords: a log written before register
-// events carried the version record cannot rebuild those versions; Repair
-// says which event and which version.
+// events carried the version record cannot rebuild those versions by
+// itself. With the old state.json still parseable (hand-edited to 500%)
+// Repair takes them from it and says so; with state.json gone it leaves
+// them out and says which event and which version.
 func TestRepairReportsEventsWithoutRecords(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
-	repairHistory(t, dir)
+	want, seq := repairHistory(t, dir)
 	path := filepath.Join(dir, "audit.log")
 	data, err := os.ReadFile(path)
 	if err != nil {
@@ -298,9 +300,21 @@ func TestRepairReportsEventsWithoutRecords(t *testing.T) {
 		out.Write(append(b, '\n'))
 	}
 	os.WriteFile(path, out.Bytes(), 0o644)
-	os.Remove(filepath.Join(dir, "state.json"))
+	// (The log is now shorter than the size state.json commits, which
+	// Repair then ignores.)
+	editState(t, dir, func(m map[string]registry.Model) { m["gru"].Versions[0].Traffic = 500 })
 
 	rep, err := registry.Repair(ctx, dir, registry.RepairOptions{})
+	if err != nil || len(rep.Problems) != 0 || len(rep.Notes) != 1 || !rep.Wrote ||
+		rep.Notes[0].String() != "event 1 (register lstm_model:v1.0): predates artifact records; the version was taken from the old state.json (artifact verified), its status and traffic from the log" {
+		t.Fatalf("Repair over an old log and an invalid state = %+v, %v", rep, err)
+	}
+	if got, gotSeq := stateModels(t, dir); gotSeq != seq || !bytes.Equal(got, want) {
+		t.Fatalf("rebuilt state:\n%s\nwant\n%s", got, want)
+	}
+
+	os.Remove(filepath.Join(dir, "state.json"))
+	rep, err = registry.Repair(ctx, dir, registry.RepairOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -421,4 +435,57 @@ func TestWatchSurvivesInvalidState(t *testing.T) {
 	if !strings.Contains(logs.String(), "works again") {
 		t.Fatalf("the recovery was not logged:\n%s", logs.String())
 	}
+}
+
+// FuzzRepair: whatever audit.log holds, Repair (dry run) returns an error
+// or a rebuilt state that keeps the registry's rules; it never panics.
+// The seed is a real log whose artifacts are present.
+func FuzzRepair(f *testing.F) {
+	ctx := context.Background()
+	seedDir := f.TempDir()
+	r, err := registry.Open(ctx, registry.Config{Dir: seedDir})
+	if err != nil {
+		f.Fatal(err)
+	}
+	for i, st := range []registry.Status{registry.StatusProduction, registry.StatusStaging} {
+		if _, err := r.Register(ctx, registry.RegisterRequest{Name: "m", ONNX: onnxModel(f, uint64(i+1), feats...), Status: st, Traffic: float64(100 * (1 - i))}); err != nil {
+			f.Fatal(err)
+		}
+	}
+	if _, err := r.Promote(ctx, ref("m:v2"), 30); err != nil {
+		f.Fatal(err)
+	}
+	if _, err := r.Archive(ctx, ref("m:v1"), true); err != nil {
+		f.Fatal(err)
+	}
+	r.Close()
+	log, err := os.ReadFile(filepath.Join(seedDir, "audit.log"))
+	if err != nil {
+		f.Fatal(err)
+	}
+	f.Add(log)
+	f.Add(log[:len(log)/2])
+	f.Add(bytes.ReplaceAll(log, []byte(`"traffic":30`), []byte(`"traffic":1e308`)))
+	f.Add([]byte(`{"seq":1,"action":"register","name":"m","version":"v1","record":{"name":"m","version":"v1","artifact":{"sha256":"00","size":-1}},"changes":[{"version":"v1","after":{"status":"production","traffic":-4}}]}` + "\n"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		dir := t.TempDir()
+		if err := os.Symlink(filepath.Join(seedDir, "artifacts"), filepath.Join(dir, "artifacts")); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "audit.log"), data, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := registry.Repair(ctx, dir, registry.RepairOptions{DryRun: true})
+		if err != nil {
+			return
+		}
+		if rep.Wrote {
+			t.Fatal("a dry run wrote state.json")
+		}
+		for _, m := range rep.Models {
+			if err := registry.ValidateModel(m); err != nil {
+				t.Fatalf("Repair rebuilt a model that breaks the rules: %v", err)
+			}
+		}
+	})
 }

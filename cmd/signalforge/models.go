@@ -733,6 +733,12 @@ func modelsRepairReport(w io.Writer, rep *registry.RepairReport) {
 			fmt.Fprintf(w, "  %s: %s\n", m.Name, m.Split())
 		}
 	}
+	if len(rep.Notes) > 0 {
+		fmt.Fprintln(w, "rebuilt from the old state.json:")
+		for _, p := range rep.Notes {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+	}
 	if len(rep.Problems) > 0 {
 		fmt.Fprintln(w, "could not rebuild:")
 		for _, p := range rep.Problems {
