@@ -28,7 +28,10 @@
 // Names and versions match [A-Za-z0-9][A-Za-z0-9._-]{0,127} (ValidateName)
 // and are checked before anything touches storage. Storage sits behind the
 // Store interface; FileStore (a local directory, crash-safe and shared safely
-// by several processes) is the default.
+// by several processes) is the default. A store's state is checked when it is
+// loaded (ValidateModel); if it is lost or breaks the rules, Repair rebuilds
+// it from the audit log, whose register events record each version whole and
+// whose every event records the resulting split.
 package registry
 
 import (

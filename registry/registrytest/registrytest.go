@@ -27,7 +27,9 @@ import (
 type Opener func(t *testing.T) registry.Store
 
 // Run runs the conformance suite. newStorage must return an Opener over
-// fresh, empty storage.
+// fresh, empty storage. Besides storage semantics it checks recovery: the
+// store refuses to commit a model that breaks the registry's rules, and
+// registry.Rebuild over its audit log gives back exactly its models.
 func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 	open := func(t *testing.T) (registry.Store, Opener) {
 		o := newStorage(t)
