@@ -336,7 +336,9 @@ type RepairReport struct {
 // Repair rebuilds the state.json of the FileStore in dir from its audit log
 // and artifacts (see Rebuild), for when state.json was lost, damaged or
 // hand-edited into breaking the rules. Every artifact a version refers to
-// is read and hashed. It holds the store's write lock while it works, so
+// is read and hashed. The log is replayed up to the size the old state.json
+// committed, when that can still be read; otherwise every complete line is
+// replayed (a half line at the end is an interrupted write and is left out). It holds the store's write lock while it works, so
 // no writer commits meanwhile; readers see the old state until the new one
 // is renamed into place. The old state.json, if any, is kept beside it as
 // state.json.broken-<UTC time>.
@@ -430,6 +432,28 @@ func Repair(ctx context.Context, dir string, opts RepairOptions) (*RepairReport,
 	rb, err := rebuild(ctx, events, fileArtifacts(dir), fallback)
 	if err != nil {
 		return nil, err
+	}
+	// A version the old state holds that the replay neither rebuilt nor
+	// reported (an audit log cut short or replaced) is lost: say so.
+	if old != nil {
+		reported := map[Ref]bool{}
+		for _, p := range rb.Problems {
+			reported[Ref{p.Model, p.Version}] = true
+		}
+		rebuilt := map[Ref]bool{}
+		for _, m := range rb.Models {
+			for _, v := range m.Versions {
+				rebuilt[v.Ref()] = true
+			}
+		}
+		for _, name := range slices.Sorted(maps.Keys(old.Models)) {
+			for _, v := range old.Models[name].Versions {
+				if ref := (Ref{name, v.Version}); !rebuilt[ref] && !reported[ref] {
+					rb.Problems = append(rb.Problems, RebuildProblem{Model: name, Version: v.Version,
+						Reason: fmt.Sprintf("version %s is in the old state.json but no event of the audit log registers it; left out", v.Version)})
+				}
+			}
+		}
 	}
 	rep.Rebuilt = *rb
 	refs := map[string]bool{}

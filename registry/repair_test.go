@@ -333,6 +333,37 @@ func TestRepairReportsEventsWithoutRecords(t *testing.T) {
 	}
 }
 
+// TestRepairReportsVersionsMissingFromLog: versions the old state holds
+// but the audit log never registered (a log cut short) are listed as lost,
+// not dropped silently.
+func TestRepairReportsVersionsMissingFromLog(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	repairHistory(t, dir)
+	path := filepath.Join(dir, "audit.log")
+	data, _ := os.ReadFile(path)
+	first := bytes.IndexByte(data, '\n') + 1
+	os.WriteFile(path, data[:first], 0o644) // only lstm_model:v1.0's registration
+	editState(t, dir, func(m map[string]registry.Model) { m["gru"].Versions[0].Traffic = 500 })
+	rep, err := registry.Repair(ctx, dir, registry.RepairOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, p := range rep.Problems {
+		got = append(got, p.String())
+	}
+	want := []string{
+		"model gru: version v1 is in the old state.json but no event of the audit log registers it; left out",
+		"model gru: version v2 is in the old state.json but no event of the audit log registers it; left out",
+		"model lstm_model: version v2 is in the old state.json but no event of the audit log registers it; left out",
+		"model lstm_model: version v3 is in the old state.json but no event of the audit log registers it; left out",
+	}
+	if strings.Join(got, "\n") != strings.Join(want, "\n") || rep.Versions() != 1 {
+		t.Fatalf("problems:\n%s\nwant\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
+
 // TestRepairLeavesValidStateAlone: on a healthy registry Repair writes
 // nothing, even with an uncommitted tail in the audit log; a valid state
 // that differs from the log is replaced only with Force.
