@@ -145,8 +145,10 @@ func (s *FileStore) init() error {
 	} else if !errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("registry: file store: %w", err)
 	}
-	if info, err := os.Stat(filepath.Join(s.dir, auditFile)); err == nil && info.Size() > 0 {
-		return fmt.Errorf("registry: file store %s: %s is missing but %s has data; refusing to start an empty registry over it", s.dir, stateFile, auditFile)
+	// A registry whose state.json was lost must not restart empty over its
+	// own history: Repair rebuilds it.
+	if err := CheckFileStoreState(s.dir); err != nil {
+		return fmt.Errorf("%w; refusing to start an empty registry over it", err)
 	}
 	return s.writeState(&fileState{Format: stateFormat, Models: map[string]Model{}})
 }
@@ -252,13 +254,18 @@ func (s *FileStore) load() (*fileState, error) {
 	}
 	st := new(fileState)
 	if err := json.Unmarshal(data, st); err != nil {
-		return nil, fmt.Errorf("registry: file store: %s is corrupt: %w", stateFile, err)
+		return nil, fmt.Errorf("registry: file store: %s is corrupt: %w; %s", f.Name(), err, RepairHint)
 	}
 	if st.Format != stateFormat {
 		return nil, fmt.Errorf("registry: file store: %s has format %d, this build reads format %d", stateFile, st.Format, stateFormat)
 	}
 	if st.Models == nil {
 		st.Models = map[string]Model{}
+	}
+	// A state that breaks the rules (a hand edit, a bug elsewhere) is
+	// refused rather than served from.
+	if err := validateModels(st.Models); err != nil {
+		return nil, fmt.Errorf("%w (in %s); %s", err, f.Name(), RepairHint)
 	}
 	key.st, key.f = st, f
 	s.mu.Lock()
@@ -421,6 +428,9 @@ func (s *FileStore) Update(ctx context.Context, name string, fn func(m *Model) (
 	if len(events) == 0 {
 		return nil
 	}
+	if err := ValidateModel(m); err != nil {
+		return err
+	}
 	var buf bytes.Buffer
 	seq := st.Seq
 	for i := range events {
@@ -547,8 +557,11 @@ func (s *FileStore) PutArtifact(ctx context.Context, data []byte) (Artifact, err
 	return a, nil
 }
 
-func (s *FileStore) artifactPath(sha string) string {
-	return filepath.Join(s.dir, artifactDir, "sha256", sha[:2], sha+".onnx")
+func (s *FileStore) artifactPath(sha string) string { return artifactPathIn(s.dir, sha) }
+
+// artifactPathIn is where a FileStore in dir keeps the artifact sha.
+func artifactPathIn(dir, sha string) string {
+	return filepath.Join(dir, artifactDir, "sha256", sha[:2], sha+".onnx")
 }
 
 // checkSHA rejects anything but 64 lowercase hex digits before it is used

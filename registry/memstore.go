@@ -157,6 +157,9 @@ func (s *MemStore) Update(ctx context.Context, name string, fn func(m *Model) ([
 	if err != nil || len(events) == 0 {
 		return err
 	}
+	if err := ValidateModel(m); err != nil {
+		return err
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for i := range events {
@@ -172,6 +175,10 @@ func cloneEvent(e Event) Event {
 	e.Changes = slices.Clone(e.Changes)
 	e.SplitBefore = maps.Clone(e.SplitBefore)
 	e.SplitAfter = maps.Clone(e.SplitAfter)
+	if e.Record != nil {
+		r := e.Record.clone()
+		e.Record = &r
+	}
 	return e
 }
 

@@ -28,7 +28,10 @@
 // Names and versions match [A-Za-z0-9][A-Za-z0-9._-]{0,127} (ValidateName)
 // and are checked before anything touches storage. Storage sits behind the
 // Store interface; FileStore (a local directory, crash-safe and shared safely
-// by several processes) is the default.
+// by several processes) is the default. A store's state is checked when it is
+// loaded (ValidateModel); if it is lost or breaks the rules, Repair rebuilds
+// it from the audit log, whose register events record each version whole and
+// whose every event records the resulting split.
 package registry
 
 import (
@@ -463,6 +466,14 @@ func (r *Registry) update(ctx context.Context, name string, fn func(m *Model, ev
 		if len(ev.Changes) == 0 {
 			return nil, nil // nothing changed: nothing to commit
 		}
+		if ev.Action == ActionRegister {
+			// The whole record, so the state can be rebuilt from the log.
+			if v := m.version(ev.Version); v != nil {
+				rec := v.clone()
+				rec.Artifact.Path = ""
+				ev.Record = &rec
+			}
+		}
 		return []Event{ev}, nil
 	})
 	if err == nil {
@@ -662,6 +673,10 @@ func (r *Registry) watch(ctx context.Context, after uint64, ch chan<- Event) {
 		defer t.Stop()
 		tick = t.C
 	}
+	// failing is the last poll's error text: a store that stays unreadable
+	// (a damaged state waiting for repair) is logged when it starts and
+	// stops failing, not on every poll.
+	failing := ""
 	for {
 		r.mu.Lock()
 		changed := r.changed
@@ -681,8 +696,13 @@ func (r *Registry) watch(ctx context.Context, after uint64, ch chan<- Event) {
 				}
 			}
 		}
-		if err != nil && ctx.Err() == nil {
+		switch {
+		case err != nil && ctx.Err() == nil && err.Error() != failing:
+			failing = err.Error()
 			r.log.Warn("registry: watch: reading changes failed; retrying", "err", err)
+		case err == nil && failing != "":
+			failing = ""
+			r.log.Info("registry: watch: reading changes works again")
 		}
 		select {
 		case <-ctx.Done():

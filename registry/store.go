@@ -38,7 +38,11 @@ type Store interface {
 	// events fn returned are committed together, atomically and durably:
 	// after a crash at any point either both are visible or neither is.
 	// The store assigns the events' Seq numbers. fn may be called only
-	// once; it must not call the Store.
+	// once; it must not call the Store. A model that breaks the registry's
+	// rules (see ValidateModel) is never committed: Update returns the
+	// *StateError instead. A store that loads its state checks it the same
+	// way and refuses an invalid one with an error wrapping
+	// ErrInvalidState.
 	Update(ctx context.Context, name string, fn func(m *Model) ([]Event, error)) error
 
 	// Events returns committed events with Seq > after, in Seq order,

@@ -315,6 +315,13 @@ type Event struct {
 	// Detail says more in words ("force", "rescaled v1 95%→50%", the event
 	// rolled back, …).
 	Detail string `json:"detail,omitempty"`
+	// Record is the version as committed by a register event: artifact
+	// sha256 and size, features, inputs, metrics, tags, description,
+	// lineage, status, traffic, creation time and actor (never the
+	// artifact's local path). With Changes and SplitAfter of every event it
+	// is what Rebuild needs to rebuild the state from the audit log. Nil in
+	// other events, and in register events written before it existed.
+	Record *Version `json:"record,omitempty"`
 }
 
 // inputsFrom converts engine IO info into the stored form.

@@ -31,7 +31,7 @@ func commands() []command {
 	return []command{
 		{"serve", "serve models over HTTP (native JSON API and Open Inference Protocol v2)", cmdServe},
 		{"predict", "send a prediction request to a running server", cmdPredict},
-		{"models", "manage the model registry (register, list, show, promote, traffic, archive, history)", cmdModels},
+		{"models", "manage the model registry (register, list, show, promote, traffic, archive, history, repair)", cmdModels},
 		{"convert", "convert a PyTorch .pt file to ONNX, verify parity, benchmark", cmdConvert},
 		{"quantize", "quantize an ONNX model to INT8 (dynamic or static), with an accuracy report", cmdQuantize},
 		{"bench", "benchmark an ONNX model in ONNX Runtime at several batch sizes", cmdBench},

@@ -49,6 +49,7 @@ func modelsSubs() []modelsSub {
 		{"traffic", "[flags] NAME:VERSION PCT | NAME VERSION=PCT,... | --rollback [--to SEQ] [--allow-empty] NAME", "set one version's traffic, a whole split, or roll back to the previous split", true, modelsTraffic},
 		{"archive", "[--force [--allow-empty]] [flags] NAME:VERSION", "archive a version (one still serving needs --force)", true, modelsArchive},
 		{"history", "[flags] NAME", "the audit log of a model: who changed what, and which version served what share when", false, modelsHistory},
+		{"repair", "[--dry-run] [--force] [flags]", "rebuild state.json from the audit log and the artifacts (after it was lost, damaged or hand-edited)", false, modelsRepair},
 	}
 }
 
@@ -105,12 +106,16 @@ func modelsDefaultActor(e *env) string {
 func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.Registry, context.Context, error) {
 	if v == nil && !mc.noCheck {
 		if !registry.FileStoreExists(mc.dir) {
+			// A registry whose state.json is gone is not an empty one.
+			if err := registry.CheckFileStoreState(mc.dir); err != nil {
+				return nil, ctx, modelsRepairHint(err, mc.dir)
+			}
 			return nil, ctx, fmt.Errorf("no registry in %s (register a model first, or pass --registry or set $%s)", mc.dir, modelsEnvRegistry)
 		}
 	}
 	r, err := registry.Open(ctx, registry.Config{Dir: mc.dir, Validator: v})
 	if err != nil {
-		return nil, ctx, err
+		return nil, ctx, modelsRepairHint(err, mc.dir)
 	}
 	if mc.mutates {
 		actor := strings.TrimSpace(mc.actor)
@@ -122,6 +127,16 @@ func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.
 	return r, ctx, nil
 }
 
+// modelsRepairHint adds the exact repair command for dir to an error saying
+// the registry's state is missing or invalid; other errors are returned as
+// they are.
+func modelsRepairHint(err error, dir string) error {
+	if errors.Is(err, registry.ErrStateMissing) || errors.Is(err, registry.ErrInvalidState) {
+		return fmt.Errorf("%w\n(run: signalforge models repair --registry %s --dry-run, then without --dry-run)", err, dir)
+	}
+	return err
+}
+
 // with opens the registry as open does (with no Validator: it never
 // creates one), runs fn on it with the actor's ctx and closes it.
 func (mc *modelsCmd) with(ctx context.Context, fn func(ctx context.Context, r *registry.Registry) error) error {
@@ -130,7 +145,7 @@ func (mc *modelsCmd) with(ctx context.Context, fn func(ctx context.Context, r *r
 		return err
 	}
 	defer r.Close()
-	return fn(ctx, r)
+	return modelsRepairHint(fn(ctx, r), mc.dir)
 }
 
 // print prints v: as indented JSON with --json, else as the lines table
@@ -676,4 +691,97 @@ func modelsEngineValidator(e *env, adm registry.AdmissionConfig) (registry.Valid
 		return nil, nil, fmt.Errorf("%w (or pass --skip-engine-check to register without loading the model in ONNX Runtime)", err)
 	}
 	return registry.NewEngineValidator(eng, adm), eng.Close, nil
+}
+
+func modelsRepair(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
+	fs := modelsFlagSet(e, mc, "repair")
+	var opts registry.RepairOptions
+	fs.BoolVar(&opts.DryRun, "dry-run", false, "report what would be rebuilt; write nothing")
+	fs.BoolVar(&opts.Force, "force", false, "replace a state.json that is valid but differs from the audit log's replay")
+	if _, err := modelsParse(fs, args, 0, 0); err != nil {
+		return err
+	}
+	rep, err := registry.Repair(ctx, mc.dir, opts)
+	if err != nil {
+		return err
+	}
+	if mc.json {
+		if err := modelsJSON(e.stdout, rep); err != nil {
+			return err
+		}
+	} else {
+		modelsRepairReport(e.stdout, rep)
+	}
+	switch {
+	case rep.Differs && !rep.Wrote && !opts.DryRun:
+		return fmt.Errorf("state.json in %s is valid but differs from the audit log's replay; it was left alone (compare with --dry-run --json, then pass --force to replace it)", rep.Dir)
+	case len(rep.Problems) > 0:
+		return fmt.Errorf("%s: what could not be rebuilt is listed above", modelsCount(len(rep.Problems), "problem"))
+	}
+	return nil
+}
+
+// modelsRepairReport prints what Repair rebuilt (models, versions, splits),
+// what it could not, and what it wrote.
+func modelsRepairReport(w io.Writer, rep *registry.RepairReport) {
+	fmt.Fprintf(w, "registry %s: state.json %s\n", rep.Dir, rep.OldState)
+	fmt.Fprintf(w, "replayed %s of the audit log: %s, %s (artifacts verified by sha256)\n",
+		modelsCount(rep.Events, "event"), modelsCount(len(rep.Models), "model"), modelsCount(rep.Versions(), "version"))
+	if len(rep.Models) > 0 {
+		tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+		fmt.Fprintln(tw, "  MODEL\tVERSION\tSTATUS\tTRAFFIC\tSHA256")
+		for _, m := range rep.Models {
+			for _, v := range m.Versions {
+				traffic := "-"
+				if v.Status == registry.StatusProduction {
+					traffic = registry.FormatPercent(v.Traffic) + "%"
+				}
+				fmt.Fprintf(tw, "  %s\t%s\t%s\t%s\t%s\n", m.Name, v.Version, v.Status, traffic, modelsClip(v.Artifact.SHA256, 13))
+			}
+		}
+		tw.Flush()
+		fmt.Fprintln(w, "splits:")
+		for _, m := range rep.Models {
+			fmt.Fprintf(w, "  %s: %s\n", m.Name, m.Split())
+		}
+	}
+	if len(rep.Notes) > 0 {
+		fmt.Fprintln(w, "rebuilt from the old state.json:")
+		for _, p := range rep.Notes {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+	}
+	if len(rep.Problems) > 0 {
+		fmt.Fprintln(w, "could not rebuild:")
+		for _, p := range rep.Problems {
+			fmt.Fprintf(w, "  %s\n", p)
+		}
+	}
+	if rep.Tail > 0 {
+		fmt.Fprintf(w, "left out the last %d bytes of the audit log: an uncommitted write\n", rep.Tail)
+	}
+	if n := len(rep.Unreferenced); n > 0 {
+		fmt.Fprintf(w, "%s stored belong to no rebuilt version (left in place)\n", modelsCount(n, "artifact"))
+	}
+	switch {
+	case rep.Unchanged:
+		fmt.Fprintln(w, "state.json already matches the audit log; nothing written")
+	case rep.Wrote:
+		if rep.KeptAs != "" {
+			fmt.Fprintf(w, "kept the old state.json as %s\n", rep.KeptAs)
+		}
+		fmt.Fprintln(w, "wrote state.json")
+	case rep.Differs:
+		fmt.Fprintln(w, "state.json is valid but differs from the replay; nothing written")
+	default:
+		fmt.Fprintln(w, "dry run: nothing written")
+	}
+}
+
+// modelsCount writes "1 model", "2 models".
+func modelsCount(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return strconv.Itoa(n) + " " + noun + "s"
 }

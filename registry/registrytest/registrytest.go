@@ -27,7 +27,9 @@ import (
 type Opener func(t *testing.T) registry.Store
 
 // Run runs the conformance suite. newStorage must return an Opener over
-// fresh, empty storage.
+// fresh, empty storage. Besides storage semantics it checks recovery: the
+// store refuses to commit a model that breaks the registry's rules, and
+// registry.Rebuild over its audit log gives back exactly its models.
 func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 	open := func(t *testing.T) (registry.Store, Opener) {
 		o := newStorage(t)
@@ -191,7 +193,7 @@ func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 					name := fmt.Sprintf("m%d", w%3)
 					errs <- st.Update(ctx, name, func(m *registry.Model) ([]registry.Event, error) {
 						v := fmt.Sprintf("w%d-%d", w, i)
-						m.Versions = append(m.Versions, registry.Version{Name: name, Version: v})
+						m.Versions = append(m.Versions, version(name, v))
 						return []registry.Event{{Name: name, Version: v, Action: registry.ActionRegister}}, nil
 					})
 				}
@@ -292,16 +294,15 @@ func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 			}
 		}
 	})
+
+	runRecovery(t, open)
 }
 
 // commit appends version v to model name through s.Update with n events.
 func commit(t *testing.T, s registry.Store, name, v string, n int) {
 	t.Helper()
 	err := s.Update(context.Background(), name, func(m *registry.Model) ([]registry.Event, error) {
-		m.Versions = append(m.Versions, registry.Version{
-			Name: name, Version: v, Status: registry.StatusStaging,
-			Tags: map[string]string{"k": "v"}, Features: []string{"f"},
-		})
+		m.Versions = append(m.Versions, version(name, v))
 		var evs []registry.Event
 		for i := range n {
 			evs = append(evs, registry.Event{
@@ -314,5 +315,16 @@ func commit(t *testing.T, s registry.Store, name, v string, n int) {
 	})
 	if err != nil {
 		t.Fatalf("Update(%s): %v", name, err)
+	}
+}
+
+// version returns a staging version of model name that keeps the registry's
+// rules (a well-formed artifact, a known status).
+func version(name, v string) registry.Version {
+	sum := sha256.Sum256([]byte(name + ":" + v))
+	return registry.Version{
+		Name: name, Version: v, Status: registry.StatusStaging,
+		Tags: map[string]string{"k": "v"}, Features: []string{"f"},
+		Artifact: registry.Artifact{SHA256: hex.EncodeToString(sum[:]), Size: 1},
 	}
 }
