@@ -173,7 +173,7 @@ var ErrBreakerOpen = errors.New("cache: circuit breaker open")
 
 // ErrBadPattern is returned by InvalidatePattern for a pattern outside the
 // cache's key space.
-var ErrBadPattern = errors.New("cache: pattern must start with the cache's {prefix}:pred:")
+var ErrBadPattern = errors.New("cache: pattern outside the cache's key space (it must start with {prefix}:pred:)")
 
 // New returns a Cache over store. The caller keeps ownership of store and
 // closes it after the last use of the Cache.

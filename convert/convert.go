@@ -391,8 +391,6 @@ func leafInputShape(f *layer, params map[string]*Tensor) []dim {
 	return nil
 }
 
-const featuresKey = infer.FeaturesMetadataKey
-
 // ErrInputShape is wrapped when the model's input shape is not determined
 // by its first layer and Options.InputShape is not set.
 var ErrInputShape = errors.New("convert: the input shape cannot be derived")

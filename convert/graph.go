@@ -191,7 +191,7 @@ func (e *emitter) linear(l *layer, x value) (value, error) {
 		return x, err
 	}
 	if len(w.Shape) != 2 {
-		return x, fmt.Errorf("Linear %s: weight shape %v", l.prefix, w.Shape)
+		return x, fmt.Errorf("module Linear %s: weight shape %v", l.prefix, w.Shape)
 	}
 	out, in := w.Shape[0], w.Shape[1]
 	for _, chk := range []struct {
@@ -199,7 +199,7 @@ func (e *emitter) linear(l *layer, x value) (value, error) {
 		v int64
 	}{{"in_features", in}, {"out_features", out}} {
 		if n, err := argInt(l.args, chk.k, chk.v); err != nil || n != chk.v {
-			return x, fmt.Errorf("Linear %s: %s=%d but weight is %v", l.prefix, chk.k, n, w.Shape)
+			return x, fmt.Errorf("module Linear %s: %s=%d but weight is %v", l.prefix, chk.k, n, w.Shape)
 		}
 	}
 	if err := checkDim("Linear "+l.prefix, lastDim(x), in); err != nil {
@@ -278,7 +278,7 @@ func (e *emitter) softmax(l *layer, x value) (value, error) {
 		return x, err
 	}
 	if d < -rank || d >= rank {
-		return x, fmt.Errorf("Softmax: dim %d out of range for rank %d", d, rank)
+		return x, fmt.Errorf("module Softmax: dim %d out of range for rank %d", d, rank)
 	}
 	x.name = e.b.Node("Softmax", []string{x.name}, onnx.Attr("axis", d))
 	return x, nil
@@ -301,7 +301,7 @@ func (e *emitter) flatten(l *layer, x value) (value, error) {
 		en += rank
 	}
 	if s < 0 || en >= rank || s > en {
-		return x, fmt.Errorf("Flatten: start_dim/end_dim out of range for input rank %d", rank)
+		return x, fmt.Errorf("module Flatten: start_dim/end_dim out of range for input rank %d", rank)
 	}
 	if s == en {
 		return x, nil
@@ -326,7 +326,7 @@ func (e *emitter) flatten(l *layer, x value) (value, error) {
 		target = append(target, -1)
 		for _, d := range x.shape[en+1:] {
 			if !d.Fixed() {
-				return x, fmt.Errorf("Flatten: dims after end_dim must have known sizes")
+				return x, fmt.Errorf("module Flatten: dims after end_dim must have known sizes")
 			}
 			target = append(target, d.Value)
 		}

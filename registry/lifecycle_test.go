@@ -134,7 +134,7 @@ func TestTrafficRules(t *testing.T) {
 	if h[len(h)-1].Detail == "" {
 		t.Fatal("the first promote's forced 100% is not explained in the audit log")
 	}
-	s, err = r.SetTraffic(ctx, ref("m:v1"), 50)
+	_, err = r.SetTraffic(ctx, ref("m:v1"), 50)
 	refused("only version to 50%", err, registry.ErrTraffic)
 	s, err = r.Promote(ctx, ref("m:v2"), 5)
 	step("canary 5%", s, err, registry.Split{"v1": 95, "v2": 5})
@@ -163,7 +163,7 @@ func TestTrafficRules(t *testing.T) {
 	step("forced archive rescales", s, err, registry.Split{"v1": 100, "v2": 0, "v3": 0})
 
 	// Rollback undoes the last traffic change; twice swaps back.
-	s, err = r.Rollback(ctx, "m", 0)
+	_, err = r.Rollback(ctx, "m", 0)
 	refused("rollback onto an archived version", err, registry.ErrTransition)
 	s, err = r.SetSplit(ctx, "m", registry.Split{"v1": 80, "v2": 20})
 	step("split", s, err, registry.Split{"v1": 80, "v2": 20, "v3": 0})

@@ -153,10 +153,9 @@ type windowBucket struct {
 type versionStats struct {
 	bucketDur int64 // ns
 
-	mu     sync.Mutex // guards total and win
-	total  counters
-	win    []windowBucket
-	hasWin bool
+	mu    sync.Mutex // guards total and win
+	total counters
+	win   []windowBucket
 }
 
 func newVersionStats(cfg *Config) *versionStats {

@@ -38,10 +38,6 @@ func badRequest(format string, args ...any) *HTTPError {
 	return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Msg: fmt.Sprintf(format, args...)}
 }
 
-func invalidInput(err error) *HTTPError {
-	return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
-}
-
 func notFound(format string, args ...any) *HTTPError {
 	return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Msg: fmt.Sprintf(format, args...)}
 }

@@ -500,11 +500,11 @@ func lexExample(t *testing.T, s string) exampleCmd {
 // predictInvocation is a `signalforge predict` stage, parsed with the
 // command's own flag parsing rules.
 type predictInvocation struct {
-	v2              bool
-	model, version  string
-	features        []string   // -f names, in order
-	values          [][]string // -f values
-	stdin, jsonPath string
+	v2             bool
+	model, version string
+	features       []string   // -f names, in order
+	values         [][]string // -f values
+	jsonPath       string
 }
 
 func parseExample(t *testing.T, c exampleCmd) (inv *predictInvocation, stdin string) {

@@ -20,10 +20,9 @@ import (
 // suite selects backend test folders by name prefix and says which
 // operator each one exercises.
 type suite struct {
-	dir      string // under the data folder
-	prefix   string
-	op       string
-	excludes []string // prefixes of folders that match but test another op
+	dir    string // under the data folder
+	prefix string
+	op     string
 }
 
 // suites covers the operators this product relies on: what PyTorch MLPs,
