@@ -6,7 +6,7 @@ BIN       := bin/signalforge
 GOFLAGS   ?=
 export SIGNALFORGE_ROOT := $(CURDIR)
 
-.PHONY: all deps deps-test build run test vet fmt-check generate-check bench clean
+.PHONY: all deps deps-test build run test vet lint fmt-check generate-check bench clean
 
 all: build
 
@@ -25,6 +25,10 @@ run: deps build
 vet:
 	$(GO) vet ./...
 
+# staticcheck is pinned as a tool in go.mod.
+lint:
+	$(GO) tool staticcheck ./...
+
 fmt-check:
 	@out="$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))"; \
 	if [ -n "$$out" ]; then echo "gofmt needed on:"; echo "$$out"; exit 1; fi
@@ -37,7 +41,7 @@ generate-check:
 		echo "onnx/onnx.pb.go differs from go generate output"; cp "$$tmp/onnx.pb.go" onnx/onnx.pb.go; exit 1; fi; \
 	rm -rf "$$tmp"
 
-test: deps-test vet fmt-check generate-check
+test: deps-test vet lint fmt-check generate-check
 	$(GO) test -count=1 -timeout 9m ./...
 	$(GO) test -count=1 -race -timeout 5m ./api/... ./batch/... ./cache/... ./route/... ./registry/... ./server/...
 
