@@ -146,7 +146,7 @@ type childLine struct {
 // carries the model's metadata) and stderr (only its end is reported).
 const (
 	maxChildOutput = 64 << 20
-	maxChildStderr = 4 << 10
+	maxChildStderr = 2 << 10
 )
 
 // CheckFile loads and warms the model file at path in a child process as
@@ -191,7 +191,7 @@ func (cc ChildCheck) CheckFile(ctx context.Context, path string, cfg AdmissionCo
 	cmd.WaitDelay = 5 * time.Second
 	var stdout limitedBuffer
 	stdout.max = maxChildOutput
-	stderr := &tailBuffer{max: maxChildStderr}
+	stderr := &stderrBuffer{max: maxChildStderr}
 	cmd.Stdout, cmd.Stderr = &stdout, stderr
 	start := time.Now()
 	// The child dies with the thread that started it (Pdeathsig): keep
@@ -221,7 +221,7 @@ func (cc ChildCheck) CheckFile(ctx context.Context, path string, cfg AdmissionCo
 	case ctx.Err() != nil:
 		return ModelInfo{}, ctx.Err()
 	case tctx.Err() != nil:
-		return ModelInfo{}, fmt.Errorf("%s did not load and warm it (batch sizes %v) within %v (admission check %s; stopped after %v)", engine, cfg.WarmupBatchSizes, cfg.Timeout, last.where(), elapsed.Round(time.Millisecond))
+		return ModelInfo{}, fmt.Errorf("%s did not load and warm it (batch sizes %v) within %v (the admission check was stopped %s, after %v)", engine, cfg.WarmupBatchSizes, cfg.Timeout, last.where(), elapsed.Round(time.Millisecond))
 	case gotDone && done.OK && runErr == nil:
 		if done.Info == nil {
 			return ModelInfo{}, fmt.Errorf("%w: %s answered without the model's description", ErrChildCheck, cc.Command)
@@ -239,15 +239,14 @@ func (cc ChildCheck) CheckFile(ctx context.Context, path string, cfg AdmissionCo
 		}
 		return ModelInfo{}, fmt.Errorf("%w: %w", ErrChildCheck, runErr)
 	}
-	tail := strings.TrimSpace(stderr.String())
 	if last.Stage == "" {
 		// It died before it started the model: not the model's doing.
-		return ModelInfo{}, fmt.Errorf("%w: %s: %v: %s", ErrChildCheck, cc.Command, runErr, tail)
+		return ModelInfo{}, fmt.Errorf("%w: %s: %v: %s", ErrChildCheck, cc.Command, runErr, stderr.summary())
 	}
-	if outOfMemory(tail) {
-		return ModelInfo{}, &BudgetError{Budget: budget, Batch: last.Batch, Detail: fmt.Sprintf("the admission check process died (%v): %s", runErr, lastLines(tail, 3))}
+	if outOfMemory(stderr.all()) {
+		return ModelInfo{}, &BudgetError{Budget: budget, Batch: last.Batch, Detail: fmt.Sprintf("the admission check process died (%v): %s", runErr, stderr.summary())}
 	}
-	return ModelInfo{}, fmt.Errorf("loading it crashed the admission check process %s (%v): %s", last.where(), runErr, lastLines(tail, 3))
+	return ModelInfo{}, fmt.Errorf("loading it crashed the admission check process %s (%v): %s", last.where(), runErr, stderr.summary())
 }
 
 func (l childLine) where() string {
@@ -297,25 +296,43 @@ func (b *limitedBuffer) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// tailBuffer keeps the last max bytes written.
-type tailBuffer struct {
-	buf []byte
-	max int
+// stderrBuffer keeps the first and the last max bytes written: a crash
+// says what happened at the start (a Go panic or fatal error, a C++
+// terminate) and may end with pages of stack traces.
+type stderrBuffer struct {
+	head, tail []byte
+	max        int
 }
 
-func (b *tailBuffer) Write(p []byte) (int, error) {
-	b.buf = append(b.buf, p...)
-	if len(b.buf) > 2*b.max {
-		b.buf = append(b.buf[:0], b.buf[len(b.buf)-b.max:]...)
+func (b *stderrBuffer) Write(p []byte) (int, error) {
+	n := len(p)
+	if room := b.max - len(b.head); room > 0 {
+		k := min(len(p), room)
+		b.head = append(b.head, p[:k]...)
+		p = p[k:]
 	}
-	return len(p), nil
+	b.tail = append(b.tail, p...)
+	if len(b.tail) > 2*b.max {
+		b.tail = append(b.tail[:0], b.tail[len(b.tail)-b.max:]...)
+	}
+	return n, nil
 }
 
-func (b *tailBuffer) String() string {
-	if len(b.buf) > b.max {
-		return string(b.buf[len(b.buf)-b.max:])
+// all is everything kept, for classification.
+func (b *stderrBuffer) all() string { return string(b.head) + string(b.tail) }
+
+// summary is the first lines of what the child wrote.
+func (b *stderrBuffer) summary() string {
+	var lines []string
+	for _, l := range strings.Split(string(b.head), "\n") {
+		if l = strings.TrimSpace(l); l != "" && !strings.HasPrefix(l, "goroutine ") && !strings.HasPrefix(l, "[signal ") {
+			lines = append(lines, l)
+		}
+		if len(lines) == 2 {
+			break
+		}
 	}
-	return string(b.buf)
+	return strings.Join(lines, " | ")
 }
 
 // ServeChildCheck is the child side of ChildCheck: the body of a
