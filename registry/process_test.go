@@ -21,7 +21,7 @@ import (
 // The crash and two-process tests re-execute the test binary as a child
 // registry writer, selected by these environment variables.
 const (
-	envChild = "REGISTRY_TEST_CHILD" // "crash" or "writer"
+	envChild = "REGISTRY_TEST_CHILD" // "crash", "writer" or "admit"
 	envDir   = "REGISTRY_TEST_DIR"
 	envN     = "REGISTRY_TEST_N"
 )
@@ -30,6 +30,8 @@ func TestMain(m *testing.M) {
 	switch os.Getenv(envChild) {
 	case "crash":
 		crashChild(os.Getenv(envDir))
+	case "admit":
+		os.Exit(admitChild())
 	case "writer":
 		n, _ := strconv.Atoi(os.Getenv(envN))
 		writerChild(os.Getenv(envDir), n)

@@ -66,6 +66,13 @@ type FileConfig struct {
 		// batch. A version over it is marked failed instead of loaded, and
 		// registration through this server refuses it. Default 1 GiB.
 		MaxWarmupBytes int64 `yaml:"max_warmup_bytes"`
+		// MaxAdmissionMemory is the memory a model may take while it is
+		// loaded and warmed in the child process that checks it, at
+		// registration through this server and before this server first
+		// loads an artifact (`signalforge serve`); beyond it the child
+		// fails, and the model is refused or its version marked failed.
+		// Default 4 GiB (registry.DefaultChildMemory).
+		MaxAdmissionMemory int64 `yaml:"max_admission_memory"`
 	} `yaml:"session"`
 	Cache struct {
 		// Enabled turns the prediction cache on. Default true.
@@ -153,6 +160,8 @@ func (c *FileConfig) validate() error {
 		return errors.New("config: batch sizes must not be negative")
 	case c.Session.IntraOpThreads < 0:
 		return errors.New("config: session.intra_op_threads must not be negative")
+	case c.Session.MaxAdmissionMemory < 0:
+		return errors.New("config: session.max_admission_memory must not be negative")
 	case c.Cache.MaxEntries < 0:
 		return errors.New("config: cache.max_entries must not be negative")
 	}

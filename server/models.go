@@ -115,10 +115,13 @@ type modelSet struct {
 	// a server starts is not "entering production", and bumping it then
 	// would empty a shared cache on every replica start.
 	seeded bool
+	// checked holds Config.ChildCheck's verdict (nil: admitted) per
+	// artifact sha256. Only follow touches it.
+	checked map[string]error
 }
 
 func newModelSet(s *Server) *modelSet {
-	m := &modelSet{s: s, served: map[registry.Ref]bool{}}
+	m := &modelSet{s: s, served: map[registry.Ref]bool{}, checked: map[string]error{}}
 	t := table{}
 	m.tab.Store(&t)
 	m.health.Store(&health{})
@@ -410,6 +413,9 @@ func (m *modelSet) load(ctx context.Context, v registry.Version) (*loaded, error
 	opts := s.cfg.Session
 	warm := opts.WarmupBatchSizes
 	opts.WarmupBatchSizes = nil
+	if err := m.childCheck(ctx, v, warm, opts); err != nil {
+		return nil, err
+	}
 	sess, err := s.engine.LoadFile(ctx, v.Artifact.Path, opts)
 	if err != nil {
 		return nil, err
@@ -435,6 +441,32 @@ func (m *modelSet) load(ctx context.Context, v registry.Version) (*loaded, error
 	}
 	l.batcher = b
 	return l, nil
+}
+
+// childCheck runs Config.ChildCheck on v's artifact, once per sha256: a
+// refusal (a *registry.BudgetError when its warm-up exhausted the child's
+// memory) is kept and returned for every later load of the same artifact.
+// Failures that say nothing about the model (the child could not run, ctx
+// is done) are not kept.
+func (m *modelSet) childCheck(ctx context.Context, v registry.Version, warm []int, opts infer.Options) error {
+	cc := m.s.cfg.ChildCheck
+	if cc == nil {
+		return nil
+	}
+	err, ok := m.checked[v.Artifact.SHA256]
+	if !ok {
+		start := time.Now()
+		_, err = cc.CheckFile(ctx, v.Artifact.Path, registry.AdmissionConfig{WarmupBatchSizes: warm, MaxWarmupBytes: opts.MaxWarmupBytes, Session: opts})
+		if err != nil {
+			err = fmt.Errorf("admission check in a child process: %w", err)
+		}
+		if ctx.Err() != nil || errors.Is(err, registry.ErrChildCheck) {
+			return err
+		}
+		m.checked[v.Artifact.SHA256] = err
+		m.s.log.Debug("checked model version in a child process", "model", v.Name, "version", v.Version, "sha256", v.Artifact.SHA256, "took", time.Since(start), "err", err)
+	}
+	return err
 }
 
 // acquire finds a serving version and takes a reference on it.

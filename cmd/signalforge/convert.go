@@ -279,7 +279,7 @@ func cmdConvert(ctx context.Context, e *env, args []string) error {
 		if abs, err := filepath.Abs(src); err == nil {
 			source = abs
 		}
-		_, err := reg.register(ctx, e, eng, res.Bytes, registry.Lineage{
+		_, err := reg.register(ctx, e, res.Bytes, registry.Lineage{
 			SourceCheckpoint: source, SourceSHA256: res.SourceSHA256, Conversion: res.Conversion, Benchmarks: benchmarks,
 		}, "converted from "+filepath.Base(src)+" by signalforge convert")
 		return err

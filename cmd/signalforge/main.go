@@ -64,6 +64,14 @@ func run(ctx context.Context, e *env, args []string) int {
 		usage(e.stdout)
 		return 0
 	}
+	if args[0] == internalAdmit {
+		// Hidden: a child process of our own (see internalAdmit).
+		if err := cmdInternalAdmit(ctx, e, args[1:]); err != nil {
+			fmt.Fprintf(e.stderr, "signalforge %s: %v\n", internalAdmit, err)
+			return 1
+		}
+		return 0
+	}
 	for _, c := range commands() {
 		if c.name == args[0] {
 			err := c.run(ctx, e, args[1:])

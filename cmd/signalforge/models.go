@@ -291,6 +291,7 @@ func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) e
 	var adm registry.AdmissionConfig
 	maxBatch := fs.Int("max-batch", 32, "the largest batch the servers run (serve --max-batch): the model is loaded and warmed at batch 1 and this before it is admitted")
 	fs.Int64Var(&adm.MaxWarmupBytes, "max-warmup-bytes", infer.DefaultMaxWarmupBytes, "memory the input and output tensors of one warm-up run may need at the largest batch (the servers' session.max_warmup_bytes)")
+	admMemory := fs.Int64("max-admission-memory", registry.DefaultChildMemory, "memory the model may take while it is loaded and warmed, in a child process that is killed beyond it (the servers' session.max_admission_memory)")
 	pos, err := modelsParse(fs, args, 1, 1)
 	if err != nil {
 		return err
@@ -325,8 +326,8 @@ func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) e
 			return err
 		}
 	}
-	if *maxBatch < 1 || adm.MaxWarmupBytes < 1 {
-		return fmt.Errorf("--max-batch %d and --max-warmup-bytes %d must be positive", *maxBatch, adm.MaxWarmupBytes)
+	if *maxBatch < 1 || adm.MaxWarmupBytes < 1 || *admMemory < 1 {
+		return fmt.Errorf("--max-batch %d, --max-warmup-bytes %d and --max-admission-memory %d must be positive", *maxBatch, adm.MaxWarmupBytes, *admMemory)
 	}
 	adm.WarmupBatchSizes = []int{1, *maxBatch}
 	// Without the engine, the static part of admission still runs.
@@ -334,11 +335,10 @@ func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) e
 		return registry.CheckAdmission(data, adm)
 	}))
 	if !mc.noCheck {
-		val, closeEngine, err := modelsEngineValidator(e, adm)
+		val, err := modelsEngineValidator(e, adm, *admMemory)
 		if err != nil {
 			return err
 		}
-		defer closeEngine()
 		v = val
 	}
 	r, ctx, err := mc.open(ctx, v)
@@ -681,16 +681,19 @@ func modelsActor(a string) string {
 	return a
 }
 
-// modelsEngineValidator opens the ONNX Runtime engine (the library is found
-// as ort.FindLibrary describes, reading the environment through e) and
-// returns a Validator over it that admits a model as adm says, and a func
-// to close the engine.
-func modelsEngineValidator(e *env, adm registry.AdmissionConfig) (registry.Validator, func() error, error) {
-	eng, err := ort.New(ort.Config{Getenv: e.getenv})
+// modelsEngineValidator returns a Validator that admits a model as adm
+// says, loading and warming it in ONNX Runtime in a child process of this
+// executable (internal-admit) limited to memory bytes beyond its own
+// needs, so a model that would exhaust memory takes down the child, not
+// this command. The library is found here first (ort.FindLibrary, reading
+// the environment through e), for an early, clear error, and the child
+// loads that same file.
+func modelsEngineValidator(e *env, adm registry.AdmissionConfig, memory int64) (registry.Validator, error) {
+	cc, err := childCheck(e, ort.Config{}, memory)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%w (or pass --skip-engine-check to register without loading the model in ONNX Runtime)", err)
+		return nil, fmt.Errorf("%w (or pass --skip-engine-check to register without loading the model in ONNX Runtime)", err)
 	}
-	return registry.NewEngineValidator(eng, adm), eng.Close, nil
+	return registry.NewChildValidator(cc, adm), nil
 }
 
 func modelsRepair(ctx context.Context, e *env, mc *modelsCmd, args []string) error {

@@ -258,7 +258,7 @@ func cmdQuantize(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	_, err = reg.register(ctx, e, eng, data, quantizeLineage(res, rep, br, parentVersion), "INT8 ("+res.Lineage.Method+") of "+filepath.Base(in)+" by signalforge quantize")
+	_, err = reg.register(ctx, e, data, quantizeLineage(res, rep, br, parentVersion), "INT8 ("+res.Lineage.Method+") of "+filepath.Base(in)+" by signalforge quantize")
 	return err
 }
 

@@ -7,7 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 
-	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/registry"
 )
 
@@ -44,11 +44,18 @@ func (rf *registerFlags) parse() error {
 	return nil
 }
 
-// register adds the ONNX bytes to the registry as a staging version, checked
-// in ONNX Runtime (eng) like `signalforge models register`, and prints the
-// new version's id.
-func (rf *registerFlags) register(ctx context.Context, e *env, eng infer.Engine, data []byte, lineage registry.Lineage, description string) (registry.Version, error) {
-	r, err := registry.Open(ctx, registry.Config{Dir: rf.dir, Validator: registry.EngineValidator(eng)})
+// register adds the ONNX bytes to the registry as a staging version,
+// admitted like `signalforge models register` with the servers' default
+// settings: loaded and warmed in ONNX Runtime in a child process under the
+// default memory budget (registry.DefaultChildMemory), so a model that
+// would exhaust memory cannot take this command down. It prints the new
+// version's id.
+func (rf *registerFlags) register(ctx context.Context, e *env, data []byte, lineage registry.Lineage, description string) (registry.Version, error) {
+	cc, err := childCheck(e, ort.Config{}, 0)
+	if err != nil {
+		return registry.Version{}, fmt.Errorf("the model was written, but it cannot be checked for registration: %w", err)
+	}
+	r, err := registry.Open(ctx, registry.Config{Dir: rf.dir, Validator: registry.NewChildValidator(cc, registry.AdmissionConfig{})})
 	if err != nil {
 		return registry.Version{}, err
 	}

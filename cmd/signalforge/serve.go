@@ -148,8 +148,18 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if warmMax == 0 {
 		warmMax = 32
 	}
-	admission := registry.AdmissionConfig{WarmupBatchSizes: []int{1, warmMax}, MaxWarmupBytes: fc.Session.MaxWarmupBytes}
-	reg, err := registry.Open(ctx, registry.Config{Dir: fc.Registry, Validator: registry.NewEngineValidator(eng, admission), Logger: log})
+	admission := registry.AdmissionConfig{WarmupBatchSizes: []int{1, warmMax}, MaxWarmupBytes: fc.Session.MaxWarmupBytes,
+		Session: infer.Options{IntraOpThreads: fc.Session.IntraOpThreads}}
+	// The load and warm-up of admission run in a child process of this
+	// executable under a memory limit (session.max_admission_memory), and
+	// so does a first load of every artifact the registry serves (the
+	// verdict kept per sha256): a model whose warm-up would exhaust memory
+	// is refused or marked failed, and this server stays up.
+	check, err := childCheck(e, ocfg, fc.Session.MaxAdmissionMemory)
+	if err != nil {
+		return err
+	}
+	reg, err := registry.Open(ctx, registry.Config{Dir: fc.Registry, Validator: registry.NewChildValidator(check, admission), Logger: log})
 	if err != nil {
 		return err
 	}
@@ -215,6 +225,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		Session:           infer.Options{IntraOpThreads: fc.Session.IntraOpThreads, MaxWarmupBytes: fc.Session.MaxWarmupBytes},
 		ServeStaging:      server.BoolOr(fc.ServeStaging, true),
 		ShutdownTimeout:   time.Duration(fc.ShutdownTimeout),
+		ChildCheck:        &check,
 	})
 	if err != nil {
 		return err
