@@ -275,14 +275,6 @@ func engineOutOfMemory(err error) bool {
 	return strings.Contains(s, "bad_alloc") || strings.Contains(s, "failed to allocate") || strings.Contains(s, "out of memory")
 }
 
-func lastLines(s string, n int) string {
-	lines := strings.Split(s, "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, " | ")
-}
-
 // limitedBuffer keeps the first max bytes written and drops the rest.
 type limitedBuffer struct {
 	buf bytes.Buffer
