@@ -15,7 +15,13 @@ func TestMain(m *testing.M) { testpg.Main(m) }
 // open opens a Store on url with a cache folder of t's own.
 func open(t testing.TB, url string) *pgstore.Store {
 	t.Helper()
-	s, err := pgstore.Open(context.Background(), pgstore.Config{URL: url, CacheDir: t.TempDir()})
+	return openCache(t, url, t.TempDir())
+}
+
+// openCache opens a Store on url with its artifact cache in dir.
+func openCache(t testing.TB, url, dir string) *pgstore.Store {
+	t.Helper()
+	s, err := pgstore.Open(context.Background(), pgstore.Config{URL: url, CacheDir: dir})
 	if err != nil {
 		t.Fatal(err)
 	}
