@@ -87,7 +87,7 @@ func NewDatabase(t testing.TB) string {
 			shared.err = errors.New("the package must run its tests through testpg.Main: add `func TestMain(m *testing.M) { testpg.Main(m) }`")
 			return
 		}
-		shared.srv, shared.err = start()
+		shared.srv, shared.err = start(false)
 		if shared.err == nil {
 			shared.url = shared.srv.AdminURL()
 		}
@@ -105,6 +105,7 @@ type Server struct {
 
 	bin     string // directory of initdb and postgres
 	dir     string // temporary folder: data/, socket, log
+	durable bool   // fsync on (PostgreSQL's defaults)
 	runAs   *syscall.Credential
 	logPath string
 
@@ -117,7 +118,20 @@ type Server struct {
 // and stops it when t ends. It ignores $SIGNALFORGE_TEST_POSTGRES.
 func Start(t testing.TB) *Server {
 	t.Helper()
-	s, err := start()
+	return startFor(t, false)
+}
+
+// StartDurable is Start with PostgreSQL's durable defaults (fsync on),
+// for benchmarks that compare with stores that fsync. Its folder is in
+// $TMPDIR, like every test's.
+func StartDurable(t testing.TB) *Server {
+	t.Helper()
+	return startFor(t, true)
+}
+
+func startFor(t testing.TB, durable bool) *Server {
+	t.Helper()
+	s, err := start(durable)
 	if err != nil {
 		t.Fatalf("testpg: %v", err)
 	}
@@ -144,7 +158,7 @@ func (s *Server) NewDatabase(t testing.TB) string {
 	return createDatabase(t, s.AdminURL())
 }
 
-func start() (*Server, error) {
+func start(durable bool) (*Server, error) {
 	bin, err := findBinaries()
 	if err != nil {
 		return nil, err
@@ -153,7 +167,7 @@ func start() (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Server{bin: bin, dir: dir, logPath: filepath.Join(dir, "postgres.log")}
+	s := &Server{bin: bin, dir: dir, durable: durable, logPath: filepath.Join(dir, "postgres.log")}
 	if err := s.initdb(); err != nil {
 		os.RemoveAll(dir)
 		return nil, err
@@ -247,12 +261,17 @@ func (s *Server) start() error {
 		return err
 	}
 	defer logf.Close()
-	cmd := s.command("postgres", "-D", filepath.Join(s.dir, "data"),
+	args := []string{"-D", filepath.Join(s.dir, "data"),
 		"-p", strconv.Itoa(s.Port), "-k", s.dir,
 		"-c", "listen_addresses=127.0.0.1",
-		"-c", "fsync=off", "-c", "full_page_writes=off", // still crash-safe against SIGKILL (not against power loss)
 		"-c", "max_connections=300", "-c", "shared_buffers=32MB",
-		"-c", "log_min_messages=warning")
+		"-c", "log_min_messages=warning"}
+	if !s.durable {
+		// Still safe against SIGKILL (the kernel keeps what was
+		// written), not against power loss.
+		args = append(args, "-c", "fsync=off", "-c", "full_page_writes=off")
+	}
+	cmd := s.command("postgres", args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("start postgres: %w", err)
