@@ -218,12 +218,26 @@ func (s *Store) ReadArtifact(ctx context.Context, sha string) ([]byte, error) {
 		return nil, err
 	}
 	defer closeQuietly(rc)
-	buf := bytes.NewBuffer(make([]byte, 0, min(size+1, 1<<31)))
-	if _, err := buf.ReadFrom(rc); err != nil {
+	if size > maxRead {
+		return nil, fmt.Errorf("pgstore: artifact %s has %d bytes, more than ReadArtifact reads (%d); stream it with OpenArtifact", sha, size, int64(maxRead))
+	}
+	// Exactly size bytes, then the read that verifies (io.EOF): no
+	// buffer growth, so a 2 GiB artifact costs 2 GiB, not 4.
+	data := make([]byte, size)
+	if _, err := io.ReadFull(rc, data); err != nil {
 		return nil, err
 	}
-	return buf.Bytes(), nil
+	if _, err := rc.Read(make([]byte, 1)); err != io.EOF {
+		if err == nil {
+			err = corrupt(sha, size+1, size, "")
+		}
+		return nil, err
+	}
+	return data, nil
 }
+
+// maxRead caps ReadArtifact: the registry refuses bigger artifacts anyway.
+const maxRead = 4 << 30
 
 // fileStamp identifies a cache file this process has hashed.
 type fileStamp struct {

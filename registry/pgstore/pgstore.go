@@ -161,6 +161,7 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	removeStaleDownloads(cacheDir)
 	s := &Store{
 		target:   describe(&pcfg.ConnConfig.Config),
 		password: password,
@@ -267,3 +268,21 @@ func retryable(err error) bool {
 
 // closeQuietly is for cleanup paths whose error would hide the real one.
 func closeQuietly(c io.Closer) { _ = c.Close() }
+
+// removeStaleDownloads removes the temporary files of downloads that a
+// killed process left in the cache more than an hour ago (younger ones may
+// belong to a live download).
+func removeStaleDownloads(dir string) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), ".") || !strings.HasSuffix(e.Name(), ".tmp") {
+			continue
+		}
+		if info, err := e.Info(); err == nil && time.Since(info.ModTime()) > time.Hour {
+			_ = os.Remove(filepath.Join(dir, e.Name()))
+		}
+	}
+}

@@ -528,3 +528,61 @@ func TestURLErrorsHidePassword(t *testing.T) {
 		}
 	}
 }
+
+// TestSerializationFailuresAreRetried runs concurrent writers with every
+// transaction SERIALIZABLE (a setting a DBA may impose through the URL or
+// the role): PostgreSQL then aborts writers that raced for the Seq row with
+// SQLSTATE 40001. Each Update must either commit once (retried as needed)
+// or fail with ErrConflict, never with a raw database error, and never
+// commit twice.
+func TestSerializationFailuresAreRetried(t *testing.T) {
+	ctx := context.Background()
+	url := testpg.NewDatabase(t) + "&default_transaction_isolation=serializable"
+	stores := []*pgstore.Store{open(t, url), open(t, url)}
+	const writers, each = 8, 5
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	committed, conflicts := 0, 0
+	for w := range writers {
+		wg.Go(func() {
+			for i := range each {
+				name := fmt.Sprintf("m%d", w)
+				err := stores[w%2].Update(ctx, name, func(m *registry.Model) ([]registry.Event, error) {
+					v := fmt.Sprintf("v%d", i)
+					m.Versions = append(m.Versions, registry.Version{Name: name, Version: v, Status: registry.StatusStaging,
+						Artifact: registry.Artifact{SHA256: strings.Repeat("a", 64), Size: 1}})
+					return []registry.Event{{Name: name, Version: v, Action: registry.ActionRegister}}, nil
+				})
+				mu.Lock()
+				switch {
+				case err == nil:
+					committed++
+				case errors.Is(err, pgstore.ErrConflict):
+					conflicts++
+				default:
+					t.Errorf("Update under SERIALIZABLE = %v; want success or ErrConflict", err)
+				}
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	t.Logf("%d committed, %d gave up with ErrConflict", committed, conflicts)
+	evs, err := stores[0].Events(ctx, "", 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	versions := 0
+	ms, _ := stores[1].Models(ctx)
+	for _, m := range ms {
+		versions += len(m.Versions)
+	}
+	if len(evs) != committed || versions != committed {
+		t.Fatalf("%d events and %d versions for %d committed Updates", len(evs), versions, committed)
+	}
+	for i, e := range evs {
+		if e.Seq != uint64(i+1) {
+			t.Fatalf("event %d has Seq %d", i, e.Seq)
+		}
+	}
+}
