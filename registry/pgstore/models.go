@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/signalforge/signalforge/registry"
 )
 
@@ -163,8 +164,8 @@ func (e fnError) Error() string { return e.err.Error() }
 // Update implements registry.Store. fn runs inside the transaction, after
 // the model's lock is taken; if PostgreSQL aborts the transaction
 // (serialization failure, deadlock) fn runs again on the model as it then
-// is, up to a few times. If a connection breaks at COMMIT the change may or
-// may not have been committed; the error says the outcome is unknown.
+// is, up to a few times. If the connection breaks at COMMIT the change may
+// or may not have been committed; the error says so.
 func (s *Store) Update(ctx context.Context, name string, fn func(m *registry.Model) ([]registry.Event, error)) error {
 	if err := ctx.Err(); err != nil {
 		return err
@@ -178,6 +179,10 @@ func (s *Store) Update(ctx context.Context, name string, fn func(m *registry.Mod
 		var fe fnError
 		if errors.As(err, &fe) {
 			return fe.err
+		}
+		var cu commitUnknown
+		if errors.As(err, &cu) {
+			return s.fail(ctx, "update model "+strconv.Quote(name)+": the connection broke at COMMIT, so the change may or may not be committed (see the audit log)", cu.err)
 		}
 		if !retryable(err) {
 			return s.fail(ctx, "update model "+strconv.Quote(name), err)
@@ -250,8 +255,22 @@ func (s *Store) update(ctx context.Context, name string, fn func(m *registry.Mod
 	if _, err := tx.Exec(ctx, "SELECT pg_notify($1, $2)", NotifyChannel, strconv.FormatInt(last, 10)); err != nil {
 		return err
 	}
-	return tx.Commit(ctx)
+	if err := tx.Commit(ctx); err != nil {
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) {
+			return commitUnknown{err}
+		}
+		return err
+	}
+	return nil
 }
+
+// commitUnknown is a COMMIT whose answer was lost (the connection broke):
+// PostgreSQL may or may not have committed.
+type commitUnknown struct{ err error }
+
+func (e commitUnknown) Error() string { return e.err.Error() }
+func (e commitUnknown) Unwrap() error { return e.err }
 
 func insertEvent(ctx context.Context, tx pgx.Tx, e registry.Event) error {
 	doc, err := json.Marshal(e)

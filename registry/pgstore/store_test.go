@@ -586,3 +586,28 @@ func TestSerializationFailuresAreRetried(t *testing.T) {
 		}
 	}
 }
+
+// TestInvalidStoredModelIsRefused: a models row edited by hand into a state
+// that breaks the registry's rules is refused by every read and by Update,
+// as the file store refuses such a state.json.
+func TestInvalidStoredModelIsRefused(t *testing.T) {
+	ctx := context.Background()
+	url := testpg.NewDatabase(t)
+	s := open(t, url)
+	if _, err := openReg(t, s).Register(ctx, registry.RegisterRequest{Name: "m", ONNX: onnxModel(t, 1), Status: registry.StatusProduction, Traffic: 100}); err != nil {
+		t.Fatal(err)
+	}
+	sql(t, url, `UPDATE models SET doc = replace(doc::text, '"traffic":100', '"traffic":500')::json WHERE name = 'm'`)
+	_, errModel := s.Model(ctx, "m")
+	_, errModels := s.Models(ctx)
+	errUpdate := s.Update(ctx, "m", func(m *registry.Model) ([]registry.Event, error) {
+		t.Error("Update ran its change on an invalid stored model")
+		return nil, nil
+	})
+	for what, err := range map[string]error{"Model": errModel, "Models": errModels, "Update": errUpdate} {
+		var se *registry.StateError
+		if !errors.As(err, &se) || !errors.Is(err, registry.ErrInvalidState) || se.Field != "traffic" {
+			t.Errorf("%s on a model with 500%% traffic = %v; want a *StateError about traffic", what, err)
+		}
+	}
+}
