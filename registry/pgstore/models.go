@@ -324,12 +324,24 @@ func (s *Store) Import(ctx context.Context, models []registry.Model, events []re
 			return fnError{fmt.Errorf("%w: pgstore: import into %s: the database already holds %d models and %d events; import only into an empty registry",
 				ErrConflict, s.target, nModels, nEvents)}
 		}
+		// COPY: a long history goes in one stream, not a round trip per
+		// event.
 		lastSeq := map[string]uint64{}
-		for _, e := range events {
-			if err := insertEvent(ctx, tx, e); err != nil {
-				return err
+		rows := make([][]any, len(events))
+		for i, e := range events {
+			doc, err := json.Marshal(e)
+			if err != nil {
+				return fnError{fmt.Errorf("pgstore: import: encode event %d: %w", e.Seq, err)}
 			}
+			at := e.Time
+			if at.IsZero() {
+				at = time.Now()
+			}
+			rows[i] = []any{int64(e.Seq), e.Name, string(doc), at}
 			lastSeq[e.Name] = e.Seq
+		}
+		if _, err := tx.CopyFrom(ctx, pgx.Identifier{"events"}, []string{"seq", "model", "doc", "at"}, pgx.CopyFromRows(rows)); err != nil {
+			return err
 		}
 		for _, m := range models {
 			doc, err := json.Marshal(m)
