@@ -56,3 +56,11 @@ type Store interface {
 	// Close releases the store. It is safe to call more than once.
 	Close() error
 }
+
+// Importer is a Store that can take another registry's whole content, keeping
+// event sequence numbers (models migrate).
+type Importer interface {
+	// Import commits models and events as given, in one transaction, into a
+	// store that holds no models and no events. Events keep their Seq.
+	Import(ctx context.Context, models []Model, events []Event) error
+}
