@@ -48,11 +48,11 @@ func (rf *registerFlags) parse() error {
 // in ONNX Runtime (eng) like `signalforge models register`, and prints the
 // new version's id.
 func (rf *registerFlags) register(ctx context.Context, e *env, eng infer.Engine, data []byte, lineage registry.Lineage, description string) (registry.Version, error) {
-	r, err := registry.Open(ctx, registry.Config{Dir: rf.dir, Validator: registry.EngineValidator(eng)})
+	r, closeFn, err := openRegistry(ctx, rf.dir, true, registry.Config{Validator: registry.EngineValidator(eng)})
 	if err != nil {
 		return registry.Version{}, err
 	}
-	defer r.Close()
+	defer closeFn()
 	if actor := e.getenv("USER"); actor != "" {
 		ctx = registry.WithActor(ctx, actor)
 	}

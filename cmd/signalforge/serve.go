@@ -149,11 +149,11 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		warmMax = 32
 	}
 	admission := registry.AdmissionConfig{WarmupBatchSizes: []int{1, warmMax}, MaxWarmupBytes: fc.Session.MaxWarmupBytes}
-	reg, err := registry.Open(ctx, registry.Config{Dir: fc.Registry, Validator: registry.NewEngineValidator(eng, admission), Logger: log})
+	reg, closeReg, err := openRegistry(ctx, fc.Registry, true, registry.Config{Validator: registry.NewEngineValidator(eng, admission), Logger: log})
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
+	defer closeReg()
 	if server.BoolOr(fc.Demo, true) && !*noDemo {
 		seeded, err := demo.Seed(ctx, reg)
 		if err != nil {
