@@ -12,7 +12,9 @@ import (
 // (one row per model locked with SELECT … FOR UPDATE, an events table with
 // a sequence, NOTIFY on commit) and object storage for artifacts — can sit
 // behind the same interface. FileStore is the local implementation;
-// registrytest.Run is the conformance suite every Store must pass.
+// registrytest.Run is the conformance suite every Store must pass. Stores
+// may also implement Importer, ArtifactOpener and ArtifactWriter, which
+// Migrate uses to copy a whole registry from one store to another.
 //
 // Stores are safe for concurrent use, also by several processes sharing the
 // same backing storage (that is what "Update is atomic" means).
