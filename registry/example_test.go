@@ -113,3 +113,50 @@ func Example() {
 	// #6 alice set-traffic v2 → v1=0% v2=100%
 	// #7 alice archive v1 → v2=100%
 }
+
+// Migrate copies a registry (here a folder) into another store (here one
+// in memory), audit log and artifacts included; a second run copies
+// nothing.
+func ExampleMigrate() {
+	ctx := context.Background()
+	dir, err := os.MkdirTemp("", "registry-migrate-example")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	src, err := registry.OpenFileStore(dir)
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer src.Close()
+	reg, err := registry.Open(ctx, registry.Config{Store: src})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer reg.Close()
+	m, err := onnxtest.NewMLP(onnxtest.MLPConfig{Sizes: []int{2, 1}, Seed: 1, Features: []string{"rsi_14", "macd"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	b, err := m.Bytes()
+	if err != nil {
+		log.Fatal(err)
+	}
+	if _, err := reg.Register(ctx, registry.RegisterRequest{Name: "lstm_model", ONNX: b, Status: registry.StatusProduction, Traffic: 100}); err != nil {
+		log.Fatal(err)
+	}
+
+	dst := registry.NewMemStore()
+	defer dst.Close()
+	for range 2 {
+		rep, err := registry.Migrate(ctx, src, dst, registry.MigrateOptions{})
+		if err != nil {
+			log.Fatal(err)
+		}
+		fmt.Printf("%d versions, %d events, %d artifact(s), %d bytes copied, already migrated: %v, verified: %v\n",
+			rep.Versions, rep.Events, len(rep.Artifacts), rep.BytesCopied, rep.AlreadyMigrated, rep.Verified)
+	}
+	// Output:
+	// 1 versions, 1 events, 1 artifact(s), 226 bytes copied, already migrated: false, verified: true
+	// 1 versions, 1 events, 1 artifact(s), 0 bytes copied, already migrated: true, verified: true
+}

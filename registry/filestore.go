@@ -626,3 +626,144 @@ func FileStoreExists(dir string) bool {
 	_, err := os.Stat(filepath.Join(dir, stateFile))
 	return err == nil
 }
+
+// Import implements Importer. Under the write lock it checks that the store
+// holds no model and no event, then commits the way Update does: the
+// events are written to audit.log and fsynced, then the new state.json is
+// renamed into place. A crash before the rename leaves the empty state
+// (the written log is an uncommitted tail the next writer truncates); after
+// it, everything.
+func (s *FileStore) Import(ctx context.Context, models []Model, events []Event) error {
+	if err := checkImport(models, events); err != nil {
+		return err
+	}
+	release, err := s.acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer release()
+	st, err := s.load()
+	if err != nil {
+		return err
+	}
+	if n := countModels(st.Models); st.Seq != 0 || st.AuditSize != 0 || n != 0 {
+		return fmt.Errorf("%w: %s holds %d models and %d events", ErrNotEmpty, s.dir, n, st.Seq)
+	}
+	af, err := os.OpenFile(filepath.Join(s.dir, auditFile), os.O_RDWR|os.O_CREATE, 0o644)
+	if err != nil {
+		return fmt.Errorf("registry: file store: %w", err)
+	}
+	defer af.Close()
+	// Whatever is in audit.log is an uncommitted tail (AuditSize is 0).
+	if err := af.Truncate(0); err != nil {
+		return fmt.Errorf("registry: file store: %w", err)
+	}
+	var buf bytes.Buffer
+	for i := range events {
+		e := cloneEvent(events[i])
+		if e.Record != nil {
+			e.Record.Artifact.Path = ""
+		}
+		line, err := json.Marshal(e)
+		if err != nil {
+			return fmt.Errorf("registry: file store: %w", err)
+		}
+		buf.Write(line)
+		buf.WriteByte('\n')
+	}
+	if _, err := af.WriteAt(buf.Bytes(), 0); err != nil {
+		return fmt.Errorf("registry: file store: %w", err)
+	}
+	if err := af.Sync(); err != nil {
+		return fmt.Errorf("registry: file store: %w", err)
+	}
+	next := &fileState{Format: stateFormat, AuditSize: int64(buf.Len()), Models: map[string]Model{}}
+	if len(events) > 0 {
+		next.Seq = events[len(events)-1].Seq
+	}
+	for _, m := range models {
+		next.Models[m.Name] = importedModel(m)
+	}
+	return s.writeState(next)
+}
+
+// OpenArtifact implements ArtifactOpener.
+func (s *FileStore) OpenArtifact(ctx context.Context, sha string) (io.ReadCloser, int64, error) {
+	path, err := s.ArtifactPath(ctx, sha)
+	if err != nil {
+		return nil, 0, err
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, 0, fmt.Errorf("%w: artifact %s", ErrNotFound, sha)
+		}
+		return nil, 0, fmt.Errorf("registry: file store: %w", err)
+	}
+	info, err := f.Stat()
+	if err != nil {
+		f.Close()
+		return nil, 0, fmt.Errorf("registry: file store: %w", err)
+	}
+	return f, info.Size(), nil
+}
+
+// PutArtifactFrom implements ArtifactWriter: the bytes are streamed through
+// sha256 into a temporary file, which is fsynced and renamed into place
+// only when r ended without an error.
+func (s *FileStore) PutArtifactFrom(ctx context.Context, r io.Reader) (Artifact, error) {
+	if err := s.checkOpen(); err != nil {
+		return Artifact{}, err
+	}
+	f, err := os.CreateTemp(filepath.Join(s.dir, tmpDir), "artifact.*")
+	if err != nil {
+		return Artifact{}, fmt.Errorf("registry: file store: %w", err)
+	}
+	tmp := f.Name()
+	defer os.Remove(tmp) // a no-op once renamed
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(f, h), ctxReader{ctx, r})
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return Artifact{}, fmt.Errorf("registry: file store: storing an artifact: %w", err)
+	}
+	a := Artifact{SHA256: hex.EncodeToString(h.Sum(nil)), Size: n}
+	path := s.artifactPath(a.SHA256)
+	if info, err := os.Stat(path); err == nil && info.Size() == a.Size {
+		a.Path = path
+		return a, nil
+	}
+	parent := filepath.Dir(path)
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return Artifact{}, fmt.Errorf("registry: file store: %w", err)
+	}
+	if err := syncDir(filepath.Dir(parent)); err != nil {
+		return Artifact{}, fmt.Errorf("registry: file store: %w", err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		return Artifact{}, fmt.Errorf("registry: file store: %w", err)
+	}
+	if err := syncDir(parent); err != nil {
+		return Artifact{}, fmt.Errorf("registry: file store: %w", err)
+	}
+	a.Path = path
+	return a, nil
+}
+
+// ctxReader is r that stops with ctx's error once ctx is done.
+type ctxReader struct {
+	ctx context.Context
+	r   io.Reader
+}
+
+func (c ctxReader) Read(p []byte) (int, error) {
+	if err := c.ctx.Err(); err != nil {
+		return 0, err
+	}
+	return c.r.Read(p)
+}

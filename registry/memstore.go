@@ -171,6 +171,41 @@ func (s *MemStore) Update(ctx context.Context, name string, fn func(m *Model) ([
 	return nil
 }
 
+// Import implements Importer.
+func (s *MemStore) Import(ctx context.Context, models []Model, events []Event) error {
+	if err := checkImport(models, events); err != nil {
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		return err
+	}
+	select {
+	case s.sem <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	defer func() { <-s.sem }()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkOpenLocked(); err != nil {
+		return err
+	}
+	if n := countModels(s.models); n != 0 || len(s.events) != 0 {
+		return fmt.Errorf("%w: the memory store holds %d models and %d events", ErrNotEmpty, n, len(s.events))
+	}
+	for _, e := range events {
+		e = cloneEvent(e)
+		if e.Record != nil {
+			e.Record.Artifact.Path = ""
+		}
+		s.events = append(s.events, e)
+	}
+	for _, m := range models {
+		s.models[m.Name] = importedModel(m)
+	}
+	return nil
+}
+
 func cloneEvent(e Event) Event {
 	e.Changes = slices.Clone(e.Changes)
 	e.SplitBefore = maps.Clone(e.SplitBefore)

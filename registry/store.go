@@ -1,6 +1,10 @@
 package registry
 
-import "context"
+import (
+	"context"
+	"errors"
+	"io"
+)
 
 // Store persists models, artifacts and the audit log. The registry keeps all
 // rules (names, lifecycle, traffic) and asks the Store only for atomic,
@@ -8,7 +12,9 @@ import "context"
 // (one row per model locked with SELECT … FOR UPDATE, an events table with
 // a sequence, NOTIFY on commit) and object storage for artifacts — can sit
 // behind the same interface. FileStore is the local implementation;
-// registrytest.Run is the conformance suite every Store must pass.
+// registrytest.Run is the conformance suite every Store must pass. Stores
+// may also implement Importer, ArtifactOpener and ArtifactWriter, which
+// Migrate uses to copy a whole registry from one store to another.
 //
 // Stores are safe for concurrent use, also by several processes sharing the
 // same backing storage (that is what "Update is atomic" means).
@@ -57,10 +63,41 @@ type Store interface {
 	Close() error
 }
 
+// ErrNotEmpty marks an Import (or a Migrate) refused because the
+// destination store already holds models or events.
+var ErrNotEmpty = errors.New("registry: the destination registry is not empty")
+
 // Importer is a Store that can take another registry's whole content, keeping
 // event sequence numbers (models migrate).
 type Importer interface {
 	// Import commits models and events as given, in one transaction, into a
 	// store that holds no models and no events. Events keep their Seq.
+	//
+	// The events must be numbered 1, 2, 3, … without gaps and every model
+	// must keep the registry's rules (ValidateModel); otherwise Import
+	// returns an error and commits nothing. Into a store that holds any
+	// model or event it returns an error wrapping ErrNotEmpty. After a
+	// crash at any point the store holds either everything or nothing.
+	// Artifacts are not imported: store them first (PutArtifact,
+	// PutArtifactFrom), as Update expects.
 	Import(ctx context.Context, models []Model, events []Event) error
+}
+
+// ArtifactOpener is a Store that can stream an artifact instead of reading
+// it whole (models migrate uses it for artifacts of any size).
+type ArtifactOpener interface {
+	// OpenArtifact returns a reader of the bytes stored under sha256 and
+	// their size, or an error wrapping ErrNotFound. The caller closes the
+	// reader. The bytes are not verified by the store: hash them.
+	OpenArtifact(ctx context.Context, sha256 string) (io.ReadCloser, int64, error)
+}
+
+// ArtifactWriter is a Store that can store an artifact streamed from a
+// reader, never holding it whole in memory.
+type ArtifactWriter interface {
+	// PutArtifactFrom stores the bytes r yields until io.EOF under their
+	// sha256, like PutArtifact. If reading r fails, nothing is stored and
+	// the error is returned (wrapped): a reader that verifies what it
+	// yields can so keep damaged bytes out of the store.
+	PutArtifactFrom(ctx context.Context, r io.Reader) (Artifact, error)
 }

@@ -50,6 +50,7 @@ func modelsSubs() []modelsSub {
 		{"archive", "[--force [--allow-empty]] [flags] NAME:VERSION", "archive a version (one still serving needs --force)", true, modelsArchive},
 		{"history", "[flags] NAME", "the audit log of a model: who changed what, and which version served what share when", false, modelsHistory},
 		{"repair", "[--dry-run] [--force] [flags]", "rebuild state.json from the audit log and the artifacts (after it was lost, damaged or hand-edited)", false, modelsRepair},
+		{"migrate", "--from SRC --to DST [--dry-run] [--json]", "copy a whole registry (versions, artifacts, audit log) into an empty one, verified", false, modelsMigrate},
 	}
 }
 
@@ -100,22 +101,17 @@ func modelsDefaultActor(e *env) string {
 	return modelsUnknownActor
 }
 
-// open opens the registry. Only register creates one (v != nil or
-// --skip-engine-check); the other commands refuse a folder that holds no
-// registry rather than leave an empty one behind.
-func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.Registry, context.Context, error) {
-	if v == nil && !mc.noCheck {
-		if !registry.FileStoreExists(mc.dir) {
-			// A registry whose state.json is gone is not an empty one.
-			if err := registry.CheckFileStoreState(mc.dir); err != nil {
-				return nil, ctx, modelsRepairHint(err, mc.dir)
-			}
-			return nil, ctx, fmt.Errorf("no registry in %s (register a model first, or pass --registry or set $%s)", mc.dir, modelsEnvRegistry)
-		}
+// open opens the registry (through openStoreURL). Only register creates
+// one (v != nil or --skip-engine-check); the other commands refuse a folder
+// that holds no registry rather than leave an empty one behind. The
+// returned func closes it.
+func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.Registry, context.Context, func(), error) {
+	r, closeFn, err := openRegistry(ctx, mc.dir, v != nil || mc.noCheck, registry.Config{Validator: v})
+	if nr := (*noRegistryError)(nil); errors.As(err, &nr) {
+		return nil, ctx, nil, fmt.Errorf("%w (register a model first, or pass --registry or set $%s)", err, modelsEnvRegistry)
 	}
-	r, err := registry.Open(ctx, registry.Config{Dir: mc.dir, Validator: v})
 	if err != nil {
-		return nil, ctx, modelsRepairHint(err, mc.dir)
+		return nil, ctx, nil, modelsRepairHint(err, mc.dir)
 	}
 	if mc.mutates {
 		actor := strings.TrimSpace(mc.actor)
@@ -124,7 +120,7 @@ func (mc *modelsCmd) open(ctx context.Context, v registry.Validator) (*registry.
 		}
 		ctx = registry.WithActor(ctx, actor)
 	}
-	return r, ctx, nil
+	return r, ctx, closeFn, nil
 }
 
 // modelsRepairHint adds the exact repair command for dir to an error saying
@@ -140,11 +136,11 @@ func modelsRepairHint(err error, dir string) error {
 // with opens the registry as open does (with no Validator: it never
 // creates one), runs fn on it with the actor's ctx and closes it.
 func (mc *modelsCmd) with(ctx context.Context, fn func(ctx context.Context, r *registry.Registry) error) error {
-	r, ctx, err := mc.open(ctx, nil)
+	r, ctx, closeFn, err := mc.open(ctx, nil)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer closeFn()
 	return modelsRepairHint(fn(ctx, r), mc.dir)
 }
 
@@ -341,11 +337,11 @@ func modelsRegister(ctx context.Context, e *env, mc *modelsCmd, args []string) e
 		}
 		v = val
 	}
-	r, ctx, err := mc.open(ctx, v)
+	r, ctx, closeFn, err := mc.open(ctx, v)
 	if err != nil {
 		return err
 	}
-	defer r.Close()
+	defer closeFn()
 	ver, err := r.Register(ctx, req)
 	if err != nil {
 		return err

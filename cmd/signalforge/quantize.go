@@ -293,19 +293,19 @@ func parseParent(p string, reg *registerFlags) (string, error) {
 // artifact has the bytes of the file at path (the fp32 model being
 // quantized), or "" when there is none or no registry yet.
 func registeredAs(ctx context.Context, reg *registerFlags, path string) (string, error) {
-	if !registry.FileStoreExists(reg.dir) {
+	r, closeFn, err := openRegistry(ctx, reg.dir, false, registry.Config{})
+	if nr := (*noRegistryError)(nil); errors.As(err, &nr) || errors.Is(err, registry.ErrStateMissing) {
 		return "", nil
 	}
+	if err != nil {
+		return "", err
+	}
+	defer closeFn()
 	data, err := onnx.ReadFileLimited(path, onnx.MaxModelSize)
 	if err != nil {
 		return "", err
 	}
 	sum := sha256.Sum256(data)
-	r, err := registry.Open(ctx, registry.Config{Dir: reg.dir})
-	if err != nil {
-		return "", err
-	}
-	defer r.Close()
 	vs, err := r.Versions(ctx, reg.name)
 	if errors.Is(err, registry.ErrNotFound) {
 		return "", nil

@@ -55,11 +55,11 @@ func (rf *registerFlags) register(ctx context.Context, e *env, data []byte, line
 	if err != nil {
 		return registry.Version{}, fmt.Errorf("the model was written, but it cannot be checked for registration: %w", err)
 	}
-	r, err := registry.Open(ctx, registry.Config{Dir: rf.dir, Validator: registry.NewChildValidator(cc, registry.AdmissionConfig{})})
+	r, closeFn, err := openRegistry(ctx, rf.dir, true, registry.Config{Validator: registry.NewChildValidator(cc, registry.AdmissionConfig{})})
 	if err != nil {
 		return registry.Version{}, err
 	}
-	defer r.Close()
+	defer closeFn()
 	if actor := e.getenv("USER"); actor != "" {
 		ctx = registry.WithActor(ctx, actor)
 	}

@@ -159,11 +159,11 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	reg, err := registry.Open(ctx, registry.Config{Dir: fc.Registry, Validator: registry.NewChildValidator(check, admission), Logger: log})
+	reg, closeReg, err := openRegistry(ctx, fc.Registry, true, registry.Config{Validator: registry.NewChildValidator(check, admission), Logger: log})
 	if err != nil {
 		return err
 	}
-	defer reg.Close()
+	defer closeReg()
 	if server.BoolOr(fc.Demo, true) && !*noDemo {
 		seeded, err := demo.Seed(ctx, reg)
 		if err != nil {

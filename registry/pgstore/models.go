@@ -321,8 +321,8 @@ func (s *Store) Import(ctx context.Context, models []registry.Model, events []re
 			return err
 		}
 		if nModels != 0 || nEvents != 0 || seq != 0 {
-			return fnError{fmt.Errorf("%w: pgstore: import into %s: the database already holds %d models and %d events; import only into an empty registry",
-				ErrConflict, s.target, nModels, nEvents)}
+			return fnError{fmt.Errorf("%w: pgstore: import into %s: the database already holds %d models and %d events; import only into an empty registry (%w)",
+				registry.ErrNotEmpty, s.target, nModels, nEvents, ErrConflict)}
 		}
 		// COPY: a long history goes in one stream, not a round trip per
 		// event.

@@ -29,7 +29,9 @@ type Opener func(t *testing.T) registry.Store
 // Run runs the conformance suite. newStorage must return an Opener over
 // fresh, empty storage. Besides storage semantics it checks recovery: the
 // store refuses to commit a model that breaks the registry's rules, and
-// registry.Rebuild over its audit log gives back exactly its models.
+// registry.Rebuild over its audit log gives back exactly its models. A
+// store that implements registry.Importer is also checked to import a
+// registry whole into empty storage and to refuse anything else.
 func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 	open := func(t *testing.T) (registry.Store, Opener) {
 		o := newStorage(t)
@@ -296,6 +298,7 @@ func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 	})
 
 	runRecovery(t, open)
+	runImport(t, open)
 }
 
 // commit appends version v to model name through s.Update with n events.
