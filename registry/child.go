@@ -10,7 +10,6 @@ import (
 	"io"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"runtime"
 	"strconv"
 	"strings"
@@ -104,19 +103,7 @@ type ChildCheck struct {
 // The registering process never loads the model.
 func NewChildValidator(cc ChildCheck, cfg AdmissionConfig) Validator {
 	cfg.setDefaults()
-	return ValidatorFunc(func(ctx context.Context, model []byte) (ModelInfo, error) {
-		if _, err := CheckAdmission(model, cfg); err != nil {
-			return ModelInfo{}, err
-		}
-		dir, err := os.MkdirTemp(cfg.TempDir, "signalforge-admit-")
-		if err != nil {
-			return ModelInfo{}, fmt.Errorf("registry: admission: %w", err)
-		}
-		defer os.RemoveAll(dir)
-		path := filepath.Join(dir, "model.onnx")
-		if err := os.WriteFile(path, model, 0o600); err != nil {
-			return ModelInfo{}, fmt.Errorf("registry: admission: %w", err)
-		}
+	return admitFromFile(cfg, func(ctx context.Context, path string) (ModelInfo, error) {
 		info, err := cc.CheckFile(ctx, path, cfg)
 		if err != nil && !errors.Is(err, ErrChildCheck) && ctx.Err() == nil {
 			err = fmt.Errorf("%w: %w", ErrInvalidArtifact, err)

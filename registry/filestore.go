@@ -531,7 +531,9 @@ func (s *FileStore) committedEvents(size int64) ([]Event, error) {
 	return events, nil
 }
 
-// PutArtifact implements Store.
+// PutArtifact implements Store: an artifact already stored is not written
+// again; otherwise the bytes go through PutArtifactFrom (a temporary file,
+// fsynced, renamed into place).
 func (s *FileStore) PutArtifact(ctx context.Context, data []byte) (Artifact, error) {
 	if err := s.checkOpen(); err != nil {
 		return Artifact{}, err
@@ -543,18 +545,7 @@ func (s *FileStore) PutArtifact(ctx context.Context, data []byte) (Artifact, err
 		a.Path = path
 		return a, nil
 	}
-	parent := filepath.Dir(path)
-	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return Artifact{}, fmt.Errorf("registry: file store: %w", err)
-	}
-	if err := syncDir(filepath.Dir(parent)); err != nil {
-		return Artifact{}, fmt.Errorf("registry: file store: %w", err)
-	}
-	if err := writeFileAtomic(filepath.Join(s.dir, tmpDir), path, data); err != nil {
-		return Artifact{}, fmt.Errorf("registry: file store: %w", err)
-	}
-	a.Path = path
-	return a, nil
+	return s.PutArtifactFrom(ctx, bytes.NewReader(data))
 }
 
 func (s *FileStore) artifactPath(sha string) string { return artifactPathIn(s.dir, sha) }

@@ -116,19 +116,7 @@ func EngineValidator(eng infer.Engine) Validator {
 // artifact will load and run when served.
 func NewEngineValidator(eng infer.Engine, cfg AdmissionConfig) Validator {
 	cfg.setDefaults()
-	return ValidatorFunc(func(ctx context.Context, model []byte) (ModelInfo, error) {
-		if _, err := CheckAdmission(model, cfg); err != nil {
-			return ModelInfo{}, err
-		}
-		dir, err := os.MkdirTemp(cfg.TempDir, "signalforge-admit-")
-		if err != nil {
-			return ModelInfo{}, fmt.Errorf("registry: admission: %w", err)
-		}
-		defer os.RemoveAll(dir)
-		path := filepath.Join(dir, "model.onnx")
-		if err := os.WriteFile(path, model, 0o600); err != nil {
-			return ModelInfo{}, fmt.Errorf("registry: admission: %w", err)
-		}
+	return admitFromFile(cfg, func(ctx context.Context, path string) (ModelInfo, error) {
 		opts := cfg.Session
 		opts.WarmupBatchSizes, opts.MaxWarmupBytes = cfg.WarmupBatchSizes, cfg.MaxWarmupBytes
 		lctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
@@ -145,6 +133,28 @@ func NewEngineValidator(eng infer.Engine, cfg AdmissionConfig) Validator {
 		}
 		defer sess.Close()
 		return ModelInfo{Inputs: sess.Inputs(), Outputs: sess.Outputs(), Metadata: sess.Metadata()}, nil
+	})
+}
+
+// admitFromFile is the Validator both admission checks share: the static
+// CheckAdmission, then load (a func of the file's path) on a file holding
+// exactly the artifact's bytes alone in a fresh folder under cfg.TempDir,
+// as a server loads the stored, content-addressed artifact.
+func admitFromFile(cfg AdmissionConfig, load func(ctx context.Context, path string) (ModelInfo, error)) Validator {
+	return ValidatorFunc(func(ctx context.Context, model []byte) (ModelInfo, error) {
+		if _, err := CheckAdmission(model, cfg); err != nil {
+			return ModelInfo{}, err
+		}
+		dir, err := os.MkdirTemp(cfg.TempDir, "signalforge-admit-")
+		if err != nil {
+			return ModelInfo{}, fmt.Errorf("registry: admission: %w", err)
+		}
+		defer os.RemoveAll(dir)
+		path := filepath.Join(dir, "model.onnx")
+		if err := os.WriteFile(path, model, 0o600); err != nil {
+			return ModelInfo{}, fmt.Errorf("registry: admission: %w", err)
+		}
+		return load(ctx, path)
 	})
 }
 

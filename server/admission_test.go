@@ -19,25 +19,12 @@ import (
 	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/onnx/onnxtest"
 	"github.com/signalforge/signalforge/registry"
-	"github.com/signalforge/signalforge/tensor"
 )
 
-// hugeInputModel declares one input [batch, rows, 4] (summed over the
-// middle axis to [batch, 4]): with rows 1e8, one warm-up run at batch 32
-// needs 51.2 GB for the input alone.
+// hugeInputModel is onnxtest.HugeInput: an input declared [batch, rows, 4].
 func hugeInputModel(t *testing.T, rows int64) []byte {
 	t.Helper()
-	b := onnx.NewBuilder("huge", onnx.Opset(17))
-	x := b.Input("x", tensor.Float32, onnx.Dim("batch"), onnx.Dim(rows), onnx.Dim(4))
-	axes := b.Initializer("axes", tensor.Must(tensor.Shape{1}, []int64{1}))
-	y := b.Node("ReduceSum", []string{x, axes}, onnx.Attr("keepdims", 0), onnx.Outputs("y"))
-	b.Output(y, tensor.Float32, onnx.Dim("batch"), onnx.Dim(4))
-	b.SetMetadata(infer.FeaturesMetadataKey, "a,b,c,d")
-	m, err := b.Build()
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := onnx.Marshal(m)
+	data, err := onnxtest.HugeInput(rows)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,3 +31,22 @@ func Bloat(width int64) ([]byte, error) {
 	}
 	return onnx.Marshal(m)
 }
+
+// HugeInput returns a model with one input declared x [batch, rows, 4]
+// (summed over the middle axis to y [batch, 4]; features a, b, c, d): with
+// rows 1e8 one warm-up run at batch 32 needs 51.2 GB for the input alone,
+// which the check of the declared tensors refuses before anything is
+// allocated.
+func HugeInput(rows int64) ([]byte, error) {
+	b := onnx.NewBuilder("huge", onnx.Opset(17))
+	x := b.Input("x", tensor.Float32, onnx.Dim("batch"), onnx.Dim(rows), onnx.Dim(4))
+	axes := b.Initializer("axes", tensor.Must(tensor.Shape{1}, []int64{1}))
+	y := b.Node("ReduceSum", []string{x, axes}, onnx.Attr("keepdims", 0), onnx.Outputs("y"))
+	b.Output(y, tensor.Float32, onnx.Dim("batch"), onnx.Dim(4))
+	b.SetMetadata("signalforge.features", "a,b,c,d")
+	m, err := b.Build()
+	if err != nil {
+		return nil, err
+	}
+	return onnx.Marshal(m)
+}
