@@ -2,11 +2,13 @@ package server
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"maps"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -121,4 +123,50 @@ func TestServerRidesOutPostgresOutage(t *testing.T) {
 			t.Fatalf("predict after the outage: %v", err)
 		}
 	}
+}
+
+// flakyStore is a registry store whose Models fails while down is set, as
+// a database that went away between a change's notification and the
+// server's read of the new state would.
+type flakyStore struct {
+	registry.Store
+	down atomic.Bool
+}
+
+func (f *flakyStore) Models(ctx context.Context) ([]registry.Model, error) {
+	if f.down.Load() {
+		return nil, errors.New("flaky: registry unreachable")
+	}
+	return f.Store.Models(ctx)
+}
+
+// TestServerCatchesUpAfterFailedReconcile: a change whose event arrived
+// while the registry could not be read is applied once the registry
+// answers again, without another change to trigger it.
+func TestServerCatchesUpAfterFailedReconcile(t *testing.T) {
+	ctx := context.Background()
+	fs, err := registry.OpenFileStore(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { fs.Close() })
+	store := &flakyStore{Store: fs}
+	ts := startServer(t, testOpts{noCache: true, store: store, poll: time.Minute})
+	store.down.Store(true)
+	if _, err := ts.reg.SetTraffic(ctx, registry.Ref{Name: demo.ModelName, Version: "v2.0"}, 50); err != nil {
+		t.Fatal(err)
+	}
+	// The event is delivered at once (a local change); the reconcile it
+	// triggers fails.
+	seq, err := fs.Seq(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, func() bool { return ts.reg.Stats().Seq >= seq })
+	time.Sleep(300 * time.Millisecond)
+	if s, _ := ts.srv.router.Split(demo.ModelName); s["v2.0"] > 0.21 {
+		t.Fatalf("split %v applied while the registry could not be read", s)
+	}
+	store.down.Store(false)
+	waitFor(t, func() bool { s, _ := ts.srv.router.Split(demo.ModelName); return s["v2.0"] > 0.49 && s["v2.0"] < 0.51 })
 }
