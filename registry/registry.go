@@ -70,7 +70,11 @@ type Config struct {
 	// PollInterval is how often each Watch asks the store whether another
 	// process changed it (for the FileStore: one open+fstat of state.json;
 	// changes made through this Registry are delivered at once). If zero,
-	// 250ms; if negative, Watch sees only this Registry's changes.
+	// 250ms, or 2s when the store is a Notifier (PostgreSQL): its
+	// notifications deliver other processes' changes at once and the poll
+	// is only the safety net for a notification that never came. If
+	// negative, Watch sees only this Registry's changes (and the
+	// Notifier's, if any).
 	PollInterval time.Duration
 	// Logger receives warnings (e.g. a Watch poll failing). If nil, they
 	// are discarded.
@@ -89,11 +93,31 @@ type Registry struct {
 	log       *slog.Logger
 	now       func() time.Time
 
-	mu      sync.Mutex    // guards changed, closed
+	notifier Notifier // the store's change notifications, or nil
+
+	mu      sync.Mutex    // guards changed, closed, health
 	changed chan struct{} // closed and replaced after every local commit
 	closed  bool
+	health  Stats         // what the watches last learnt of the store
 	done    chan struct{} // closed by Close
 	wg      sync.WaitGroup
+}
+
+// Stats is a snapshot of what the registry's watches know about the store
+// (see Registry.Stats).
+type Stats struct {
+	// Up is false while the store cannot be read: the last read a Watch
+	// made failed (the database is down or unreachable, the folder is
+	// damaged). Servers keep serving what they loaded meanwhile. It is
+	// true before any Watch has read the store.
+	Up bool
+	// LastError is the failed read's error while Up is false, else "".
+	LastError string
+	// Since is when Up last changed (zero if it never did).
+	Since time.Time
+	// Seq is the highest Seq a Watch has read from the store (or started
+	// from).
+	Seq uint64
 }
 
 // Open opens a registry.
@@ -114,9 +138,7 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 	if r.maxBytes == 0 {
 		r.maxBytes = 2 << 30
 	}
-	if r.poll == 0 {
-		r.poll = 250 * time.Millisecond
-	}
+	r.health.Up = true
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
 	}
@@ -134,7 +156,50 @@ func Open(ctx context.Context, cfg Config) (*Registry, error) {
 		}
 		r.store, r.ownStore = fs, true
 	}
+	r.notifier, _ = r.store.(Notifier)
+	if r.poll == 0 {
+		r.poll = 250 * time.Millisecond
+		if r.notifier != nil {
+			r.poll = 2 * time.Second
+		}
+	}
 	return r, nil
+}
+
+// Stats returns what the registry's watches know about the store: whether
+// it could be read the last time (Up), and the highest Seq delivered. A
+// server exports it as its registry health.
+func (r *Registry) Stats() Stats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.health
+}
+
+// observe records the result of a watch's read of the store, and logs when
+// the store becomes unreadable and when it is readable again — once per
+// transition, not on every poll.
+func (r *Registry) observe(seq uint64, err error) {
+	r.mu.Lock()
+	was := r.health
+	if seq > r.health.Seq {
+		r.health.Seq = seq
+	}
+	switch {
+	case err != nil:
+		r.health.LastError = err.Error()
+		if was.Up {
+			r.health.Up, r.health.Since = false, r.now()
+		}
+	case !was.Up:
+		r.health.Up, r.health.LastError, r.health.Since = true, "", r.now()
+	}
+	r.mu.Unlock()
+	switch {
+	case err != nil && was.Up:
+		r.log.Warn("registry: unreachable or unreadable: reading changes failed; keeping what is loaded and retrying", "err", err)
+	case err == nil && !was.Up:
+		r.log.Info("registry: reading changes works again; catching up", "down_for", r.now().Sub(was.Since).Round(time.Millisecond))
+	}
 }
 
 // Close stops every Watch and closes the store if Open opened it. It is
@@ -647,9 +712,12 @@ func (r *Registry) Seq(ctx context.Context) (uint64, error) { return r.store.Seq
 // Models), then Watch from that Seq.
 //
 // Changes made through this Registry are delivered at once; changes made by
-// other processes (the CLI while the server runs) are noticed by polling
+// other processes (the CLI while the server runs) at once when the store is
+// a Notifier (PostgreSQL's LISTEN/NOTIFY), and in any case by polling
 // Store.Seq every Config.PollInterval. Nothing is dropped: the events come
-// from the durable audit log, so a slow reader only lags.
+// from the durable audit log, so a slow reader only lags, and a watch whose
+// store was unreachable (Stats().Up false) resumes from the last Seq it
+// delivered once the store answers again.
 func (r *Registry) Watch(ctx context.Context, after uint64) <-chan Event {
 	ch := make(chan Event)
 	r.mu.Lock()
@@ -664,6 +732,11 @@ func (r *Registry) Watch(ctx context.Context, after uint64) <-chan Event {
 	return ch
 }
 
+// watchReadTimeout bounds one read of the store by a watch, so that a
+// database that stopped answering (rather than refusing) is reported as
+// down instead of hanging the watch.
+const watchReadTimeout = 10 * time.Second
+
 func (r *Registry) watch(ctx context.Context, after uint64, ch chan<- Event) {
 	defer r.wg.Done()
 	defer close(ch)
@@ -673,36 +746,33 @@ func (r *Registry) watch(ctx context.Context, after uint64, ch chan<- Event) {
 		defer t.Stop()
 		tick = t.C
 	}
-	// failing is the last poll's error text: a store that stays unreadable
-	// (a damaged state waiting for repair) is logged when it starts and
-	// stops failing, not on every poll.
-	failing := ""
 	for {
 		r.mu.Lock()
 		changed := r.changed
 		r.mu.Unlock()
-		seq, err := r.store.Seq(ctx)
-		if err == nil && seq > after {
-			var evs []Event
-			evs, err = r.store.Events(ctx, "", after)
-			for _, e := range evs {
-				select {
-				case ch <- e:
-					after = e.Seq
-				case <-ctx.Done():
-					return
-				case <-r.done:
-					return
-				}
-			}
+		// Taken before reading Seq: a commit after the read closes it.
+		var remote <-chan struct{}
+		if r.notifier != nil {
+			remote = r.notifier.Changed()
 		}
-		switch {
-		case err != nil && ctx.Err() == nil && err.Error() != failing:
-			failing = err.Error()
-			r.log.Warn("registry: watch: reading changes failed; retrying", "err", err)
-		case err == nil && failing != "":
-			failing = ""
-			r.log.Info("registry: watch: reading changes works again")
+		evs, err := r.readChanges(ctx, after)
+		if ctx.Err() != nil {
+			return
+		}
+		read := after
+		if len(evs) > 0 {
+			read = evs[len(evs)-1].Seq
+		}
+		r.observe(read, err)
+		for _, e := range evs {
+			select {
+			case ch <- e:
+				after = e.Seq
+			case <-ctx.Done():
+				return
+			case <-r.done:
+				return
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -710,9 +780,22 @@ func (r *Registry) watch(ctx context.Context, after uint64, ch chan<- Event) {
 		case <-r.done:
 			return
 		case <-changed:
+		case <-remote:
 		case <-tick:
 		}
 	}
+}
+
+// readChanges returns the events after after, reading Store.Seq first so
+// that an idle poll costs one cheap read.
+func (r *Registry) readChanges(ctx context.Context, after uint64) ([]Event, error) {
+	rctx, cancel := context.WithTimeout(ctx, watchReadTimeout)
+	defer cancel()
+	seq, err := r.store.Seq(rctx)
+	if err != nil || seq <= after {
+		return nil, err
+	}
+	return r.store.Events(rctx, "", after)
 }
 
 // sortedVersions is a helper for deterministic iteration.

@@ -449,6 +449,9 @@ func TestWatchSurvivesInvalidState(t *testing.T) {
 	if n := strings.Count(logs.String(), "reading changes failed"); n != 1 {
 		t.Fatalf("the watch logged the same failure %d times:\n%s", n, logs.String())
 	}
+	if st := follower.Stats(); st.Up || !strings.Contains(st.LastError, "500") {
+		t.Fatalf("Stats while the state is broken = %+v; want down, with the error", st)
+	}
 	if _, err := registry.Repair(ctx, dir, registry.RepairOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -465,6 +468,9 @@ func TestWatchSurvivesInvalidState(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "works again") {
 		t.Fatalf("the recovery was not logged:\n%s", logs.String())
+	}
+	if st := follower.Stats(); !st.Up || st.LastError != "" || st.Seq != seq+1 {
+		t.Fatalf("Stats after the repair = %+v; want up at Seq %d", st, seq+1)
 	}
 }
 

@@ -101,3 +101,22 @@ type ArtifactWriter interface {
 	// yields can so keep damaged bytes out of the store.
 	PutArtifactFrom(ctx context.Context, r io.Reader) (Artifact, error)
 }
+
+// Notifier is a Store that learns of commits made by other processes (or
+// other Store values on the same backend) as they happen, so that Watch
+// need not wait for its next poll of Seq. The PostgreSQL store implements
+// it with LISTEN/NOTIFY. A notification is only a hint to read Seq again:
+// Watch still reads the events from the durable log, so a lost or
+// duplicated notification can delay an event (until the next poll) but
+// never lose or repeat one.
+type Notifier interface {
+	// Changed returns a channel that is closed after a commit to the
+	// store that happened after the call, and also whenever the store's
+	// notification link was broken or has just been re-established
+	// (changes may have been missed meanwhile, or the store may now be
+	// unreachable: either way the caller should read Seq again). Callers
+	// take the channel before reading Seq, wait for it to close, and call
+	// Changed again. Many callers may wait on one channel. After Close the
+	// returned channel never closes.
+	Changed() <-chan struct{}
+}

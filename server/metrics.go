@@ -63,13 +63,15 @@ var (
 	descTraffic     = prometheus.NewDesc("signalforge_version_traffic_ratio", "Share of a model's traffic routed to a version (0–1).", []string{"model", "version"}, nil)
 	descReady       = prometheus.NewDesc("signalforge_ready", "1 when the server is ready: models loaded, not shutting down, and every model with production traffic has a loaded production version.", nil, nil)
 	descVerFailed   = prometheus.NewDesc("signalforge_model_version_failed", "1 for a version that should be served but failed to load (the error is in /v1/models and the logs).", []string{"model", "version"}, nil)
+	descRegistryUp  = prometheus.NewDesc("signalforge_registry_up", "1 when the registry answered the server's last read of its changes, 0 while it cannot be read (database down or unreachable, damaged folder): the server keeps serving what it loaded and catches up when the registry answers again.", nil, nil)
+	descRegistrySeq = prometheus.NewDesc("signalforge_registry_seq", "Sequence number of the last registry change the server has read.", nil, nil)
 )
 
 type statsCollector struct{ s *Server }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descBatches, descBatchRows, descBatchSize, descQueueDepth, descInFlight, descRejected, descDropped, descBatchP99,
-		descCacheHits, descCacheMisses, descCacheErrors, descCacheWrites, descCacheOpen, descVerRequests, descVerErrors, descVerErrRate, descTraffic, descReady, descVerFailed} {
+		descCacheHits, descCacheMisses, descCacheErrors, descCacheWrites, descCacheOpen, descVerRequests, descVerErrors, descVerErrRate, descTraffic, descReady, descVerFailed, descRegistryUp, descRegistrySeq} {
 		ch <- d
 	}
 }
@@ -141,6 +143,13 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 		ready = 1
 	}
 	ch <- prometheus.MustNewConstMetric(descReady, prometheus.GaugeValue, ready)
+	rs := s.reg.Stats()
+	up := 0.0
+	if rs.Up {
+		up = 1
+	}
+	ch <- prometheus.MustNewConstMetric(descRegistryUp, prometheus.GaugeValue, up)
+	ch <- prometheus.MustNewConstMetric(descRegistrySeq, prometheus.GaugeValue, float64(rs.Seq))
 }
 
 func codeLabel(status int) string { return strconv.Itoa(status) }

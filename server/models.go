@@ -105,6 +105,10 @@ type modelSet struct {
 	// may load on a retry; while it is not zero, follow retries. Only
 	// follow touches it.
 	failed int
+	// stale is set when the last reconcile could not read the registry
+	// (database down): the change that triggered it is not applied yet,
+	// so follow retries until a read succeeds. Only follow touches it.
+	stale bool
 	// health is what the last reconcile could not load, for /v1/models,
 	// readiness and metrics. follow writes it; handlers read it.
 	health atomic.Pointer[health]
@@ -179,8 +183,8 @@ func (m *modelSet) count() int {
 }
 
 // follow loads what the registry serves, calls onFirst, then follows every
-// registry change until ctx is done. Failed loads are retried every
-// Config.ReconcileRetry.
+// registry change until ctx is done. Failed loads, and a reconcile that
+// could not read the registry, are retried every Config.ReconcileRetry.
 func (m *modelSet) follow(ctx context.Context, onFirst func()) {
 	reg := m.s.reg
 	seq, err := reg.Seq(ctx)
@@ -194,7 +198,7 @@ func (m *modelSet) follow(ctx context.Context, onFirst func()) {
 	defer retry.Stop()
 	for {
 		var retryC <-chan time.Time
-		if m.failed > 0 {
+		if m.failed > 0 || m.stale {
 			retryC = retry.C
 		}
 		select {
@@ -239,11 +243,13 @@ func (m *modelSet) reconcile(ctx context.Context) {
 	s := m.s
 	models, err := s.reg.Models(ctx)
 	if err != nil {
-		if ctx.Err() == nil {
-			s.log.Error("registry: listing models", "err", err)
+		if ctx.Err() == nil && !m.stale {
+			s.log.Error("registry: listing models failed; keeping the loaded versions and retrying", "err", err)
 		}
+		m.stale = true
 		return
 	}
+	m.stale = false
 	old := m.current()
 	next := table{}
 	want := map[string]registry.Model{}

@@ -72,6 +72,9 @@ func (s *Server) pick(ctx context.Context, model, pinned, key string) (*loaded, 
 func (s *Server) notServing(ctx context.Context, model, version string) error {
 	if version == "" {
 		vs, err := s.reg.Versions(ctx, model)
+		if err != nil && !errors.Is(err, registry.ErrNotFound) {
+			return registryDown(model, err)
+		}
 		if err != nil || len(vs) == 0 {
 			return notFound("model %q does not exist", model)
 		}
@@ -85,6 +88,9 @@ func (s *Server) notServing(ctx context.Context, model, version string) error {
 	}
 	v, err := s.reg.Get(ctx, registry.Ref{Name: model, Version: version})
 	if err != nil {
+		if !errors.Is(err, registry.ErrNotFound) {
+			return registryDown(model, err)
+		}
 		if _, merr := s.reg.Versions(ctx, model); merr != nil {
 			return notFound("model %q does not exist", model)
 		}
@@ -97,6 +103,14 @@ func (s *Server) notServing(ctx context.Context, model, version string) error {
 		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q failed to load: %s", version, model, f.err)}
 	}
 	return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q is not loaded yet", version, model), RetryAfter: time.Second}
+}
+
+// registryDown is notServing's answer when the registry cannot be read to
+// tell an unknown model from one not loaded here: the loaded models keep
+// answering, this one cannot be looked up until the registry is back.
+func registryDown(model string, err error) error {
+	return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable,
+		Msg: fmt.Sprintf("model %q is not loaded on this server and the registry cannot be read to look it up; retry", model), RetryAfter: time.Second, Err: err}
 }
 
 // featureKey builds the cache key input of a single-row request. Its maps

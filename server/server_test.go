@@ -39,6 +39,10 @@ type testOpts struct {
 	cacheStore cache.Store
 	cacheCfg   cache.Config
 	mutate     func(*Config)
+	// store, if set, is the registry's store (else a FileStore in a
+	// temporary folder); poll is then the registry's PollInterval.
+	store registry.Store
+	poll  time.Duration
 }
 
 func startServer(t *testing.T, o testOpts) *testServer {
@@ -50,7 +54,11 @@ func startServer(t *testing.T, o testOpts) *testServer {
 	}
 	t.Cleanup(func() { eng.Close() })
 	dir := t.TempDir()
-	reg, err := registry.Open(ctx, registry.Config{Dir: dir, Validator: registry.EngineValidator(eng), PollInterval: 50 * time.Millisecond})
+	rcfg := registry.Config{Dir: dir, Validator: registry.EngineValidator(eng), PollInterval: 50 * time.Millisecond}
+	if o.store != nil {
+		rcfg.Store, rcfg.PollInterval = o.store, o.poll
+	}
+	reg, err := registry.Open(ctx, rcfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"log/slog"
 	"net/url"
 	"strings"
 
@@ -29,10 +30,17 @@ func (e *noRegistryError) Error() string { return "no registry in " + e.dir }
 // registry behind) and a folder whose state.json is missing while it holds
 // history with an error wrapping registry.ErrStateMissing.
 func openStoreURL(ctx context.Context, s string, create bool) (registry.Store, error) {
+	return openStoreLog(ctx, s, create, nil)
+}
+
+// openStoreLog is openStoreURL with a logger for the PostgreSQL store's
+// warnings (a lost change listener, retried transactions); nil discards
+// them.
+func openStoreLog(ctx context.Context, s string, create bool, log *slog.Logger) (registry.Store, error) {
 	if scheme, _, ok := strings.Cut(s, "://"); ok {
 		switch strings.ToLower(scheme) {
 		case "postgres", "postgresql":
-			return pgstore.Open(ctx, pgstore.Config{URL: s})
+			return pgstore.Open(ctx, pgstore.Config{URL: s, Logger: log})
 		default:
 			return nil, fmt.Errorf("registry %s: unknown scheme %q: give a folder path or a postgres:// URL", redactURL(s), scheme)
 		}
@@ -71,7 +79,7 @@ func redactURL(s string) string {
 // openRegistry opens a Registry (configured by cfg) over the store s names
 // (see openStoreURL). The returned func closes both.
 func openRegistry(ctx context.Context, s string, create bool, cfg registry.Config) (*registry.Registry, func(), error) {
-	store, err := openStoreURL(ctx, s, create)
+	store, err := openStoreLog(ctx, s, create, cfg.Logger)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -266,6 +266,13 @@ func (s *Store) ArtifactPath(ctx context.Context, sha string) (string, error) {
 	lock.Lock()
 	defer lock.Unlock()
 	path := filepath.Join(s.cacheDir, sha)
+	// A cache file this process hashed already, unchanged since, is
+	// returned without a round trip: rows of the artifacts table are never
+	// deleted, and a server's reconcile after each registry change asks
+	// for every version's path.
+	if s.knownGood(path, sha) {
+		return path, nil
+	}
 	var size int64
 	err := s.pool.QueryRow(ctx, "SELECT size FROM artifacts WHERE sha256 = $1", sha).Scan(&size)
 	switch {
@@ -305,6 +312,19 @@ func (s *Store) fetchLock(sha string) *sync.Mutex {
 
 // cachedOK reports whether the cache file at path (info) is the artifact
 // sha of size bytes, hashing it unless this process already did.
+// knownGood reports whether path is a regular file that cachedOK verified
+// earlier and that has not changed (size, mtime) since.
+func (s *Store) knownGood(path, sha string) bool {
+	s.mu.Lock()
+	known, ok := s.verified[sha]
+	s.mu.Unlock()
+	if !ok {
+		return false
+	}
+	info, err := os.Stat(path)
+	return err == nil && info.Mode().IsRegular() && known == fileStamp{size: info.Size(), mtime: info.ModTime()}
+}
+
 func (s *Store) cachedOK(path, sha string, info os.FileInfo, size int64) bool {
 	if info.Size() != size || !info.Mode().IsRegular() {
 		return false

@@ -26,6 +26,17 @@
 // A client that vanishes mid-change cannot hold a model's lock for long:
 // sessions set idle_in_transaction_session_timeout (unless the URL sets it).
 //
+// Watching: the Store is a registry.Notifier. The first Changed call (a
+// registry Watch makes it) starts one goroutine with a connection of its
+// own, outside the pool, in LISTEN on NotifyChannel; each notification wakes
+// the watches, which read the new events from the events table. A Watch so
+// sees another machine's commit within milliseconds, and polls Seq only as
+// a safety net (every 2 s by default). When the connection breaks (the
+// database restarts, the network drops) the listener reconnects with
+// backoff (50 ms doubling to 2 s) and wakes the watches once it is back,
+// so that they catch up from their last Seq: no event is lost. Close stops
+// the listener and waits for it.
+//
 // Artifacts are streamed into and out of large objects in 1 MiB chunks and
 // never held whole in memory by PutArtifactFrom, OpenArtifact or
 // ArtifactPath; every read is verified against the sha256. ArtifactPath
@@ -63,6 +74,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
@@ -108,6 +120,12 @@ type Store struct {
 	mu       sync.Mutex             // guards verified and fetching
 	verified map[string]fileStamp   // cache files hashed by this process
 	fetching map[string]*sync.Mutex // one download per sha256 at a time
+
+	listenCfg  *pgx.ConnConfig    // the listener's connection (notify.go)
+	lmu        sync.Mutex         // guards changed, stopListen, listenDone
+	changed    chan struct{}      // closed and replaced by broadcast
+	stopListen context.CancelFunc // stops the listener; nil until Changed starts it
+	listenDone chan struct{}      // closed when the listener has returned
 }
 
 var _ registry.Store = (*Store)(nil)
@@ -163,12 +181,13 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	}
 	removeStaleDownloads(cacheDir)
 	s := &Store{
-		target:   describe(&pcfg.ConnConfig.Config),
-		password: password,
-		cacheDir: cacheDir,
-		log:      log,
-		verified: map[string]fileStamp{},
-		fetching: map[string]*sync.Mutex{},
+		target:    describe(&pcfg.ConnConfig.Config),
+		password:  password,
+		cacheDir:  cacheDir,
+		log:       log,
+		verified:  map[string]fileStamp{},
+		fetching:  map[string]*sync.Mutex{},
+		listenCfg: listenConfig(pcfg.ConnConfig),
 	}
 	if s.pool, err = pgxpool.NewWithConfig(ctx, pcfg); err != nil {
 		return nil, s.fail(ctx, "connect", err)
@@ -180,9 +199,11 @@ func Open(ctx context.Context, cfg Config) (*Store, error) {
 	return s, nil
 }
 
-// Close closes the connection pool. It is safe to call more than once.
+// Close stops the change listener (see Changed), waiting for it, and
+// closes the connection pool. It is safe to call more than once.
 func (s *Store) Close() error {
 	if s.closed.CompareAndSwap(false, true) {
+		s.stopListener()
 		s.pool.Close()
 	}
 	return nil
