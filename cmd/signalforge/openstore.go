@@ -29,10 +29,23 @@ func (e *noRegistryError) Error() string { return "no registry in " + e.dir }
 // registry behind) and a folder whose state.json is missing while it holds
 // history with an error wrapping registry.ErrStateMissing.
 func openStoreURL(ctx context.Context, s string, create bool) (registry.Store, error) {
+	return openStoreWith(ctx, s, create, storeOptions{})
+}
+
+// storeOptions tune a PostgreSQL store (serve's registry_max_conns and
+// registry_cache_dir); the file store ignores them. The zero value means
+// pgstore's defaults.
+type storeOptions struct {
+	maxConns int32
+	cacheDir string
+}
+
+// openStoreWith is openStoreURL with options.
+func openStoreWith(ctx context.Context, s string, create bool, opt storeOptions) (registry.Store, error) {
 	if scheme, _, ok := strings.Cut(s, "://"); ok {
 		switch strings.ToLower(scheme) {
 		case "postgres", "postgresql":
-			return pgstore.Open(ctx, pgstore.Config{URL: s})
+			return pgstore.Open(ctx, pgstore.Config{URL: s, MaxConns: opt.maxConns, CacheDir: opt.cacheDir})
 		default:
 			return nil, fmt.Errorf("registry %s: unknown scheme %q: give a folder path or a postgres:// URL", redactURL(s), scheme)
 		}
@@ -71,7 +84,12 @@ func redactURL(s string) string {
 // openRegistry opens a Registry (configured by cfg) over the store s names
 // (see openStoreURL). The returned func closes both.
 func openRegistry(ctx context.Context, s string, create bool, cfg registry.Config) (*registry.Registry, func(), error) {
-	store, err := openStoreURL(ctx, s, create)
+	return openRegistryWith(ctx, s, create, cfg, storeOptions{})
+}
+
+// openRegistryWith is openRegistry with store options.
+func openRegistryWith(ctx context.Context, s string, create bool, cfg registry.Config, opt storeOptions) (*registry.Registry, func(), error) {
+	store, err := openStoreWith(ctx, s, create, opt)
 	if err != nil {
 		return nil, nil, err
 	}
