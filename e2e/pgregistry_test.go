@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math/rand/v2"
+	neturl "net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -117,6 +118,19 @@ func drillChange(rng *rand.Rand, m registry.Model, next func() string) []string 
 	}
 }
 
+// withParam returns the database URL raw with the query parameter k=v.
+func withParam(t *testing.T, raw, k, v string) string {
+	t.Helper()
+	u, err := neturl.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set(k, v)
+	u.RawQuery = q.Encode()
+	return u.String()
+}
+
 // drillTarget is a registry the kill drill runs against.
 type drillTarget struct {
 	registry string // --registry of the CLIs
@@ -146,7 +160,7 @@ func TestCLIKilledMidChange(t *testing.T) {
 		url := pgDatabase(t)
 		var mon *pgx.Conn
 		killDrill(t, drillTarget{
-			registry: url + "&application_name=" + drillApp,
+			registry: withParam(t, url, "application_name", drillApp),
 			open: func(t *testing.T) registry.Store {
 				s, err := pgstore.Open(context.Background(), pgstore.Config{URL: url, CacheDir: t.TempDir()})
 				if err != nil {
