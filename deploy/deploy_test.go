@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"os"
 	"path/filepath"
 	"slices"
@@ -192,6 +193,60 @@ func TestConfigMapIsAValidServerConfig(t *testing.T) {
 	if fc.ShutdownTimeout <= 0 {
 		t.Error("shutdown_timeout is not set; the grace period check needs it")
 	}
+	if fc.Registry != "" {
+		t.Errorf("registry %q in the ConfigMap: the PostgreSQL URL carries credentials and comes from the Secret (SIGNALFORGE_REGISTRY)", fc.Registry)
+	}
+	if fc.RegistryMaxConns <= 0 {
+		t.Error("registry_max_conns is not set: every replica would size its pool to the node's CPUs")
+	}
+	if !filepath.IsAbs(fc.RegistryCacheDir) {
+		t.Errorf("registry_cache_dir %q: want an absolute path on the artifact cache volume (the root filesystem is read-only)", fc.RegistryCacheDir)
+	}
+}
+
+// PostgreSQL's default max_connections, and what to leave of it for the
+// CLIs, migrations and the operator (3 are reserved for superusers).
+const (
+	postgresMaxConnections = 100
+	postgresHeadroom       = 20
+)
+
+// TestRegistryPoolsFitPostgres: at the most replicas the autoscalers allow
+// (plus a surging pod), every replica's pool and its LISTEN session fit in
+// PostgreSQL's default connection limit with room to spare.
+func TestRegistryPoolsFitPostgres(t *testing.T) {
+	m := manifests(t)
+	fc := serverConfig(t, m)
+	perPod := int(fc.RegistryMaxConns) + 1 // the pool, and the LISTEN session
+	surge := 0
+	if s, ok := get(t, m["Deployment/signalforge"], "spec", "strategy", "rollingUpdate").(obj)["maxSurge"].(int); ok {
+		surge = s
+	}
+	for owner, max := range map[string]int{
+		"HorizontalPodAutoscaler": num(t, m["HorizontalPodAutoscaler/signalforge"], "spec", "maxReplicas"),
+		"InferenceService":        num(t, m["InferenceService/signalforge"], "spec", "predictor", "maxReplicas"),
+	} {
+		if used := (max + surge) * perPod; used > postgresMaxConnections-postgresHeadroom {
+			t.Errorf("%s: %d replicas (+%d surging) × (registry_max_conns %d + 1 LISTEN) = %d connections; PostgreSQL allows %d by default and the CLIs need %d of them",
+				owner, max, surge, fc.RegistryMaxConns, used, postgresMaxConnections, postgresHeadroom)
+		}
+	}
+}
+
+// TestSecretExampleRegistryURL: the example registry URL is one the server
+// opens as PostgreSQL, and verifies the server's certificate.
+func TestSecretExampleRegistryURL(t *testing.T) {
+	raw := str(t, manifests(t)["Secret/"+secretName], "stringData", "registry-url")
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.Scheme != "postgres" && u.Scheme != "postgresql" {
+		t.Errorf("registry-url scheme %q: want postgres", u.Scheme)
+	}
+	if mode := u.Query().Get("sslmode"); mode != "verify-full" {
+		t.Errorf("registry-url sslmode %q: want verify-full (a managed server is reached over the network)", mode)
+	}
 }
 
 // podSpecs returns the pod specs that run the server, by owner.
@@ -206,7 +261,6 @@ func TestPodSpecsRunTheServerAsConfigured(t *testing.T) {
 	m := manifests(t)
 	fc := serverConfig(t, m)
 	secret := m["Secret/"+secretName]
-	pvcName := str(t, m["PersistentVolumeClaim/signalforge-registry"], "metadata", "name")
 	for owner, ps := range podSpecs(t, m) {
 		t.Run(owner, func(t *testing.T) {
 			c := get(t, ps, "containers", 0).(obj)
@@ -236,7 +290,7 @@ func TestPodSpecsRunTheServerAsConfigured(t *testing.T) {
 			for _, e := range get(t, c, "env").([]any) {
 				env[e.(obj)["name"].(string)] = e.(obj)
 			}
-			for name, key := range map[string]string{"SIGNALFORGE_REDIS": "redis-url", "SIGNALFORGE_ADMIN_TOKEN": "admin-token"} {
+			for name, key := range map[string]string{"SIGNALFORGE_REGISTRY": "registry-url", "SIGNALFORGE_REDIS": "redis-url", "SIGNALFORGE_ADMIN_TOKEN": "admin-token"} {
 				e, ok := env[name]
 				if !ok {
 					t.Errorf("no %s in env", name)
@@ -245,8 +299,9 @@ func TestPodSpecsRunTheServerAsConfigured(t *testing.T) {
 				if str(t, e, "valueFrom", "secretKeyRef", "name") != secretName || str(t, e, "valueFrom", "secretKeyRef", "key") != key {
 					t.Errorf("%s does not come from secret %s key %s: %v", name, secretName, key, e)
 				}
-				// Without the token the admin API is closed: a missing key
-				// must stop the pod, not start it without admin.
+				// Without the token the admin API is closed, and without
+				// the registry URL the pod would serve an empty folder: a
+				// missing key must stop the pod.
 				if opt, _ := get(t, e, "valueFrom", "secretKeyRef").(obj)["optional"].(bool); opt {
 					t.Errorf("%s: secretKeyRef is optional", name)
 				}
@@ -266,8 +321,21 @@ func TestPodSpecsRunTheServerAsConfigured(t *testing.T) {
 			if mounts["config"] != filepath.Dir(wantConfigPath) || str(t, vols["config"], "configMap", "name") != "signalforge-config" {
 				t.Errorf("config volume: mounted at %q from %v", mounts["config"], vols["config"])
 			}
-			if mounts["registry"] != fc.Registry || str(t, vols["registry"], "persistentVolumeClaim", "claimName") != pvcName {
-				t.Errorf("registry: config says %q, mounted at %q from %v", fc.Registry, mounts["registry"], vols["registry"])
+			// The registry is in PostgreSQL: no shared volume.
+			for name, v := range vols {
+				if _, ok := v["persistentVolumeClaim"]; ok {
+					t.Errorf("volume %s is a PersistentVolumeClaim: replicas share the registry through PostgreSQL, not a volume", name)
+				}
+			}
+			// The artifact cache is on a pod-local emptyDir.
+			cacheVol := ""
+			for name, path := range mounts {
+				if rel, err := filepath.Rel(path, fc.RegistryCacheDir); err == nil && !strings.HasPrefix(rel, "..") && len(path) > len(mounts[cacheVol]) {
+					cacheVol = name
+				}
+			}
+			if _, ok := vols[cacheVol]["emptyDir"]; !ok || cacheVol == "tmp" {
+				t.Errorf("registry_cache_dir %q is not on an emptyDir volume of its own (mounted: %v)", fc.RegistryCacheDir, mounts)
 			}
 			if get(t, c, "securityContext", "readOnlyRootFilesystem") == true && mounts["tmp"] != "/tmp" {
 				t.Error("read-only root filesystem without a writable /tmp")

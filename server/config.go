@@ -19,8 +19,19 @@ type FileConfig struct {
 	// Addr is the listen address. Default "127.0.0.1:8080" (this machine
 	// only); use ":8080" to serve others, with an admin token.
 	Addr string `yaml:"addr"`
-	// Registry is the registry folder. Default "models".
+	// Registry is the registry: a folder (the file store, for one
+	// machine) or a postgres:// URL (PostgreSQL, shared by every replica).
+	// Default "models". A URL with a password belongs in the environment
+	// (SIGNALFORGE_REGISTRY, which overrides it), not in this file.
 	Registry string `yaml:"registry"`
+	// RegistryMaxConns caps a PostgreSQL registry's connection pool per
+	// process. If zero, pool_max_conns in the URL, else the larger of 4
+	// and the number of CPUs. Ignored for a folder.
+	RegistryMaxConns int32 `yaml:"registry_max_conns"`
+	// RegistryCacheDir is where a PostgreSQL registry's artifacts are
+	// cached on this machine, by sha256. If empty, the user's cache folder
+	// ($XDG_CACHE_HOME/signalforge/artifacts). Ignored for a folder.
+	RegistryCacheDir string `yaml:"registry_cache_dir"`
 	// AdminToken protects the admin endpoints (env SIGNALFORGE_ADMIN_TOKEN).
 	// Without one the admin endpoints are closed (403).
 	AdminToken string `yaml:"admin_token"`
@@ -150,6 +161,8 @@ func (c *FileConfig) validate() error {
 	switch {
 	case c.Limits.MaxBodyBytes < 0:
 		return errors.New("config: limits.max_body_bytes must not be negative")
+	case c.RegistryMaxConns < 0:
+		return errors.New("config: registry_max_conns must not be negative")
 	case c.Limits.MaxUploadBytes < 0, c.Limits.MaxUploads < 0:
 		return errors.New("config: limits.max_upload_bytes and limits.max_uploads must not be negative")
 	case c.AdminOpenLoopback && c.AdminToken == "" && c.Addr != "" && !LoopbackAddr(c.Addr):

@@ -11,6 +11,8 @@ func TestParseFileConfig(t *testing.T) {
 	c, err := ParseFileConfig([]byte(`
 addr: ":9090"
 registry: /var/lib/signalforge
+registry_max_conns: 3
+registry_cache_dir: /var/cache/signalforge/artifacts
 batch:
   max_batch_size: 16
   window: 2ms
@@ -27,7 +29,8 @@ import_dir: /srv/models-in
 		t.Fatalf("timeouts %+v, import_dir %q", to, c.ImportDir)
 	}
 	if c.Addr != ":9090" || c.Batch.MaxBatchSize != 16 || time.Duration(c.Batch.Window) != 2*time.Millisecond ||
-		time.Duration(c.Cache.TypeTTL["h5"]) != 5*time.Minute || !BoolOr(c.Demo, true) {
+		time.Duration(c.Cache.TypeTTL["h5"]) != 5*time.Minute || !BoolOr(c.Demo, true) ||
+		c.RegistryMaxConns != 3 || c.RegistryCacheDir != "/var/cache/signalforge/artifacts" {
 		t.Fatalf("parsed %+v", c)
 	}
 }
@@ -43,6 +46,7 @@ func TestParseFileConfigErrors(t *testing.T) {
 		{"addr: \":8080\"\nadmin_open_loopback: true", `admin_open_loopback needs a loopback addr like "127.0.0.1:8080", not ":8080"`},
 		{"timeouts: {body: soon}", `"soon" is not a duration`},
 		{"limits: {max_uploads: -1}", "limits.max_uploads must not be negative"},
+		{"registry_max_conns: -2", "registry_max_conns must not be negative"},
 	}
 	for _, tt := range tests {
 		_, err := ParseFileConfig([]byte(tt.in))

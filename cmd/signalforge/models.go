@@ -67,7 +67,7 @@ type modelsCmd struct {
 // where a default comes from; the flag package prints the value itself,
 // once.
 func (mc *modelsCmd) commonFlags(e *env, fs *flag.FlagSet) {
-	fs.StringVar(&mc.dir, "registry", modelsDefaultRegistry(e), "registry folder (or $"+modelsEnvRegistry+")")
+	fs.StringVar(&mc.dir, "registry", modelsDefaultRegistry(e), "registry: a folder, or a postgres://user@host:5432/db URL (or $"+modelsEnvRegistry+")")
 	fs.BoolVar(&mc.json, "json", false, "print JSON instead of a table")
 }
 

@@ -20,8 +20,8 @@ const migrateSynopsis = "--from SRC --to DST [--dry-run] [--json]"
 const migrateAbout = `Copies a whole registry from SRC into DST: every version with its metrics,
 tags and lineage, every artifact, and the whole audit log with its sequence
 numbers, so history, rollback and watchers carry on in DST as they did in SRC.
-SRC and DST are registry folders (a new DST folder is created); PostgreSQL
-URLs (postgres://…) are accepted once the PostgreSQL store is built in.
+SRC and DST are registry folders (a new DST folder is created) or PostgreSQL
+URLs (postgres://user@host:5432/db?sslmode=…), either way round.
 
 Every artifact is checked against its sha256 as it is read from SRC; one that
 does not match stops the migration, naming it, before anything is imported.
@@ -39,6 +39,8 @@ var migrateExamples = []example{
 		"signalforge models migrate --from models --to /srv/registry --dry-run"},
 	{"copy the registry folder ./models into a new folder",
 		"signalforge models migrate --from models --to /srv/registry"},
+	{"move ./models into PostgreSQL, for replicas on several machines",
+		"signalforge models migrate --from models --to 'postgres://signalforge@db:5432/registry?sslmode=verify-full'"},
 }
 
 // migrateOutput is what --json prints: the report and where from and to.
@@ -52,8 +54,8 @@ type migrateOutput struct {
 func modelsMigrate(ctx context.Context, e *env, mc *modelsCmd, args []string) error {
 	fs := newFlagSet(e, "models migrate", migrateSynopsis)
 	setUsage(e, fs, "models migrate", migrateSynopsis, migrateAbout, migrateExamples)
-	from := fs.String("from", "", "the registry to copy: a folder (required; never created)")
-	to := fs.String("to", "", "the registry to copy into: a folder, created if new; it must be empty (required)")
+	from := fs.String("from", "", "the registry to copy: a folder (never created) or a postgres:// URL (required)")
+	to := fs.String("to", "", "the registry to copy into: a folder, created if new, or a postgres:// URL; it must be empty (required)")
 	dryRun := fs.Bool("dry-run", false, "check SRC and DST and report what would be copied; write nothing")
 	fs.BoolVar(&mc.json, "json", false, "print the report as JSON (progress goes to stderr)")
 	if _, err := modelsParse(fs, args, 0, 0); err != nil {

@@ -30,17 +30,26 @@ func (e *noRegistryError) Error() string { return "no registry in " + e.dir }
 // registry behind) and a folder whose state.json is missing while it holds
 // history with an error wrapping registry.ErrStateMissing.
 func openStoreURL(ctx context.Context, s string, create bool) (registry.Store, error) {
-	return openStoreLog(ctx, s, create, nil)
+	return openStoreWith(ctx, s, create, storeOptions{})
 }
 
-// openStoreLog is openStoreURL with a logger for the PostgreSQL store's
-// warnings (a lost change listener, retried transactions); nil discards
-// them.
-func openStoreLog(ctx context.Context, s string, create bool, log *slog.Logger) (registry.Store, error) {
+// storeOptions tune a PostgreSQL store (serve's registry_max_conns and
+// registry_cache_dir); the file store ignores them. The zero value means
+// pgstore's defaults.
+type storeOptions struct {
+	maxConns int32
+	cacheDir string
+	// log receives the PostgreSQL store's warnings (a lost change
+	// listener, retried transactions); nil discards them.
+	log *slog.Logger
+}
+
+// openStoreWith is openStoreURL with options.
+func openStoreWith(ctx context.Context, s string, create bool, opt storeOptions) (registry.Store, error) {
 	if scheme, _, ok := strings.Cut(s, "://"); ok {
 		switch strings.ToLower(scheme) {
 		case "postgres", "postgresql":
-			return pgstore.Open(ctx, pgstore.Config{URL: s, Logger: log})
+			return pgstore.Open(ctx, pgstore.Config{URL: s, MaxConns: opt.maxConns, CacheDir: opt.cacheDir, Logger: opt.log})
 		default:
 			return nil, fmt.Errorf("registry %s: unknown scheme %q: give a folder path or a postgres:// URL", redactURL(s), scheme)
 		}
@@ -79,7 +88,15 @@ func redactURL(s string) string {
 // openRegistry opens a Registry (configured by cfg) over the store s names
 // (see openStoreURL). The returned func closes both.
 func openRegistry(ctx context.Context, s string, create bool, cfg registry.Config) (*registry.Registry, func(), error) {
-	store, err := openStoreLog(ctx, s, create, cfg.Logger)
+	return openRegistryWith(ctx, s, create, cfg, storeOptions{})
+}
+
+// openRegistryWith is openRegistry with store options.
+func openRegistryWith(ctx context.Context, s string, create bool, cfg registry.Config, opt storeOptions) (*registry.Registry, func(), error) {
+	if opt.log == nil {
+		opt.log = cfg.Logger
+	}
+	store, err := openStoreWith(ctx, s, create, opt)
 	if err != nil {
 		return nil, nil, err
 	}

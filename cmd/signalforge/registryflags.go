@@ -23,7 +23,7 @@ type registerFlags struct {
 func addRegisterFlags(e *env, fs *flag.FlagSet) *registerFlags {
 	rf := &registerFlags{}
 	fs.StringVar(&rf.target, "register", "", "after success, register the output in the registry as NAME or NAME:VERSION (default version: the next vN), with its lineage")
-	fs.StringVar(&rf.dir, "registry", modelsDefaultRegistry(e), "registry folder for --register (default $"+modelsEnvRegistry+", else "+modelsDefaultDir+")")
+	fs.StringVar(&rf.dir, "registry", modelsDefaultRegistry(e), "registry for --register: a folder or a postgres:// URL (default $"+modelsEnvRegistry+", else "+modelsDefaultDir+")")
 	return rf
 }
 

@@ -31,24 +31,29 @@ Serves the registry's production (and staging) model versions over HTTP:
 With no flags it serves the registry folder ./models with the in-memory
 cache on 127.0.0.1:8080, and registers demo models when the registry is
 empty (forecast_mlp, v1.0/v2.0 at 80/20; forecast_lstm, 16 time steps).
-To serve beyond this machine, listen on ":8080".
+To serve beyond this machine, listen on ":8080". Replicas on several
+machines share one registry in PostgreSQL: --registry (or
+SIGNALFORGE_REGISTRY) postgres://user@host:5432/db?sslmode=verify-full;
+the config keys registry_max_conns and registry_cache_dir size its pool
+and place the artifact cache.
 The admin API (/v1/admin/...) is closed unless an admin token is set
 (--admin-token, SIGNALFORGE_ADMIN_TOKEN); --admin-open-loopback opens it
 without a token for development, on a loopback address only. Registering a
 model by path reads only from the --import-dir folder.
-Environment: SIGNALFORGE_REDIS, SIGNALFORGE_ADMIN_TOKEN,
+Environment: SIGNALFORGE_REGISTRY, SIGNALFORGE_REDIS, SIGNALFORGE_ADMIN_TOKEN,
 SIGNALFORGE_ORT_LIB (ONNX Runtime library).
 
 Examples:
   signalforge serve
   signalforge serve --config configs/serve.example.yaml
-  signalforge serve --addr :9000 --redis redis://127.0.0.1:6379/0`
+  signalforge serve --addr :9000 --redis redis://127.0.0.1:6379/0
+  SIGNALFORGE_REGISTRY='postgres://signalforge:PASSWORD@db:5432/registry?sslmode=verify-full' signalforge serve --addr :8080 --admin-token TOKEN`
 
 func cmdServe(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "serve", serveSynopsis)
 	cfgPath := fs.String("config", "", "YAML configuration file (see configs/serve.example.yaml)")
 	addr := fs.String("addr", "", "listen address (default \"127.0.0.1:8080\"; \":8080\" for all interfaces)")
-	dir := fs.String("registry", "", "registry folder (default $SIGNALFORGE_REGISTRY, else \"models\")")
+	dir := fs.String("registry", "", "registry: a folder, or a postgres:// URL shared by many replicas (default $SIGNALFORGE_REGISTRY, else \"models\")")
 	redisURL := fs.String("redis", "", "Redis URL for the shared prediction cache (default: in-memory; env SIGNALFORGE_REDIS)")
 	noCache := fs.Bool("no-cache", false, "disable the prediction cache")
 	noDemo := fs.Bool("no-demo", false, "do not register the demo model into an empty registry")
@@ -159,7 +164,8 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if err != nil {
 		return err
 	}
-	reg, closeReg, err := openRegistry(ctx, fc.Registry, true, registry.Config{Validator: registry.NewChildValidator(check, admission), Logger: log})
+	reg, closeReg, err := openRegistryWith(ctx, fc.Registry, true, registry.Config{Validator: registry.NewChildValidator(check, admission), Logger: log},
+		storeOptions{maxConns: fc.RegistryMaxConns, cacheDir: fc.RegistryCacheDir})
 	if err != nil {
 		return err
 	}

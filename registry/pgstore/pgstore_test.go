@@ -2,6 +2,7 @@ package pgstore_test
 
 import (
 	"context"
+	"os"
 	"testing"
 
 	"github.com/signalforge/signalforge/internal/testpg"
@@ -10,7 +11,12 @@ import (
 	"github.com/signalforge/signalforge/registry/registrytest"
 )
 
-func TestMain(m *testing.M) { testpg.Main(m) }
+func TestMain(m *testing.M) {
+	if code, ok := childMain(); ok {
+		os.Exit(code)
+	}
+	testpg.Main(m)
+}
 
 // open opens a Store on url with a cache folder of t's own.
 func open(t testing.TB, url string) *pgstore.Store {

@@ -118,14 +118,29 @@ func TestConcurrentTrafficChangesLoseNothing(t *testing.T) {
 		}
 	}
 
-	s := open(t, url) // a third process reads the result
+	versions := make([]string, 2*perStore)
+	for g := range versions {
+		versions[g] = fmt.Sprintf("g%d", g)
+	}
+	checkTrafficLog(t, open(t, url), setup, versions, each) // a third process reads the result
+}
+
+// checkTrafficLog checks, through s, the registry after each of versions
+// (of model "m") had its traffic set each times on top of setup events:
+// the Seq counts every change, each version has each set-traffic events,
+// Seqs are gap-free, every event starts from the split the event before
+// it left, and replaying the log gives the stored state (also through
+// registry.Rebuild).
+func checkTrafficLog(t *testing.T, s *pgstore.Store, setup uint64, versions []string, each int) {
+	t.Helper()
+	ctx := context.Background()
 	evs, err := s.Events(ctx, "", 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	seq, _ := s.Seq(ctx)
-	if want := setup + 2*perStore*each; seq != want || uint64(len(evs)) != want {
-		t.Fatalf("Seq %d and %d events after %d set-traffic calls on top of %d events; want %d: updates were lost", seq, len(evs), 2*perStore*each, setup, want)
+	if want := setup + uint64(len(versions)*each); seq != want || uint64(len(evs)) != want {
+		t.Fatalf("Seq %d and %d events after %d set-traffic calls on top of %d events; want %d: updates were lost", seq, len(evs), len(versions)*each, setup, want)
 	}
 	perVersion := map[string]int{}
 	replay := map[string]registry.State{}
@@ -145,9 +160,9 @@ func TestConcurrentTrafficChangesLoseNothing(t *testing.T) {
 			replay[c.Version] = c.After
 		}
 	}
-	for g := range 2 * perStore {
-		if n := perVersion[fmt.Sprintf("g%d", g)]; n != each {
-			t.Errorf("g%d has %d set-traffic events; want %d", g, n, each)
+	for _, v := range versions {
+		if n := perVersion[v]; n != each {
+			t.Errorf("%s has %d set-traffic events; want %d", v, n, each)
 		}
 	}
 	m, err := s.Model(ctx, "m")
@@ -161,6 +176,13 @@ func TestConcurrentTrafficChangesLoseNothing(t *testing.T) {
 		if got := replay[v.Version]; got != (registry.State{Status: v.Status, Traffic: v.Traffic}) {
 			t.Fatalf("%s is %s %v%%; replaying the audit log gives %+v", v.Version, v.Status, v.Traffic, got)
 		}
+	}
+	rb, err := registry.Rebuild(ctx, evs, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rb.Problems) != 0 || len(rb.Models) != 1 || jsonOf(rb.Models[0]) != jsonOf(m) {
+		t.Fatalf("registry.Rebuild replays the log to %s (problems %v); stored: %s", jsonOf(rb.Models), rb.Problems, jsonOf(m))
 	}
 }
 
