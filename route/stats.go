@@ -1,6 +1,7 @@
 package route
 
 import (
+	"errors"
 	"maps"
 	"math/bits"
 	"slices"
@@ -49,6 +50,7 @@ func histValue(i int) time.Duration {
 
 type counters struct {
 	count, errors  int64
+	nonFinite      int64
 	latSum         time.Duration
 	minLat, maxLat time.Duration // valid when count > 0
 	hist           [histBuckets]uint32
@@ -81,6 +83,7 @@ func (c *counters) merge(o *counters) {
 	}
 	c.count += o.count
 	c.errors += o.errors
+	c.nonFinite += o.nonFinite
 	c.latSum += o.latSum
 	for i, n := range o.hist {
 		c.hist[i] += n
@@ -88,23 +91,29 @@ func (c *counters) merge(o *counters) {
 }
 
 func (c *counters) quantile(q float64) time.Duration {
-	if c.count == 0 {
+	return histQuantile(c.hist[:], c.count, c.minLat, c.maxLat, q)
+}
+
+// histQuantile is the q-quantile of count latencies in hist, all within
+// [minLat, maxLat].
+func histQuantile[T uint32 | uint64](hist []T, count int64, minLat, maxLat time.Duration, q float64) time.Duration {
+	if count <= 0 {
 		return 0
 	}
-	rank := uint64(q*float64(c.count) + 0.999999)
+	rank := uint64(q*float64(count) + 0.999999)
 	if rank < 1 {
 		rank = 1
 	}
 	var seen uint64
-	for i, n := range c.hist {
+	for i, n := range hist {
 		seen += uint64(n)
 		if seen >= rank {
 			// The bucket midpoint, but never outside what was seen: a
 			// constant latency reads back exactly.
-			return min(max(histValue(i), c.minLat), c.maxLat)
+			return min(max(histValue(i), minLat), maxLat)
 		}
 	}
-	return c.maxLat
+	return maxLat
 }
 
 func (c *counters) metrics() Metrics {
@@ -165,7 +174,7 @@ func newVersionStats(cfg *Config) *versionStats {
 	}
 }
 
-func (vs *versionStats) record(now int64, lat time.Duration, failed bool) {
+func (vs *versionStats) record(now int64, lat time.Duration, failed, nonFinite bool) {
 	slot := now / vs.bucketDur
 	vs.mu.Lock()
 	vs.total.add(lat, failed)
@@ -174,6 +183,10 @@ func (vs *versionStats) record(now int64, lat time.Duration, failed bool) {
 		*b = windowBucket{slot: slot}
 	}
 	b.add(lat, failed)
+	if nonFinite {
+		vs.total.nonFinite++
+		b.nonFinite++
+	}
 	vs.mu.Unlock()
 }
 
@@ -211,7 +224,8 @@ func (r *Router) statsForLocked(model, version string) *versionStats {
 }
 
 // Record counts one request served by model:version that ended now with
-// the given latency; a non-nil err counts it as an error. It does not
+// the given latency; a non-nil err counts it as an error, and one that
+// matches ErrNonFinite (errors.Is) also as a non-finite answer. It does not
 // allocate once the version has been seen. Invalid names are ignored.
 func (r *Router) Record(model, version string, latency time.Duration, err error) {
 	r.RecordAt(model, version, time.Now(), latency, err)
@@ -230,7 +244,7 @@ func (r *Router) RecordAt(model, version string, end time.Time, latency time.Dur
 		vs = r.statsForLocked(model, version)
 		r.mu.Unlock()
 	}
-	vs.record(end.UnixNano(), latency, err != nil)
+	vs.record(end.UnixNano(), latency, err != nil, err != nil && errors.Is(err, ErrNonFinite))
 }
 
 // VersionStats returns a snapshot of model:version's statistics.
