@@ -370,3 +370,46 @@ func TestRepairRebuildsPlans(t *testing.T) {
 		t.Fatalf("the repaired state differs from the one lost:\n%s\nwant\n%s", snapshot(t, dir), want)
 	}
 }
+
+// TestValidateModelChecksPlanAndShadow: a stored plan or shadow that
+// breaks the rules (a hand-edited state) is refused, naming the field.
+func TestValidateModelChecksPlanAndShadow(t *testing.T) {
+	ctx := context.Background()
+	r, _, _ := canarySetup(t)
+	if _, err := r.SetShadow(ctx, "m", registry.ShadowSetting{Version: "v3"}); err != nil {
+		t.Fatal(err)
+	}
+	good, err := r.Store().Model(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := registry.ValidateModel(good); err != nil {
+		t.Fatalf("ValidateModel of a committed plan: %v", err)
+	}
+	for _, tc := range []struct {
+		name, field string
+		edit        func(m *registry.Model)
+	}{
+		{"unknown state", "canary.state", func(m *registry.Model) { m.Canary.State = "done" }},
+		{"unknown canary", "canary.canary", func(m *registry.Model) { m.Canary.Canary = "v9" }},
+		{"archived canary of a running plan", "canary.canary", func(m *registry.Model) { m.Canary.Canary = "v4" }},
+		{"canary is baseline", "canary.baseline", func(m *registry.Model) { m.Canary.Baseline = "v2" }},
+		{"steps decrease", "canary.steps_pct", func(m *registry.Model) { m.Canary.StepsPct = []float64{50, 10} }},
+		{"step index", "canary.step", func(m *registry.Model) { m.Canary.Step = 4 }},
+		{"revision 0", "canary.revision", func(m *registry.Model) { m.Canary.Revision = 0 }},
+		{"shadow rate 2", "shadow.rate", func(m *registry.Model) { m.Shadow.Rate = 2 }},
+		{"shadow archived", "shadow.version", func(m *registry.Model) { m.Shadow.Version = "v4" }},
+		{"shadow unknown", "shadow.version", func(m *registry.Model) { m.Shadow.Version = "v9" }},
+	} {
+		m := good.Clone()
+		tc.edit(&m)
+		var se *registry.StateError
+		if err := registry.ValidateModel(m); !errors.As(err, &se) || se.Field != tc.field {
+			t.Errorf("%s: ValidateModel = %v; want a *StateError on %s", tc.name, err, tc.field)
+		}
+	}
+	// Clone is deep: editing the copy's plan left the original alone.
+	if err := registry.ValidateModel(good); err != nil {
+		t.Fatalf("editing clones changed the original: %v", err)
+	}
+}
