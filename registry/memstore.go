@@ -214,6 +214,8 @@ func cloneEvent(e Event) Event {
 		r := e.Record.clone()
 		e.Record = &r
 	}
+	e.Canary = e.Canary.clone()
+	e.Shadow = e.Shadow.clone()
 	return e
 }
 

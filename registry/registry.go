@@ -40,6 +40,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -504,7 +505,14 @@ func nextVersion(m *Model) string {
 // update runs fn on the model inside a Store.Update and commits one event
 // whose Changes and splits are derived by comparing the model before and
 // after fn. fn fills the event's Action, Version and Detail.
-func (r *Registry) update(ctx context.Context, name string, fn func(m *Model, ev *Event) error) error {
+//
+// A canary or shadow action (Action.IsCanary, IsShadow) may change the
+// model's Canary or Shadow; the event then carries the result, and a
+// changed plan gets the next Revision and the event's action and time as
+// its LastAction. Any other action that would archive a version an active
+// plan or the shadow uses is refused (see guardPlans). The optional done
+// functions run on the model as committed.
+func (r *Registry) update(ctx context.Context, name string, fn func(m *Model, ev *Event) error, done ...func(m *Model)) error {
 	if err := r.checkOpen(); err != nil {
 		return err
 	}
@@ -514,7 +522,29 @@ func (r *Registry) update(ctx context.Context, name string, fn func(m *Model, ev
 		if err := fn(m, &ev); err != nil {
 			return nil, err
 		}
+		if err := guardPlans(&before, m, &ev); err != nil {
+			return nil, err
+		}
 		ev.Time = r.now().UTC()
+		canaryChanged := !reflect.DeepEqual(before.Canary, m.Canary)
+		shadowChanged := !reflect.DeepEqual(before.Shadow, m.Shadow)
+		if (canaryChanged && !ev.Action.IsCanary()) || (shadowChanged && !ev.Action.IsShadow()) {
+			return nil, fmt.Errorf("%w (%s)", errCanaryOutsideAction, ev.Action)
+		}
+		if canaryChanged && m.Canary != nil {
+			if before.Canary != nil {
+				m.Canary.Revision = before.Canary.Revision + 1
+			} else {
+				m.Canary.Revision = 1
+			}
+			m.Canary.LastAction, m.Canary.LastActionAt = ev.Action, ev.Time
+		}
+		if ev.Action.IsCanary() {
+			ev.Canary = m.Canary.clone()
+		}
+		if ev.Action.IsShadow() {
+			ev.Shadow = m.Shadow.clone()
+		}
 		ev.SplitBefore, ev.SplitAfter = before.Split(), m.Split()
 		for i := range m.Versions {
 			v := &m.Versions[i]
@@ -528,7 +558,10 @@ func (r *Registry) update(ctx context.Context, name string, fn func(m *Model, ev
 				v.UpdatedAt = ev.Time
 			}
 		}
-		if len(ev.Changes) == 0 {
+		for _, f := range done {
+			f(m)
+		}
+		if len(ev.Changes) == 0 && !canaryChanged && !shadowChanged {
 			return nil, nil // nothing changed: nothing to commit
 		}
 		if ev.Action == ActionRegister {

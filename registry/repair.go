@@ -122,9 +122,11 @@ func (r *Rebuilt) Versions() int {
 
 // Rebuild replays an audit log (every event, Seq 1, 2, 3, …) into the
 // models it describes: a register event's Record gives the version as
-// registered, and every event's Changes give the status and traffic each
+// registered, every event's Changes give the status and traffic each
 // version had from that event on (its SplitAfter is checked against the
-// replay). Each artifact is verified with check (nil: not verified).
+// replay), and canary and shadow events give the model's canary plan and
+// shadow setting (a plan or setting naming a version left out is left out
+// too, and reported). Each artifact is verified with check (nil: not verified).
 //
 // A version that cannot be rebuilt is left out and reported in Problems:
 // one registered by an event written before events carried records, or
@@ -228,6 +230,14 @@ func rebuild(ctx context.Context, events []Event, check ArtifactCheck, fallback 
 			v.Status, v.Traffic = c.After.Status, c.After.Traffic
 			v.UpdatedAt = e.Time
 		}
+		switch {
+		case e.Action.IsCanary() && e.Canary == nil:
+			problem(e, e.Version, "a canary event without its plan; the plan is left as it was")
+		case e.Action.IsCanary():
+			m.Canary = e.Canary.clone()
+		case e.Action.IsShadow():
+			m.Shadow = e.Shadow.clone()
+		}
 		if !modelDropsAny(m.Name, dropped) && !m.Split().Equal(e.SplitAfter) {
 			problem(e, "", "the replayed split %s differs from the logged split %s", m.Split(), e.SplitAfter)
 		}
@@ -257,6 +267,18 @@ func rebuild(ctx context.Context, events []Event, check ArtifactCheck, fallback 
 			if !m.Versions[i].Status.valid() {
 				// A record whose register event logged no change.
 				m.Versions[i].Status = StatusStaging
+			}
+		}
+		if p := m.Canary; p != nil {
+			if field, why := checkPlan(m, p); field != "" {
+				out.Problems = append(out.Problems, RebuildProblem{Model: name, Reason: fmt.Sprintf("the canary plan (revision %d) is left out: %s: %s", p.Revision, field, why)})
+				m.Canary = nil
+			}
+		}
+		if s := m.Shadow; s != nil {
+			if field, why := checkShadow(m, s); field != "" {
+				out.Problems = append(out.Problems, RebuildProblem{Model: name, Reason: fmt.Sprintf("the shadow setting is left out: %s: %s", field, why)})
+				m.Shadow = nil
 			}
 		}
 		if err := ValidateModel(*m); err != nil {

@@ -51,7 +51,10 @@ func (e *StateError) Unwrap() error { return ErrInvalidState }
 // name and its versions' names are valid (and unique), every status is
 // known, every traffic is a finite percentage between 0 and 100 held only
 // by a production version, the production traffic totals 100 or 0 (within
-// 1e-6 points), and every artifact is a well-formed sha256 with a size.
+// 1e-6 points), every artifact is a well-formed sha256 with a size, and
+// the canary plan and shadow setting, if any, name existing versions (not
+// archived while the plan is active, never for the shadow) with steps
+// increasing within (0, 100], a known state and a rate within (0, 1].
 // Stores call it on what they load and before they commit; the error is a
 // *StateError.
 func ValidateModel(m Model) error {
@@ -95,6 +98,16 @@ func ValidateModel(m Model) error {
 	}
 	if math.Abs(total-100) > eps && math.Abs(total) > eps {
 		return bad("", "traffic", "the production versions' traffic totals %s%% (%s); it must total 100%% or 0%%", FormatPercent(total), m.Split())
+	}
+	if m.Canary != nil {
+		if field, problem := checkPlan(&m, m.Canary); field != "" {
+			return bad("", "canary."+field, "%s", problem)
+		}
+	}
+	if m.Shadow != nil {
+		if field, problem := checkShadow(&m, m.Shadow); field != "" {
+			return bad("", "shadow."+field, "%s", problem)
+		}
 	}
 	return nil
 }

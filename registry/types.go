@@ -27,6 +27,16 @@ var (
 	// with no version serving traffic (see AllowEmpty). Errors wrapping it
 	// also wrap ErrTransition.
 	ErrNoServing = errors.New("registry: the model would have no serving version")
+	// ErrStaleRevision marks a canary plan change refused because the
+	// plan's Revision is no longer the one the caller read: another actor
+	// (or an earlier attempt of the same one) changed it first. Re-read the
+	// plan and decide again; never apply the change blindly.
+	ErrStaleRevision = errors.New("registry: stale canary plan revision")
+	// ErrCanary marks a canary plan or shadow setting that is refused: a
+	// plan already running, canary and baseline the same version, steps
+	// that do not increase within (0, 100], a rate out of range, … Errors
+	// wrapping it are *CanaryError.
+	ErrCanary = errors.New("registry: invalid canary plan or shadow setting")
 )
 
 // EmptySplitError refuses a change that would leave a model with no
@@ -172,6 +182,11 @@ func (v Version) clone() Version {
 type Model struct {
 	Name     string    `json:"name"`
 	Versions []Version `json:"versions"`
+	// Canary is the model's canary plan: the one running or paused, or the
+	// last one until another starts (nil if none was ever started).
+	Canary *CanaryPlan `json:"canary,omitempty"`
+	// Shadow is the version the model's traffic is mirrored to, if any.
+	Shadow *ShadowSetting `json:"shadow,omitempty"`
 }
 
 // Clone returns a deep copy.
@@ -180,6 +195,8 @@ func (m Model) Clone() Model {
 	for i := range m.Versions {
 		m.Versions[i] = m.Versions[i].clone()
 	}
+	m.Canary = m.Canary.clone()
+	m.Shadow = m.Shadow.clone()
 	return m
 }
 
@@ -279,7 +296,36 @@ const (
 	ActionDemote     Action = "demote"
 	ActionArchive    Action = "archive"
 	ActionRollback   Action = "rollback"
+
+	// Canary plan changes (see StartCanary, UpdateCanary). Their events
+	// carry the resulting plan in Event.Canary.
+	ActionCanaryStart    Action = "canary-start"
+	ActionCanaryStep     Action = "canary-step"     // moved to another step (its traffic in the same event)
+	ActionCanaryPromote  Action = "canary-promote"  // reached its last step
+	ActionCanaryRollback Action = "canary-rollback" // the canary's traffic taken away after a bad verdict
+	ActionCanaryPause    Action = "canary-pause"
+	ActionCanaryResume   Action = "canary-resume"
+	ActionCanaryAbort    Action = "canary-abort"
+	ActionCanaryUpdate   Action = "canary-update" // any other plan change (judge state, note)
+
+	// Shadow setting changes (see SetShadow, ClearShadow). Their events
+	// carry the resulting setting in Event.Shadow (nil for a clear).
+	ActionShadowSet   Action = "shadow-set"
+	ActionShadowClear Action = "shadow-clear"
 )
+
+// IsCanary reports whether a is a canary plan change.
+func (a Action) IsCanary() bool {
+	switch a {
+	case ActionCanaryStart, ActionCanaryStep, ActionCanaryPromote, ActionCanaryRollback,
+		ActionCanaryPause, ActionCanaryResume, ActionCanaryAbort, ActionCanaryUpdate:
+		return true
+	}
+	return false
+}
+
+// IsShadow reports whether a is a shadow setting change.
+func (a Action) IsShadow() bool { return a == ActionShadowSet || a == ActionShadowClear }
 
 // State is a version's lifecycle state at one moment.
 type State struct {
@@ -322,6 +368,13 @@ type Event struct {
 	// is what Rebuild needs to rebuild the state from the audit log. Nil in
 	// other events, and in register events written before it existed.
 	Record *Version `json:"record,omitempty"`
+	// Canary is the model's canary plan as committed by a canary event
+	// (Action.IsCanary), Revision included; nil in other events. Rebuild
+	// takes the plan from it.
+	Canary *CanaryPlan `json:"canary,omitempty"`
+	// Shadow is the model's shadow setting as committed by a shadow-set
+	// event; nil in other events (a shadow-clear leaves none).
+	Shadow *ShadowSetting `json:"shadow,omitempty"`
 }
 
 // inputsFrom converts engine IO info into the stored form.

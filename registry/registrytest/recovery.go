@@ -107,7 +107,8 @@ func runRecovery(t *testing.T, open func(t *testing.T) (registry.Store, Opener))
 
 // history drives a registry through every kind of change: register (as
 // staging and as production), promote, set-traffic, set-split, rollback,
-// archive and demote, over two models.
+// archive and demote, over two models, then a canary plan (start, a step
+// with its traffic, pause) and shadow settings (set, clear, set).
 func history(t *testing.T, reg *registry.Registry) {
 	t.Helper()
 	ctx := registry.WithActor(context.Background(), "conformance")
@@ -152,6 +153,20 @@ func history(t *testing.T, reg *registry.Registry) {
 	must(reg.Register(ctx, registry.RegisterRequest{Name: "gru", ONNX: model(5), Status: registry.StatusProduction, Traffic: 25}))
 	must(reg.Register(ctx, registry.RegisterRequest{Name: "gru", ONNX: model(4), Version: "v3-same-bytes"}))
 	must(reg.Archive(ctx, ref("gru:v3-same-bytes"), false))
+	// A canary plan that steps with traffic, then pauses; a shadow set,
+	// cleared and set again.
+	p, err := reg.StartCanary(ctx, "gru", registry.CanaryPlan{Canary: "v2", Baseline: "v1", StepUp: true, Rollback: true, StepsPct: []float64{25, 50, 100}})
+	must(p, err)
+	_, _, err = reg.UpdateCanary(ctx, "gru", p.Revision, func(c *registry.CanaryChange) error {
+		c.Plan.Step, c.Plan.Note, c.Action = 1, "healthy", registry.ActionCanaryStep
+		c.Split = registry.Split{"v1": 50, "v2": 50}
+		return nil
+	})
+	must(nil, err)
+	must(reg.PauseCanary(ctx, "gru", "hold"))
+	must(reg.SetShadow(ctx, "lstm_model", registry.ShadowSetting{Version: "v3", Rate: 0.5}))
+	must(nil, reg.ClearShadow(ctx, "lstm_model"))
+	must(reg.SetShadow(ctx, "lstm_model", registry.ShadowSetting{Version: "v2", Rate: 0.25, MaxBusy: 0.5}))
 }
 
 func jsonOf(v any) []byte {

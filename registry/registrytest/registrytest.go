@@ -297,6 +297,84 @@ func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 		}
 	})
 
+	t.Run("CanaryPlansAndShadowsPersist", func(t *testing.T) {
+		s, o := open(t)
+		reg, err := registry.Open(ctx, registry.Config{Store: s, PollInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reg.Close()
+		history(t, reg)
+		want, err := s.Models(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+
+		// Another handle (another process, another replica) sees the
+		// plan and the shadow as committed.
+		s2 := o(t)
+		defer s2.Close()
+		gru, err := s2.Model(ctx, "gru")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p := gru.Canary; p == nil || p.Revision != 3 || p.State != registry.CanaryPaused || p.Step != 1 ||
+			p.StartedBy != "conformance" || p.LastAction != registry.ActionCanaryPause || len(p.StepsPct) != 3 {
+			t.Fatalf("the other handle's gru plan = %+v; want paused at step 1, revision 3, started by conformance", p)
+		}
+		if sp := gru.Split(); !sp.Equal(registry.Split{"v1": 50, "v2": 50}) {
+			t.Fatalf("the other handle's gru split = %v; want the step's 50/50", sp)
+		}
+		lstm, err := s2.Model(ctx, "lstm_model")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if sh := lstm.Shadow; sh == nil || sh.Version != "v2" || sh.Rate != 0.25 || sh.MaxBusy != 0.5 || sh.SetBy != "conformance" {
+			t.Fatalf("the other handle's lstm_model shadow = %+v; want v2 at 0.25, max busy 0.5", sh)
+		}
+		got, err := s2.Models(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !sameJSON(got, want) {
+			t.Fatalf("the other handle's models\n%s\ndiffer from\n%s", jsonOf(got), jsonOf(want))
+		}
+
+		// A change through the other handle moves the revision on; the
+		// first registry's change at the old revision is refused there.
+		reg2, err := registry.Open(ctx, registry.Config{Store: s2, PollInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer reg2.Close()
+		if p, err := reg2.ResumeCanary(ctx, "gru", "go on"); err != nil || p.Revision != 4 {
+			t.Fatalf("ResumeCanary through the other handle = %+v, %v; want revision 4", p, err)
+		}
+		_, _, err = reg.UpdateCanary(ctx, "gru", 3, func(c *registry.CanaryChange) error {
+			c.Plan.Step, c.Action = 2, registry.ActionCanaryPromote
+			c.Split = registry.Split{"v1": 0, "v2": 100}
+			return nil
+		})
+		if !errors.Is(err, registry.ErrStaleRevision) {
+			t.Fatalf("UpdateCanary at revision 3 after the other handle's change = %v; want ErrStaleRevision", err)
+		}
+		if sp, _ := reg.Split(ctx, "gru"); !sp.Equal(registry.Split{"v1": 50, "v2": 50}) {
+			t.Fatalf("a stale UpdateCanary changed the split to %v", sp)
+		}
+
+		// Reopened, the storage still holds them.
+		s.Close()
+		s3 := o(t)
+		defer s3.Close()
+		gru, err = s3.Model(ctx, "gru")
+		if err != nil || gru.Canary == nil || gru.Canary.Revision != 4 || gru.Canary.State != registry.CanaryRunning {
+			t.Fatalf("reopened gru = %+v, %v; want the running plan at revision 4", gru.Canary, err)
+		}
+		if lstm, err := s3.Model(ctx, "lstm_model"); err != nil || lstm.Shadow == nil || lstm.Shadow.Version != "v2" {
+			t.Fatalf("reopened lstm_model shadow = %+v, %v", lstm.Shadow, err)
+		}
+	})
+
 	runRecovery(t, open)
 	runImport(t, open)
 }
