@@ -23,11 +23,12 @@ import (
 
 // File names inside a FileStore directory.
 const (
-	stateFile   = "state.json" // every model, the last Seq and the committed audit log size
-	auditFile   = "audit.log"  // one JSON event per line, append-only
-	lockFile    = "LOCK"       // flock(2)ed by writers
-	artifactDir = "artifacts"  // artifacts/sha256/ab/abcdef….onnx
-	tmpDir      = "tmp"        // temporary files, renamed into place when complete
+	stateFile   = "state.json"  // every model, the last Seq and the committed audit log size
+	auditFile   = "audit.log"   // one JSON event per line, append-only
+	lockFile    = "LOCK"        // flock(2)ed by writers
+	artifactDir = "artifacts"   // artifacts/sha256/ab/abcdef….onnx
+	tmpDir      = "tmp"         // temporary files, renamed into place when complete
+	leasesFile  = "leases.json" // Leaser: every lease's holder, expiry and epoch
 	stateFormat = 1
 )
 
@@ -42,6 +43,7 @@ const (
 //	audit.log                       the audit log, one JSON event per line
 //	artifacts/sha256/ab/<sha>.onnx  artifacts, content-addressed
 //	LOCK                            flock(2)ed by writers
+//	leases.json                     leases (Leaser), written under LOCK
 //	tmp/                            files being written
 //
 // Crash safety: state.json is the commit point. Update appends its events to
