@@ -68,8 +68,10 @@ type ElectorStats struct {
 // renew before the lease ran out (by the local clock, counted from before
 // the last successful renewal was sent, so a leader always steps down
 // before the store lets another take over). Close releases the lease, so
-// that a successor takes over at once on a clean shutdown; a killed
-// leader's lease expires and another contender takes it within TTL.
+// that a successor takes over at once on a clean shutdown (within Renew,
+// or at once when the Leaser is also a Notifier that reports the release,
+// as the PostgreSQL store does); a killed leader's lease expires and
+// another contender takes it within TTL.
 //
 // Only a Leader with the current Epoch may act: tag each action with the
 // Epoch and have the store refuse actions from an older one, since a
@@ -164,10 +166,21 @@ func (e *Elector) Close() error {
 
 func (e *Elector) run(ctx context.Context) {
 	defer close(e.done)
+	notifier, _ := e.leaser.(Notifier)
 	for {
+		// A stand-by contender also tries as soon as the store reports a
+		// change (a released lease is one), taking the channel before it
+		// reads, as Notifier asks.
+		var changed <-chan struct{}
+		if notifier != nil {
+			changed = notifier.Changed()
+		}
 		wait := e.attempt(ctx)
 		if ctx.Err() != nil {
 			break
+		}
+		if !e.leaderUntil().IsZero() {
+			changed = nil
 		}
 		if until := e.leaderUntil(); !until.IsZero() && time.Until(until) < wait {
 			wait = time.Until(until) // step down on time if the renewal fails
@@ -175,6 +188,7 @@ func (e *Elector) run(ctx context.Context) {
 		timer := time.NewTimer(wait)
 		select {
 		case <-ctx.Done():
+		case <-changed:
 		case <-timer.C:
 			if until := e.leaderUntil(); !until.IsZero() && !time.Now().Before(until) {
 				e.set(false, 0, "the lease ran out before it could be renewed")

@@ -58,7 +58,8 @@ func (s *Store) TryAcquire(ctx context.Context, name, holder string, ttl time.Du
 	return l, nil
 }
 
-// Release implements registry.Leaser.
+// Release implements registry.Leaser. A release NOTIFYs NotifyChannel
+// (payload "lease NAME"), which wakes the other contenders' Electors.
 func (s *Store) Release(ctx context.Context, name, holder string) error {
 	if err := registry.CheckReleaseRequest(name, holder); err != nil {
 		return err
@@ -66,6 +67,12 @@ func (s *Store) Release(ctx context.Context, name, holder string) error {
 	if err := s.checkOpen(); err != nil {
 		return err
 	}
-	_, err := s.pool.Exec(ctx, `UPDATE leases SET holder = '', expires_at = now() WHERE name = $1 AND holder = $2`, name, holder)
+	// The notification wakes the contenders waiting on Changed, so that
+	// one takes over at once.
+	_, err := s.pool.Exec(ctx, `
+WITH released AS (
+	UPDATE leases SET holder = '', expires_at = now() WHERE name = $1 AND holder = $2 RETURNING name
+)
+SELECT pg_notify($3, 'lease ' || name) FROM released`, name, holder, NotifyChannel)
 	return s.fail(ctx, "release lease "+name, err)
 }
