@@ -28,6 +28,11 @@ type Leaser interface {
 	// contender can take it at once. It does nothing (and returns nil) if
 	// holder does not hold it: nobody can release another's lease.
 	Release(ctx context.Context, name, holder string) error
+	// ReadLease returns the lease name as it stands, without taking it
+	// (Held is false): who leads, until when, at which epoch. Left is 0
+	// if the lease expired or was released; a lease never taken is
+	// returned with Epoch 0.
+	ReadLease(ctx context.Context, name string) (Lease, error)
 }
 
 // Lease is the state of a named lease as a Leaser answered.
@@ -79,7 +84,7 @@ func CheckLeaseRequest(name, holder string, ttl time.Duration) error {
 }
 
 // CheckReleaseRequest returns an error wrapping ErrInvalidLease if name or
-// holder is empty.
+// holder is empty (ReadLease: pass any holder to check the name).
 func CheckReleaseRequest(name, holder string) error {
 	return checkLease(name, holder, 0, false)
 }
@@ -111,7 +116,7 @@ func leaseOf(name, holder string, rec leaseRec, now time.Time) Lease {
 	l := Lease{Name: name, Holder: rec.Holder, Expires: rec.Expires, Epoch: rec.Epoch}
 	if rec.Holder != "" && now.Before(rec.Expires) {
 		l.Left = rec.Expires.Sub(now)
-		l.Held = rec.Holder == holder
+		l.Held = holder != "" && rec.Holder == holder
 	}
 	return l
 }

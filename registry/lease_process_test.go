@@ -146,7 +146,7 @@ func TestFolderLeaseTakeoverAcrossProcesses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer s.Close()
-	if l, err := s.TryAcquire(context.Background(), "autopilot", "observer", time.Minute); err != nil || l.Held || l.Holder != fmt.Sprint("p", third.p) || l.Epoch != 3 {
+	if l, err := s.ReadLease(context.Background(), "autopilot"); err != nil || l.Held || l.Holder != fmt.Sprint("p", third.p) || l.Epoch != 3 {
 		t.Fatalf("the lease = %+v, %v; want held by p%d at epoch 3", l, err, third.p)
 	}
 }

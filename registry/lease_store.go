@@ -56,6 +56,32 @@ func (s *MemStore) Release(ctx context.Context, name, holder string) error {
 	return nil
 }
 
+// ReadLease implements Leaser.
+func (s *MemStore) ReadLease(ctx context.Context, name string) (Lease, error) {
+	if err := checkLease(name, "-", 0, false); err != nil {
+		return Lease{}, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if err := s.checkOpenLocked(); err != nil {
+		return Lease{}, err
+	}
+	return leaseOf(name, "", s.leases[name], time.Now()), nil
+}
+
+// ReadLease implements Leaser.
+func (s *FileStore) ReadLease(ctx context.Context, name string) (Lease, error) {
+	if err := checkLease(name, "-", 0, false); err != nil {
+		return Lease{}, err
+	}
+	var l Lease
+	err := s.changeLeases(ctx, func(leases map[string]leaseRec, now time.Time) bool {
+		l = leaseOf(name, "", leases[name], now)
+		return false
+	})
+	return l, err
+}
+
 // TryAcquire implements Leaser: the leases are in leases.json, read and
 // rewritten under the store's lock, and expire by the machine's clock
 // (every process sharing the folder is on this machine).

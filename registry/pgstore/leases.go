@@ -25,7 +25,7 @@ ON CONFLICT (name) DO UPDATE
 	WHERE l.holder = excluded.holder OR l.holder = '' OR l.expires_at <= now()
 RETURNING holder, expires_at, epoch, (extract(epoch FROM greatest(expires_at - now(), interval '0')) * 1000000)::bigint`
 
-// currentSQL reads a lease another holder holds.
+// currentSQL reads a lease (ReadLease, or another holder's in TryAcquire).
 const currentSQL = `
 SELECT holder, expires_at, epoch, (extract(epoch FROM greatest(expires_at - now(), interval '0')) * 1000000)::bigint
 FROM leases WHERE name = $1`
@@ -55,6 +55,30 @@ func (s *Store) TryAcquire(ctx context.Context, name, holder string, ttl time.Du
 		l.Left = time.Duration(leftMicros) * time.Microsecond
 	}
 	l.Held = l.Holder == holder && l.Left > 0
+	return l, nil
+}
+
+// ReadLease implements registry.Leaser.
+func (s *Store) ReadLease(ctx context.Context, name string) (registry.Lease, error) {
+	if err := registry.CheckReleaseRequest(name, "-"); err != nil {
+		return registry.Lease{}, err
+	}
+	if err := s.checkOpen(); err != nil {
+		return registry.Lease{}, err
+	}
+	l := registry.Lease{Name: name}
+	var epoch, leftMicros int64
+	err := s.pool.QueryRow(ctx, currentSQL, name).Scan(&l.Holder, &l.Expires, &epoch, &leftMicros)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return l, nil
+	}
+	if err != nil {
+		return registry.Lease{}, s.fail(ctx, "read lease "+name, err)
+	}
+	l.Epoch = uint64(epoch)
+	if l.Holder != "" {
+		l.Left = time.Duration(leftMicros) * time.Microsecond
+	}
 	return l, nil
 }
 

@@ -14,7 +14,7 @@ import (
 // on two handles (as two processes): one holder at a time; renewal keeps
 // the lease and its epoch; expiry and release hand it over and increase
 // the epoch; nobody releases another's lease; contenders racing for a free
-// lease get it once.
+// lease get it once; ReadLease reports the lease without taking it.
 func runLeases(t *testing.T, open func(t *testing.T) (registry.Store, Opener)) {
 	ctx := context.Background()
 	s, _ := open(t)
@@ -51,6 +51,15 @@ func runLeases(t *testing.T, open func(t *testing.T) (registry.Store, Opener)) {
 		if lb.Held || lb.Holder != "A" || lb.Epoch != la.Epoch || !lb.Expires.Equal(la.Expires) {
 			t.Fatalf("B's TryAcquire of A's lease = %+v; want not held, holder A, epoch %d, expiry %v", lb, la.Epoch, la.Expires)
 		}
+		if r, err := b.ReadLease(ctx, "autopilot"); err != nil || r.Held || r.Holder != "A" || r.Epoch != la.Epoch || !r.Expires.Equal(la.Expires) || r.Left <= 0 {
+			t.Fatalf("ReadLease = %+v, %v; want A's lease at epoch %d, not held by the reader", r, err, la.Epoch)
+		}
+		if r, err := b.ReadLease(ctx, "never"); err != nil || r.Name != "never" || r.Holder != "" || r.Epoch != 0 || r.Held || r.Left != 0 {
+			t.Fatalf("ReadLease of a lease never taken = %+v, %v; want empty, epoch 0", r, err)
+		}
+		if r, _ := b.ReadLease(ctx, "never"); r.Epoch != 0 {
+			t.Fatalf("ReadLease took the lease: %+v", r)
+		}
 		// Renewal keeps the lease and its epoch and moves the expiry on.
 		time.Sleep(5 * time.Millisecond)
 		renewed := acquire(t, a, "autopilot", "A", long)
@@ -79,6 +88,9 @@ func runLeases(t *testing.T, open func(t *testing.T) (registry.Store, Opener)) {
 		if err := a.Release(ctx, "autopilot", "A"); err != nil {
 			t.Fatal(err)
 		}
+		if r, err := b.ReadLease(ctx, "autopilot"); err != nil || r.Holder != "" || r.Left != 0 || r.Epoch != la.Epoch {
+			t.Fatalf("ReadLease after the release = %+v, %v; want free at epoch %d", r, err, la.Epoch)
+		}
 		lb := acquire(t, b, "autopilot", "B", long)
 		if !lb.Held || lb.Holder != "B" || lb.Epoch != la.Epoch+1 {
 			t.Fatalf("after A's Release, B's TryAcquire = %+v; want held at epoch %d", lb, la.Epoch+1)
@@ -106,6 +118,9 @@ func runLeases(t *testing.T, open func(t *testing.T) (registry.Store, Opener)) {
 			t.Fatalf("B took A's live lease: %+v", lb)
 		}
 		time.Sleep(la.Left + 50*time.Millisecond) // A stops renewing
+		if r, err := b.ReadLease(ctx, "autopilot"); err != nil || r.Left != 0 || r.Epoch != la.Epoch {
+			t.Fatalf("ReadLease after the expiry = %+v, %v; want no time left, epoch %d", r, err, la.Epoch)
+		}
 		lb := acquire(t, b, "autopilot", "B", long)
 		if !lb.Held || lb.Holder != "B" || lb.Epoch != la.Epoch+1 {
 			t.Fatalf("after A's lease expired, B's TryAcquire = %+v; want held at epoch %d", lb, la.Epoch+1)
@@ -171,6 +186,9 @@ func runLeases(t *testing.T, open func(t *testing.T) (registry.Store, Opener)) {
 		}
 		if err := a.Release(ctx, "x", ""); !errors.Is(err, registry.ErrInvalidLease) {
 			t.Errorf("Release with an empty holder: error = %v; want ErrInvalidLease", err)
+		}
+		if _, err := a.ReadLease(ctx, ""); !errors.Is(err, registry.ErrInvalidLease) {
+			t.Errorf("ReadLease of an empty name: error = %v; want ErrInvalidLease", err)
 		}
 	})
 }
