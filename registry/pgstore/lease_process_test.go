@@ -247,3 +247,61 @@ func TestElectorReleaseWakesStandby(t *testing.T) {
 		t.Fatal("B did not take over the released lease: the release did not wake it")
 	}
 }
+
+// TestElectorRidesOutDatabaseOutage: while PostgreSQL is down nobody can
+// renew, so the leader steps down once its lease ran out (and the stand-by
+// does not step up); when the database is back, one of them leads again.
+func TestElectorRidesOutDatabaseOutage(t *testing.T) {
+	srv := testpg.Start(t)
+	url := srv.NewDatabase(t)
+	changes := make(chan string, 16)
+	elect := func(holder string) *registry.Elector {
+		e, err := registry.NewElector(registry.ElectorConfig{Leaser: open(t, url), Holder: holder, TTL: time.Second,
+			OnChange: func(l registry.Leadership) { changes <- fmt.Sprintf("%s %v %d", holder, l.Leader, l.Epoch) }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e
+	}
+	next := func() string {
+		t.Helper()
+		select {
+		case c := <-changes:
+			return c
+		case <-time.After(30 * time.Second):
+			t.Fatal("no leadership change")
+			return ""
+		}
+	}
+	a := elect("A")
+	if c := next(); c != "A true 1" {
+		t.Fatalf("first change %q; want A leader at epoch 1", c)
+	}
+	b := elect("B")
+	for b.Stats().Attempts == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	srv.Kill()
+	if c := next(); c != "A false 1" {
+		t.Fatalf("change during the outage %q; want A stepped down", c)
+	}
+	if a.IsLeader() || b.IsLeader() {
+		t.Fatalf("a leader during the outage: A %+v, B %+v", a.Stats(), b.Stats())
+	}
+	if st := a.Stats(); st.Errors == 0 || st.LastError == "" {
+		t.Fatalf("A's stats during the outage: %+v; want the errors counted", st)
+	}
+	srv.Restart(t)
+	c := next()
+	// A renews its own lease at epoch 1 if the database came back before
+	// the lease expired by its clock; otherwise the lease is taken anew.
+	if c != "A true 1" && c != "A true 2" && c != "B true 2" {
+		t.Fatalf("change after the outage %q; want a leader (A at epoch 1 or 2, B at 2)", c)
+	}
+	if a.IsLeader() == b.IsLeader() {
+		t.Fatalf("after the outage: A leader %v, B leader %v; want exactly one", a.IsLeader(), b.IsLeader())
+	}
+	t.Logf("after the outage: %s", c)
+}
