@@ -5,6 +5,7 @@ import (
 	"errors"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/signalforge/signalforge/registry"
@@ -83,6 +84,13 @@ type cutLeaser struct {
 }
 
 var errCut = errors.New("cut off")
+
+func (c *cutLeaser) Release(ctx context.Context, name, holder string) error {
+	if c.cut.Load() {
+		return errCut
+	}
+	return c.Leaser.Release(ctx, name, holder)
+}
 
 func (c *cutLeaser) TryAcquire(ctx context.Context, name, holder string, ttl time.Duration) (registry.Lease, error) {
 	if c.cut.Load() {
@@ -180,4 +188,60 @@ func TestElectorRefusesBadConfig(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestElectorKilledLeaderReplacedWithinTTL (in virtual time): with the
+// default 10 s lease, a leader that vanishes without releasing (its link
+// cut, as a SIGKILL or a lost machine leaves it) is replaced within the
+// TTL, at the next epoch, and had stopped reporting itself leader before.
+func TestElectorKilledLeaderReplacedWithinTTL(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		s := registry.NewMemStore()
+		defer s.Close()
+		link := &cutLeaser{Leaser: s}
+		type change struct {
+			who string
+			l   registry.Leadership
+			at  time.Time
+		}
+		changes := make(chan change, 16)
+		elect := func(l registry.Leaser, holder string) *registry.Elector {
+			e, err := registry.NewElector(registry.ElectorConfig{Leaser: l, Holder: holder,
+				OnChange: func(l registry.Leadership) { changes <- change{holder, l, time.Now()} }})
+			if err != nil {
+				t.Fatal(err)
+			}
+			return e
+		}
+		a := elect(link, "A")
+		defer a.Close()
+		synctest.Wait()
+		if c := <-changes; c.who != "A" || !c.l.Leader {
+			t.Fatalf("first change %+v; want A leader", c)
+		}
+		b := elect(s, "B")
+		defer b.Close()
+		time.Sleep(25 * time.Second) // many renewals
+		synctest.Wait()
+		if len(changes) != 0 || !a.IsLeader() || b.IsLeader() {
+			t.Fatalf("while A lives: %d changes, A leader %v, B leader %v", len(changes), a.IsLeader(), b.IsLeader())
+		}
+		link.cut.Store(true)
+		killed := time.Now()
+		down, up := <-changes, <-changes
+		if down.who != "A" || down.l.Leader {
+			t.Fatalf("first change after the kill %+v; want A stepping down", down)
+		}
+		if up.who != "B" || !up.l.Leader || up.l.Epoch != 2 {
+			t.Fatalf("second change after the kill %+v; want B leader at epoch 2", up)
+		}
+		took := up.at.Sub(killed)
+		if took > 10*time.Second {
+			t.Fatalf("B took over %v after the kill; want within the 10 s TTL", took)
+		}
+		t.Logf("takeover %v after the kill (virtual time)", took)
+		if down.at.After(up.at) {
+			t.Fatalf("A stepped down at %v, after B took over at %v", down.at, up.at)
+		}
+	})
 }
