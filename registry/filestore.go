@@ -23,12 +23,11 @@ import (
 
 // File names inside a FileStore directory.
 const (
-	stateFile   = "state.json"  // every model, the last Seq and the committed audit log size
-	auditFile   = "audit.log"   // one JSON event per line, append-only
-	lockFile    = "LOCK"        // flock(2)ed by writers
-	artifactDir = "artifacts"   // artifacts/sha256/ab/abcdef….onnx
-	tmpDir      = "tmp"         // temporary files, renamed into place when complete
-	leasesFile  = "leases.json" // Leaser: every lease's holder, expiry and epoch
+	stateFile   = "state.json" // every model, the last Seq and the committed audit log size
+	auditFile   = "audit.log"  // one JSON event per line, append-only
+	lockFile    = "LOCK"       // flock(2)ed by writers
+	artifactDir = "artifacts"  // artifacts/sha256/ab/abcdef….onnx
+	tmpDir      = "tmp"        // temporary files, renamed into place when complete
 	stateFormat = 1
 )
 

@@ -11,6 +11,10 @@ import (
 	"time"
 )
 
+// leasesFile holds a FileStore's leases: every lease's holder, expiry and
+// epoch, as JSON.
+const leasesFile = "leases.json"
+
 var (
 	_ Leaser = (*MemStore)(nil)
 	_ Leaser = (*FileStore)(nil)
