@@ -160,3 +160,24 @@ func ExampleMigrate() {
 	// 1 versions, 1 events, 1 artifact(s), 226 bytes copied, already migrated: false, verified: true
 	// 1 versions, 1 events, 1 artifact(s), 0 bytes copied, already migrated: true, verified: true
 }
+
+// Replicas sharing a store elect the one that acts for all of them; only
+// the leader acts, tagging its actions with its epoch.
+func ExampleElector() {
+	store := registry.NewMemStore() // every replica opens the same shared store
+	defer store.Close()
+	changed := make(chan registry.Leadership, 1)
+	e, err := registry.NewElector(registry.ElectorConfig{
+		Leaser:   store,
+		Holder:   "replica-1",
+		OnChange: func(l registry.Leadership) { changed <- l },
+	})
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer e.Close() // releases the lease: another replica takes over at once
+	l := <-changed
+	fmt.Println("leader:", l.Leader, "epoch:", l.Epoch)
+	// Output: leader: true epoch: 1
+}

@@ -42,6 +42,7 @@ const (
 //	audit.log                       the audit log, one JSON event per line
 //	artifacts/sha256/ab/<sha>.onnx  artifacts, content-addressed
 //	LOCK                            flock(2)ed by writers
+//	leases.json                     leases (Leaser), written under LOCK
 //	tmp/                            files being written
 //
 // Crash safety: state.json is the commit point. Update appends its events to

@@ -25,6 +25,7 @@ type MemStore struct {
 	events    []Event
 	artifacts map[string][]byte
 	cacheDir  string
+	leases    map[string]leaseRec // Leaser; nil until the first TryAcquire
 	closed    bool
 }
 

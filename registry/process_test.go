@@ -21,7 +21,7 @@ import (
 // The crash and two-process tests re-execute the test binary as a child
 // registry writer, selected by these environment variables.
 const (
-	envChild = "REGISTRY_TEST_CHILD" // "crash", "writer" or "admit"
+	envChild = "REGISTRY_TEST_CHILD" // "crash", "writer", "admit" or "lease"
 	envDir   = "REGISTRY_TEST_DIR"
 	envN     = "REGISTRY_TEST_N"
 )
@@ -32,6 +32,8 @@ func TestMain(m *testing.M) {
 		crashChild(os.Getenv(envDir))
 	case "admit":
 		os.Exit(admitChild())
+	case "lease":
+		os.Exit(leaseChild(os.Getenv(envDir), os.Getenv(envN)))
 	case "writer":
 		n, _ := strconv.Atoi(os.Getenv(envN))
 		writerChild(os.Getenv(envDir), n)

@@ -12,6 +12,7 @@
 //	models(name, doc json, updated_seq)  each model with its versions, as JSON
 //	events(seq, model, doc json, at)     the audit log
 //	artifacts(sha256, size, oid)         artifact bytes in PostgreSQL large objects
+//	leases(name, holder, expires_at, epoch)  leases (registry.Leaser, e.g. who runs the autopilot)
 //	schema_migrations(version, name, applied_at)
 //
 // Every change is one transaction: Update takes a transaction-scoped
@@ -50,6 +51,12 @@
 // stream GetObject through the same verifying reader; the disk cache and
 // its verification stay as they are.
 //
+// Leases: the Store is a registry.Leaser. TryAcquire is one UPSERT on the
+// leases row that succeeds only if the lease is free, expired or already
+// the holder's, with expiry by the database's clock (replicas' clocks do
+// not matter); Release NOTIFYs NotifyChannel so that stand-by Electors
+// take over at once.
+//
 // Migrations are plain SQL files embedded in the binary rather than a
 // migration library: there are two tables' worth of schema, a library would
 // be one more dependency to trust and update, and the advisory lock that
@@ -82,7 +89,8 @@ import (
 )
 
 // NotifyChannel is the PostgreSQL channel every commit NOTIFYs, with the
-// new Seq (decimal) as payload.
+// new Seq (decimal) as payload; a lease's release NOTIFYs it too, with
+// "lease NAME".
 const NotifyChannel = "signalforge_registry"
 
 // ErrConflict marks an Update that PostgreSQL kept aborting (serialization

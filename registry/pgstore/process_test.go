@@ -20,7 +20,7 @@ import (
 // The two-process test re-executes the test binary as a writer process,
 // selected by these environment variables.
 const (
-	envChild = "PGSTORE_TEST_CHILD" // "traffic"
+	envChild = "PGSTORE_TEST_CHILD" // "traffic" or "lease"
 	envURL   = "PGSTORE_TEST_URL"
 	envArgs  = "PGSTORE_TEST_ARGS" // "PROCESS GOROUTINES CHANGES"
 )
@@ -28,7 +28,11 @@ const (
 // childMain runs a child mode if the environment selects one and reports
 // whether it did (then TestMain exits with its code).
 func childMain() (int, bool) {
-	if os.Getenv(envChild) != "traffic" {
+	switch os.Getenv(envChild) {
+	case "traffic":
+	case "lease":
+		return leaseChildMain(), true
+	default:
 		return 0, false
 	}
 	var p, k, n int

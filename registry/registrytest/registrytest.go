@@ -31,7 +31,9 @@ type Opener func(t *testing.T) registry.Store
 // store refuses to commit a model that breaks the registry's rules, and
 // registry.Rebuild over its audit log gives back exactly its models. A
 // store that implements registry.Importer is also checked to import a
-// registry whole into empty storage and to refuse anything else.
+// registry whole into empty storage and to refuse anything else; one that
+// implements registry.Leaser, to grant each lease to one holder at a time
+// (renewal, expiry, release and the fencing epoch).
 func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 	open := func(t *testing.T) (registry.Store, Opener) {
 		o := newStorage(t)
@@ -377,6 +379,7 @@ func Run(t *testing.T, newStorage func(t *testing.T) Opener) {
 
 	runRecovery(t, open)
 	runImport(t, open)
+	runLeases(t, open)
 }
 
 // commit appends version v to model name through s.Update with n events.
