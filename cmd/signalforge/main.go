@@ -32,6 +32,8 @@ func commands() []command {
 		{"serve", "serve models over HTTP (native JSON API and Open Inference Protocol v2)", cmdServe},
 		{"predict", "send a prediction request to a running server", cmdPredict},
 		{"models", "manage the model registry (register, list, show, promote, traffic, archive, history, repair)", cmdModels},
+		{"canary", "canary plans in the registry (start, status, pause, resume, abort)", cmdCanary},
+		{"shadow", "shadow settings in the registry (set, clear, status)", cmdShadow},
 		{"convert", "convert a PyTorch .pt file to ONNX, verify parity, benchmark", cmdConvert},
 		{"quantize", "quantize an ONNX model to INT8 (dynamic or static), with an accuracy report", cmdQuantize},
 		{"bench", "benchmark an ONNX model in ONNX Runtime at several batch sizes", cmdBench},
