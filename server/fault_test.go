@@ -123,4 +123,16 @@ func TestNaNOutputsCountAgainstVersion(t *testing.T) {
 	if vs.Total.Errors != 1 {
 		t.Fatalf("NaN answer not counted against the version: %+v", vs.Total)
 	}
+	var found bool
+	for _, c := range ts.srv.router.Counters() {
+		if c.Model == "forecast_mlp" && c.Version == "v9" {
+			found = true
+			if c.NonFinite != 1 || c.Errors != 1 {
+				t.Fatalf("NaN answer not counted as non-finite in the fleet counters: %+v", c.Counters)
+			}
+		}
+	}
+	if !found {
+		t.Fatal("forecast_mlp:v9 is missing from the router's counters")
+	}
 }

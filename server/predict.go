@@ -347,8 +347,10 @@ func (s *Server) versionsFault(err error, timeout time.Duration) bool {
 
 const codeNonFinite = "non_finite_output"
 
-// errNaNOutput marks a non-finite answer that is NaN (see versionsFault).
-var errNaNOutput = errors.New("model produced NaN")
+// errNaNOutput marks a non-finite answer that is NaN (see versionsFault);
+// it wraps route.ErrNonFinite, so the router counts it as a non-finite
+// answer in the counters a replica publishes to its fleet.
+var errNaNOutput = fmt.Errorf("model produced NaN: %w", route.ErrNonFinite)
 
 // nonFiniteError is the 422 for a non-finite model output.
 func nonFiniteError(l *loaded, v float32, where string) *HTTPError {
