@@ -83,18 +83,11 @@ func planDispatch(ctx context.Context, e *env, cmd string, subs []planSub, args 
 		}
 		fmt.Fprintf(w, "\n%s\n\nRun `signalforge %s <command> -h` for a command's flags and examples.\n", about, cmd)
 	}
-	if len(args) == 0 {
-		usage(e.stderr)
-		return errUsage
+	known := func(name string) bool {
+		return slices.ContainsFunc(subs, func(s planSub) bool { return s.name == name })
 	}
-	if args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
-		usage(e.stdout)
-		return nil
-	}
-	for _, s := range subs {
-		if s.name != args[0] {
-			continue
-		}
+	return dispatch(e, cmd, args, usage, known, func(name string, rest []string) error {
+		s := subs[slices.IndexFunc(subs, func(s planSub) bool { return s.name == name })]
 		mc := &modelsCmd{mutates: s.mutates}
 		fs := flag.NewFlagSet("signalforge "+cmd+" "+s.name, flag.ContinueOnError)
 		fs.SetOutput(e.stderr)
@@ -114,11 +107,8 @@ func planDispatch(ctx context.Context, e *env, cmd string, subs []planSub, args 
 		if s.mutates {
 			mc.actorFlag(e, fs)
 		}
-		return s.run(ctx, e, mc, fs, args[1:])
-	}
-	fmt.Fprintf(e.stderr, "signalforge %s: unknown command %q\n\n", cmd, args[0])
-	usage(e.stderr)
-	return errUsage
+		return s.run(ctx, e, mc, fs, rest)
+	})
 }
 
 // planModel parses the flags and the one argument, the model name.

@@ -165,6 +165,20 @@ func cmdModels(ctx context.Context, e *env, args []string) error {
 		}
 		fmt.Fprintln(w, "\nRun `signalforge models <command> -h` for a command's flags. Traffic is in percent (5 = 5%).")
 	}
+	return dispatch(e, "models", args, usage, func(name string) bool {
+		return slices.ContainsFunc(subs, func(s modelsSub) bool { return s.name == name })
+	}, func(name string, rest []string) error {
+		i := slices.IndexFunc(subs, func(s modelsSub) bool { return s.name == name })
+		return subs[i].run(ctx, e, &modelsCmd{}, rest)
+	})
+}
+
+// dispatch runs `signalforge CMD SUB …` for a command made of
+// subcommands: no argument prints usage to stderr and is a usage error,
+// -h/--help/help prints it to stdout, a name for which known reports false is a
+// usage error naming it; otherwise run gets the subcommand's name and the
+// arguments after it.
+func dispatch(e *env, cmd string, args []string, usage func(io.Writer), known func(name string) bool, run func(name string, rest []string) error) error {
 	if len(args) == 0 {
 		usage(e.stderr)
 		return errUsage
@@ -173,14 +187,12 @@ func cmdModels(ctx context.Context, e *env, args []string) error {
 		usage(e.stdout)
 		return nil
 	}
-	for _, s := range subs {
-		if s.name == args[0] {
-			return s.run(ctx, e, &modelsCmd{}, args[1:])
-		}
+	if !known(args[0]) {
+		fmt.Fprintf(e.stderr, "signalforge %s: unknown command %q\n\n", cmd, args[0])
+		usage(e.stderr)
+		return errUsage
 	}
-	fmt.Fprintf(e.stderr, "signalforge models: unknown command %q\n\n", args[0])
-	usage(e.stderr)
-	return errUsage
+	return run(args[0], args[1:])
 }
 
 // modelsParse parses flags that may come before, between or after the
