@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/registry/registrytest"
 )
 
 // leaseTTL is the lease the lease children contend for.
@@ -29,22 +30,7 @@ func leaseChild(dir, holder string) int {
 		return 1
 	}
 	defer s.Close()
-	e, err := registry.NewElector(registry.ElectorConfig{Leaser: s, Holder: holder, TTL: leaseTTL,
-		OnChange: func(l registry.Leadership) {
-			state := "standby"
-			if l.Leader {
-				state = "leader"
-			}
-			fmt.Printf("%s %d\n", state, l.Epoch)
-		}})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Println("ready")
-	io.Copy(io.Discard, os.Stdin)
-	e.Close()
-	return 0
+	return registrytest.LeaseContender(s, holder, leaseTTL, os.Stdin, os.Stdout, os.Stderr)
 }
 
 // leaseLine is a line a lease child printed.

@@ -117,6 +117,13 @@ func TestRegisterHugeInputRefusedWhileServing(t *testing.T) {
 // check (an older version of SignalForge, a hand edit) would have.
 func writeUnchecked(t *testing.T, dir, name string, artifact []byte, features []string) {
 	t.Helper()
+	writeUncheckedAt(t, dir, registry.Ref{Name: name, Version: "v1"}, registry.StatusProduction, 100, artifact, features)
+}
+
+// writeUncheckedAt commits one version of the given status and traffic
+// (the model's only traffic) straight through a second FileStore.
+func writeUncheckedAt(t *testing.T, dir string, ref registry.Ref, status registry.Status, traffic float64, artifact []byte, features []string) {
+	t.Helper()
 	ctx := context.Background()
 	st, err := registry.OpenFileStore(dir)
 	if err != nil {
@@ -127,11 +134,15 @@ func writeUnchecked(t *testing.T, dir, name string, artifact []byte, features []
 	if err != nil {
 		t.Fatal(err)
 	}
-	err = st.Update(ctx, name, func(m *registry.Model) ([]registry.Event, error) {
-		m.Versions = append(m.Versions, registry.Version{Name: name, Version: "v1", Status: registry.StatusProduction, Traffic: 100,
-			Features: features, Artifact: registry.Artifact{SHA256: art.SHA256, Size: art.Size}, CreatedAt: time.Now(), UpdatedAt: time.Now()})
-		return []registry.Event{{Time: time.Now(), Action: registry.ActionRegister, Name: name, Version: "v1",
-			SplitBefore: registry.Split{}, SplitAfter: registry.Split{"v1": 100}}}, nil
+	err = st.Update(ctx, ref.Name, func(m *registry.Model) ([]registry.Event, error) {
+		now := time.Now()
+		m.Versions = append(m.Versions, registry.Version{Name: ref.Name, Version: ref.Version, Status: status, Traffic: traffic,
+			Features: features, Artifact: registry.Artifact{SHA256: art.SHA256, Size: art.Size}, CreatedAt: now, UpdatedAt: now})
+		ev := registry.Event{Time: now, Action: registry.ActionRegister, Name: ref.Name, Version: ref.Version}
+		if traffic > 0 {
+			ev.SplitBefore, ev.SplitAfter = registry.Split{}, registry.Split{ref.Version: traffic}
+		}
+		return []registry.Event{ev}, nil
 	})
 	if err != nil {
 		t.Fatal(err)

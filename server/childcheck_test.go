@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/infer/ort"
@@ -49,27 +48,11 @@ func admitChild() int {
 	return 0
 }
 
-// writeUncheckedVersion is writeUnchecked for any version and status.
-func writeUncheckedVersion(t *testing.T, dir string, ref registry.Ref, status registry.Status, artifact []byte, features []string) {
+// writeUncheckedVersion is writeUnchecked for any version, as a staging
+// version (no traffic).
+func writeUncheckedVersion(t *testing.T, dir string, ref registry.Ref, artifact []byte, features []string) {
 	t.Helper()
-	ctx := context.Background()
-	st, err := registry.OpenFileStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	art, err := st.PutArtifact(ctx, artifact)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = st.Update(ctx, ref.Name, func(m *registry.Model) ([]registry.Event, error) {
-		m.Versions = append(m.Versions, registry.Version{Name: ref.Name, Version: ref.Version, Status: status,
-			Features: features, Artifact: registry.Artifact{SHA256: art.SHA256, Size: art.Size}, CreatedAt: time.Now(), UpdatedAt: time.Now()})
-		return []registry.Event{{Time: time.Now(), Action: registry.ActionRegister, Name: ref.Name, Version: ref.Version}}, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	writeUncheckedAt(t, dir, ref, registry.StatusStaging, 0, artifact, features)
 }
 
 // TestChildCheckMarksBloatedVersionFailed (D2): a version already in the
@@ -110,7 +93,7 @@ func TestChildCheckMarksBloatedVersionFailed(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	writeUncheckedVersion(t, ts.dir, registry.Ref{Name: "bloat", Version: "v1"}, registry.StatusStaging, bloat, onnxtest.BloatFeatures)
+	writeUncheckedVersion(t, ts.dir, registry.Ref{Name: "bloat", Version: "v1"}, bloat, onnxtest.BloatFeatures)
 	state := func(ref string) string {
 		_, b := get(t, ts.URL+"/v1/models")
 		var l struct {
@@ -149,7 +132,7 @@ func TestChildCheckMarksBloatedVersionFailed(t *testing.T) {
 
 	// The same artifact under another version: refused from the verdict
 	// kept for its sha256.
-	writeUncheckedVersion(t, ts.dir, registry.Ref{Name: "bloat", Version: "v2"}, registry.StatusStaging, bloat, onnxtest.BloatFeatures)
+	writeUncheckedVersion(t, ts.dir, registry.Ref{Name: "bloat", Version: "v2"}, bloat, onnxtest.BloatFeatures)
 	waitFor(t, func() bool { return strings.HasPrefix(state("bloat:v2"), "failed") })
 	if s := state("bloat:v2"); !strings.Contains(s, want) {
 		t.Errorf("bloat:v2 = %q, want it to contain %q", s, want)

@@ -15,6 +15,7 @@ import (
 	"github.com/signalforge/signalforge/internal/testpg"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/registry/pgstore"
+	"github.com/signalforge/signalforge/registry/registrytest"
 )
 
 // The lease child is selected by envChild=lease; it contends as
@@ -46,22 +47,7 @@ func leaseChildMain() int {
 		return 1
 	}
 	defer s.Close()
-	e, err := registry.NewElector(registry.ElectorConfig{Leaser: s, Holder: os.Getenv(envHolder), TTL: ttl,
-		OnChange: func(l registry.Leadership) {
-			state := "standby"
-			if l.Leader {
-				state = "leader"
-			}
-			fmt.Printf("%s %d\n", state, l.Epoch)
-		}})
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	fmt.Println("ready")
-	io.Copy(io.Discard, os.Stdin)
-	e.Close()
-	return 0
+	return registrytest.LeaseContender(s, os.Getenv(envHolder), ttl, os.Stdin, os.Stdout, os.Stderr)
 }
 
 // contender is a lease child process.
