@@ -317,6 +317,31 @@ func samePlan(t *testing.T, hc *http.Client, reps []*fleetReplica) planView {
 	}
 }
 
+// fleetObj is what GET /v1/admin/models/{name}/fleet answers: the
+// fleet's per-version counters, summed and per replica.
+type fleetObj struct {
+	Versions map[string]sideObj `json:"versions"`
+	Replicas []struct {
+		Replica  string             `json:"replica"`
+		Versions map[string]sideObj `json:"versions"`
+	} `json:"replicas"`
+}
+
+func getFleet(t *testing.T, hc *http.Client, r *fleetReplica) fleetObj {
+	t.Helper()
+	resp, err := hc.Get(r.url + "/v1/admin/models/" + fleetModel + "/fleet")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	var f fleetObj
+	if resp.StatusCode != 200 || json.Unmarshal(b, &f) != nil {
+		t.Fatalf("GET %s fleet: %d %s", r.id, resp.StatusCode, b)
+	}
+	return f
+}
+
 // waitSplit waits until every replica's router gives version pct% of the
 // model's traffic.
 func waitSplit(t *testing.T, hc *http.Client, reps []*fleetReplica, version string, pct float64) {
@@ -608,6 +633,22 @@ func runFleetDrill(t *testing.T, s fleetSetup) {
 	}
 	time.Sleep(planInterval) // v2 must get nothing more
 
+	// v2 served only at plan A's first step and no longer does: the
+	// fleet's counters for it (every replica's last snapshot, published
+	// every 500ms) are exactly what the clients saw.
+	fv := getFleet(t, hc, reps[0])
+	var repSum sideObj
+	for _, r := range fv.Replicas {
+		repSum.Requests += r.Versions["v2"].Requests
+		repSum.NonFinite += r.Versions["v2"].NonFinite
+	}
+	seenV2, nanV2 := load.served["v2"].Load()+load.nan["v2"].Load(), load.nan["v2"].Load()
+	t.Logf("fleet counters of v2 after the rollback: %d requests, %d errors, %d NaN (replicas sum %d / %d); the clients saw %d answers, %d NaN; the rollback verdict judged %d",
+		fv.Versions["v2"].Requests, fv.Versions["v2"].Errors, fv.Versions["v2"].NonFinite, repSum.Requests, repSum.NonFinite, seenV2, nanV2, v.Canary.Requests)
+	if got := fv.Versions["v2"]; got.Requests != seenV2 || got.Errors != nanV2 || got.NonFinite != nanV2 || repSum.Requests != seenV2 || len(fv.Replicas) != 3 {
+		t.Errorf("fleet counters of v2 %+v over %d replicas (sum %+v); want %d requests, %d errors and NaN answers, as the clients saw, over 3 replicas", got, len(fv.Replicas), repSum, seenV2, nanV2)
+	}
+
 	// B: v3 (0.2%) against v1 (0.2%), steps 20, 50, 100. The autopilot's
 	// leader is killed once the first step is applied.
 	startB := time.Now()
@@ -667,8 +708,21 @@ func runFleetDrill(t *testing.T, s fleetSetup) {
 		t.Errorf("plan B: step events at steps %v, %d promote, %d rollback; want steps [0 1 2] once each (the last a promote), no rollback",
 			steps, countAction(evB, registry.ActionCanaryPromote), countAction(evB, registry.ActionCanaryRollback))
 	}
-	t.Logf("plan B promoted %v after the CLI started it, across the leader's kill: step events %v, %d events in all (%d canary-update)",
-		promoteAfter.Round(10*time.Millisecond), steps, len(evB), countAction(evB, registry.ActionCanaryUpdate))
+	var timeline []string
+	for _, e := range evB {
+		step := -1
+		if e.Canary != nil {
+			step = e.Canary.Step
+		}
+		timeline = append(timeline, fmt.Sprintf("%s step %d by %s at kill%+.2fs", e.Action, step, e.Actor, e.Time.Sub(killed).Seconds()))
+		// The successor continues the plan: every step after the first
+		// is taken after the kill.
+		if (e.Action == registry.ActionCanaryStep || e.Action == registry.ActionCanaryPromote) && step > 0 && e.Time.Before(killed) {
+			t.Errorf("plan B: %s to step %d at %v, before the leader was killed at %v", e.Action, step, e.Time, killed)
+		}
+	}
+	t.Logf("plan B promoted %v after the CLI started it, across the leader's kill: %s",
+		promoteAfter.Round(10*time.Millisecond), strings.Join(timeline, "; "))
 
 	load.close()
 	elapsed := time.Since(began)
