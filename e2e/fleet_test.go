@@ -547,8 +547,26 @@ func countAction(evs []registry.Event, a registry.Action) int {
 	return n
 }
 
+// drill is one run of the fleet canary drill.
+type drill struct {
+	t    *testing.T
+	s    fleetSetup
+	reps []*fleetReplica
+	reg  *registry.Registry // the drill's registry, read in this process
+	hc   *http.Client
+	load *fleetLoad
+}
+
+// runFleetDrill registers v1 (production, 0.2% NaN), v2 (5%) and v3
+// (0.2%), starts replicas r1, r2 and r3 and the load, then runs
+// rollbackOnFleetEvidence and promoteAcrossLeaderKill, and checks that no
+// request failed but the injected NaN answers.
+//
+// The judge looks at an equal canary a few times (Fisher's test at
+// alpha 0.001 each), so about one run in several hundred may roll plan B
+// back by chance: the failure then says "ended rolled_back, not promoted"
+// with the verdict's numbers.
 func runFleetDrill(t *testing.T, s fleetSetup) {
-	// v1 (the baseline) and v3 answer NaN for 0.2% of the inputs, v2 for 5%.
 	dir := t.TempDir()
 	for _, m := range []struct {
 		version string
@@ -566,16 +584,41 @@ func runFleetDrill(t *testing.T, s fleetSetup) {
 		}
 		fleetCLI(t, s, append([]string{"models", "register", "--name", fleetModel, "--version", m.version, "--features", "x0,x1", "--max-batch", "32"}, append(m.args, path)...)...)
 	}
-	reps := startFleet(t, s, "r1", "r2", "r3")
-	reg := openDrillRegistry(t, s)
-	hc := &http.Client{Timeout: 5 * time.Second}
-
-	load := startLoad(reps, []string{"v1", "v2", "v3"}, "v2")
-	defer load.close()
+	d := &drill{t: t, s: s, hc: &http.Client{Timeout: 5 * time.Second}}
+	d.reps = startFleet(t, s, "r1", "r2", "r3")
+	d.reg = openDrillRegistry(t, s)
+	d.load = startLoad(d.reps, []string{"v1", "v2", "v3"}, "v2")
+	defer d.load.close()
 	began := time.Now()
 	time.Sleep(time.Second)
 
-	// A: v2 (5% NaN) against v1 (0.2%), steps 10, 50, 100, rollback on.
+	d.rollbackOnFleetEvidence()
+	d.promoteAcrossLeaderKill()
+
+	load := d.load
+	load.close()
+	elapsed := time.Since(began)
+	t.Logf("load: %d requests in %v (%.0f/s) over 3 replicas, %d retried on another replica after a connection error; %s; %d other failures",
+		load.total.Load(), elapsed.Round(10*time.Millisecond), float64(load.total.Load())/elapsed.Seconds(), load.retried.Load(), load.counts(), load.other.Load())
+	if n := load.other.Load(); n > 0 {
+		t.Errorf("%d requests failed other than with an injected NaN; first: %v", n, load.firstOther.Load())
+	}
+	if n := load.banned.Load(); n > 0 {
+		t.Errorf("v2 answered %d requests sent after every replica applied its rollback", n)
+	}
+	if load.served["v2"].Load()+load.nan["v2"].Load() == 0 || load.nan["v1"].Load() == 0 {
+		t.Errorf("the drill did not exercise the versions: %s", load.counts())
+	}
+}
+
+// rollbackOnFleetEvidence: plan A tries v2 (5% NaN) against v1 (0.2%),
+// steps 10, 50, 100, rollback on. Every replica reports the same plan;
+// it is rolled back once, on a verdict whose evidence is the sum of all
+// three replicas' (min_samples more than any one replica served); then v2
+// gets no more traffic, and the fleet's counters of v2 are exactly what
+// the clients saw.
+func (d *drill) rollbackOnFleetEvidence() {
+	t, s, hc, reps, load := d.t, d.s, d.hc, d.reps, d.load
 	startA := time.Now()
 	fleetCLI(t, s, "canary", "start", fleetModel, "--canary", "v2", "--baseline", "v1", "--steps", "10,50,100",
 		"--interval", planInterval.String(), "--min-samples", fmt.Sprint(fleetMinSamples), "--max-p99-ratio", "-1")
@@ -627,7 +670,7 @@ func runFleetDrill(t *testing.T, s fleetSetup) {
 	if v.Canary.Requests < fleetMinSamples || maxC >= fleetMinSamples {
 		t.Errorf("verdict on %d canary requests, at most %d from one replica: want the fleet's sum ≥ min_samples %d and no single replica enough", v.Canary.Requests, maxC, fleetMinSamples)
 	}
-	evA := planEvents(t, reg)
+	evA := planEvents(t, d.reg)
 	if n := countAction(evA, registry.ActionCanaryRollback); n != 1 {
 		t.Errorf("plan A: %d canary-rollback events, want exactly 1", n)
 	}
@@ -648,9 +691,15 @@ func runFleetDrill(t *testing.T, s fleetSetup) {
 	if got := fv.Versions["v2"]; got.Requests != seenV2 || got.Errors != nanV2 || got.NonFinite != nanV2 || repSum.Requests != seenV2 || len(fv.Replicas) != 3 {
 		t.Errorf("fleet counters of v2 %+v over %d replicas (sum %+v); want %d requests, %d errors and NaN answers, as the clients saw, over 3 replicas", got, len(fv.Replicas), repSum, seenV2, nanV2)
 	}
+}
 
-	// B: v3 (0.2%) against v1 (0.2%), steps 20, 50, 100. The autopilot's
-	// leader is killed once the first step is applied.
+// promoteAcrossLeaderKill: plan B tries v3 (0.2% NaN) against v1
+// (0.2%), steps 20, 50, 100. Once the first step is applied the
+// autopilot's leader is killed (kill -9); another replica takes the lease
+// over within its TTL and a renewal, continues the plan and promotes it:
+// one event per step, none repeated, no rollback.
+func (d *drill) promoteAcrossLeaderKill() {
+	t, s, hc, reps := d.t, d.s, d.hc, d.reps
 	startB := time.Now()
 	fleetCLI(t, s, "canary", "start", fleetModel, "--canary", "v3", "--baseline", "v1", "--steps", "20,50,100",
 		"--interval", planInterval.String(), "--min-samples", fmt.Sprint(fleetMinSamples), "--max-p99-ratio", "-1")
@@ -694,7 +743,7 @@ func runFleetDrill(t *testing.T, s fleetSetup) {
 	}
 	samePlan(t, hc, survivors)
 	waitSplit(t, hc, survivors, "v3", 100)
-	evB := planEvents(t, reg)
+	evB := planEvents(t, d.reg)
 	var steps []int
 	for _, e := range evB {
 		if e.Action == registry.ActionCanaryStep || e.Action == registry.ActionCanaryPromote {
@@ -723,18 +772,4 @@ func runFleetDrill(t *testing.T, s fleetSetup) {
 	}
 	t.Logf("plan B promoted %v after the CLI started it, across the leader's kill: %s",
 		promoteAfter.Round(10*time.Millisecond), strings.Join(timeline, "; "))
-
-	load.close()
-	elapsed := time.Since(began)
-	t.Logf("load: %d requests in %v (%.0f/s) over 3 replicas, %d retried on another replica after a connection error; %s; %d other failures",
-		load.total.Load(), elapsed.Round(10*time.Millisecond), float64(load.total.Load())/elapsed.Seconds(), load.retried.Load(), load.counts(), load.other.Load())
-	if n := load.other.Load(); n > 0 {
-		t.Errorf("%d requests failed other than with an injected NaN; first: %v", n, load.firstOther.Load())
-	}
-	if n := load.banned.Load(); n > 0 {
-		t.Errorf("v2 answered %d requests sent after every replica applied its rollback", n)
-	}
-	if load.served["v2"].Load()+load.nan["v2"].Load() == 0 || load.nan["v1"].Load() == 0 {
-		t.Errorf("the drill did not exercise the versions: %s", load.counts())
-	}
 }
