@@ -450,9 +450,11 @@ func (l *fleetLoad) record(sent time.Time, status int, body []byte, err error) {
 			return
 		}
 		version = r.Version
-		if c := l.served[version]; c != nil {
-			c.Add(1)
+		if l.served[version] == nil {
+			fail(fmt.Sprintf("200 from version %q, not one of the drill's", version))
+			return
 		}
+		l.served[version].Add(1)
 	case http.StatusUnprocessableEntity:
 		var e api.ErrorBody
 		m := nanVersion.FindStringSubmatch(string(body))
