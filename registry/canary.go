@@ -119,6 +119,32 @@ type CanaryPlan struct {
 // MaxCanaryMark is the largest CanaryPlan.Mark the registry stores.
 const MaxCanaryMark = 256 << 10
 
+// UnmarshalJSON reads a plan, keeping its Mark compact whatever the
+// indentation of the document it came from (the folder store indents
+// state.json), so that a plan reads back as it was committed.
+func (p *CanaryPlan) UnmarshalJSON(b []byte) error {
+	type plain CanaryPlan
+	if err := json.Unmarshal(b, (*plain)(p)); err != nil {
+		return err
+	}
+	p.Mark = compactMark(p.Mark)
+	return nil
+}
+
+// compactMark returns m without insignificant space (nil for nil or
+// JSON null); a mark that is not JSON is returned as is, for checkPlan
+// to refuse.
+func compactMark(m json.RawMessage) json.RawMessage {
+	if len(m) == 0 || string(m) == "null" {
+		return nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, m); err != nil {
+		return m
+	}
+	return buf.Bytes()
+}
+
 // The decisions a CanaryVerdict records.
 const (
 	VerdictHealthy      = "healthy"
@@ -433,10 +459,11 @@ func (r *Registry) StartCanary(ctx context.Context, name string, p CanaryPlan) (
 // model's traffic, changed in the same transaction so that "step up to 25%
 // and record it" or "roll back and record it" is one commit.
 type CanaryChange struct {
-	// Plan is a copy of the stored plan to edit in place. Its Canary,
-	// Baseline, StartedBy, StartedAt, Revision and LastAction fields are
-	// the registry's: changing them is refused (or ignored, for Revision
-	// and LastAction, which the commit sets).
+	// Plan is a copy of the stored plan to edit in place: its state,
+	// step, healthy count, note, verdict, mark and judgement time. Its
+	// Canary, Baseline, StartedBy, StartedAt, Revision and LastAction
+	// fields are the registry's: changing them is refused (or ignored, for
+	// Revision and LastAction, which the commit sets).
 	Plan *CanaryPlan
 	// Split is the model's traffic now (a copy). Replace or edit it to
 	// change the traffic: the new split must total 100 and is applied as
@@ -488,6 +515,7 @@ func (r *Registry) UpdateCanary(ctx context.Context, name string, expectRevision
 		}
 		p := c.Plan
 		p.Revision, p.LastAction, p.LastActionAt = old.Revision, old.LastAction, old.LastActionAt
+		p.Mark = compactMark(p.Mark)
 		switch {
 		case p.Canary != old.Canary || p.Baseline != old.Baseline:
 			return &CanaryError{Model: name, Field: "canary", Problem: "a plan's canary and baseline cannot change; start a new plan"}
