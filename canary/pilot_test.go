@@ -3,6 +3,7 @@ package canary
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -353,6 +354,27 @@ func TestCanaryLostTrafficAborts(t *testing.T) {
 	}
 }
 
+// TestUnjudgeablePlanAborts: judge settings the judge refuses end the
+// plan with a note instead of failing every tick.
+func TestUnjudgeablePlanAborts(t *testing.T) {
+	ctx := context.Background()
+	w := newWorld(t, "memory", "a")
+	pl := w.start(registry.CanaryPlan{StepUp: true, Interval: time.Minute})
+	if _, _, err := w.reg.UpdateCanary(ctx, "m", pl.Revision, func(c *registry.CanaryChange) error {
+		c.Plan.Judge.MaxP99Ratio = 0.5
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	p := w.pilot(nil, nil)
+	p.pass(ctx)
+	w.clk.Advance(time.Minute)
+	p.pass(ctx)
+	if pl := w.plan(); pl.State != registry.CanaryAborted || !strings.Contains(pl.Note, "MaxP99Ratio") {
+		t.Fatalf("plan %+v; want aborted, the note naming the setting", pl)
+	}
+}
+
 // TestReplicaRestart: a replica that restarted (a new Started, counters
 // lower than its mark) counts from zero, never negatively.
 func TestReplicaRestart(t *testing.T) {
@@ -475,6 +497,12 @@ func TestJudge(t *testing.T) {
 	if _, err := p.Judge(ctx, "m", "../x", "v1", registry.CanaryJudge{}); !errors.Is(err, registry.ErrInvalidName) {
 		t.Fatalf("Judge of a bad name = %v", err)
 	}
+	if _, err := p.Judge(ctx, "m", "v9", "v1", registry.CanaryJudge{}); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("Judge of an unknown version = %v; want ErrNotFound", err)
+	}
+	if _, err := p.Judge(ctx, "nope", "v2", "v1", registry.CanaryJudge{}); !errors.Is(err, registry.ErrNotFound) {
+		t.Fatalf("Judge of an unknown model = %v; want ErrNotFound", err)
+	}
 	if _, err := p.Judge(ctx, "m", "v2", "v1", registry.CanaryJudge{MaxP99Ratio: 0.5}); err == nil {
 		t.Fatal("Judge accepted a p99 ratio below 1")
 	}
@@ -537,9 +565,16 @@ func TestStepSplit(t *testing.T) {
 		{registry.Split{"v1": 60, "v2": 20, "v3": 20}, 50, registry.Split{"v1": 30, "v2": 50, "v3": 20}},
 		{registry.Split{"v1": 30, "v2": 10, "v3": 60}, 70, registry.Split{"v1": 0, "v2": 70, "v3": 30}},
 		{registry.Split{"v1": 50, "v3": 50}, 100, registry.Split{"v1": 0, "v2": 100, "v3": 0}},
+		{registry.Split{"v3": 100}, 10, registry.Split{"v2": 10, "v3": 90}}, // v1 not production: not named
 	} {
-		if got := stepSplit(tc.in, "v2", "v1", tc.pct); !got.Equal(tc.want) {
+		got := stepSplit(tc.in, "v2", "v1", tc.pct)
+		if hasKey(got, "v1") && !hasKey(tc.in, "v1") {
+			t.Errorf("stepSplit(%v, %v%%) = %v: names a baseline that had no traffic, which would make it production", tc.in, tc.pct, got)
+		}
+		if !got.Equal(tc.want) {
 			t.Errorf("stepSplit(%v, %v%%) = %v; want %v", tc.in, tc.pct, got, tc.want)
 		}
 	}
 }
+
+func hasKey(s registry.Split, k string) bool { _, ok := s[k]; return ok }
