@@ -58,6 +58,7 @@ var (
 	descBatchRows  = prometheus.NewDesc("signalforge_batch_rows_total", "Rows run in batches.", []string{"model", "version"}, nil)
 	descBatchSize  = prometheus.NewDesc("signalforge_batch_size", "Histogram of batch sizes (rows).", []string{"model", "version"}, nil)
 	descQueueDepth = prometheus.NewDesc("signalforge_queue_depth_rows", "Rows waiting in a version's batch queue.", []string{"model", "version"}, nil)
+	descQueueCap   = prometheus.NewDesc("signalforge_queue_capacity_rows", "The most rows a version's batch queue holds; beyond it requests are refused with 429.", []string{"model", "version"}, nil)
 	descInFlight   = prometheus.NewDesc("signalforge_batches_in_flight", "Batches running now.", []string{"model", "version"}, nil)
 	descRejected   = prometheus.NewDesc("signalforge_queue_rejected_total", "Requests refused because the batch queue was full.", []string{"model", "version"}, nil)
 	descDropped    = prometheus.NewDesc("signalforge_queue_dropped_total", "Requests dropped from the queue (expired or cancelled).", []string{"model", "version", "reason"}, nil)
@@ -86,7 +87,7 @@ var (
 type statsCollector struct{ s *Server }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBatches, descBatchRows, descBatchSize, descQueueDepth, descInFlight, descRejected, descDropped, descBatchExec,
+	for _, d := range []*prometheus.Desc{descBatches, descBatchRows, descBatchSize, descQueueDepth, descQueueCap, descInFlight, descRejected, descDropped, descBatchExec,
 		descCacheHits, descCacheMisses, descCacheErrors, descCacheWrites, descCacheOpen,
 		descVerRequests, descVerErrors, descVerNonFinite, descTraffic, descReady, descVerFailed, descRegistryUp, descRegistrySeq,
 		descCanaryState, descCanaryLastAction, descCanaryInterval} {
@@ -102,6 +103,7 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descBatches, prometheus.CounterValue, float64(st.Batches), model, ver)
 			ch <- prometheus.MustNewConstMetric(descBatchRows, prometheus.CounterValue, float64(st.BatchedRows), model, ver)
 			ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(st.QueueDepth), model, ver)
+			ch <- prometheus.MustNewConstMetric(descQueueCap, prometheus.GaugeValue, float64(l.batcher.Config().MaxQueue), model, ver)
 			ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight), model, ver)
 			ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Rejected), model, ver)
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Expired), model, ver, "expired")
