@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"net/http"
 	"os"
@@ -176,13 +177,7 @@ func dashboardExprs(t *testing.T, d obj) (exprs map[string]string, labelValues [
 
 func TestDashboardPanels(t *testing.T) {
 	exprs, _ := dashboardExprs(t, dashboard(t))
-	all := strings.Join(slices.Collect(func(yield func(string) bool) {
-		for _, e := range exprs {
-			if !yield(e) {
-				return
-			}
-		}
-	}), "\n")
+	all := strings.Join(slices.Collect(maps.Values(exprs)), "\n")
 	// What an operator comparing a canary with its baseline looks for.
 	for what, want := range map[string]string{
 		"request rate":          "rate(signalforge_requests_total",
@@ -463,12 +458,35 @@ func getMetrics(t *testing.T, url string) string {
 	return string(b)
 }
 
-// TestPromQLNamesExportedMetrics: every metric the alerts and the
-// dashboard name is one a server exports after serving a request with a
-// canary plan on its model, and every label they name is one of those
-// metrics' labels (or one Prometheus adds to a scraped target).
+// readmeExprs returns the example queries of the README's promql blocks:
+// one per paragraph, comments included.
+func readmeExprs(t *testing.T) map[string]string {
+	t.Helper()
+	b, err := os.ReadFile("../README.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]string{}
+	blocks := strings.Split(string(b), "```promql\n")[1:]
+	if len(blocks) == 0 {
+		t.Fatal("README.md has no promql examples")
+	}
+	for bi, blk := range blocks {
+		blk, _, _ = strings.Cut(blk, "```")
+		for pi, e := range strings.Split(strings.TrimSpace(blk), "\n\n") {
+			out[fmt.Sprintf("README block %d query %d", bi, pi)] = e
+		}
+	}
+	return out
+}
+
+// TestPromQLNamesExportedMetrics: every metric the alerts, the dashboard
+// and the README's examples name is one a server exports after serving a
+// request with a canary plan on its model, and every label they name is
+// one of those metrics' labels (or one Prometheus adds to a scraped
+// target).
 func TestPromQLNamesExportedMetrics(t *testing.T) {
-	exprs := map[string]string{}
+	exprs := readmeExprs(t)
 	for name, r := range alertRules(t, manifests(t)) {
 		exprs["alert "+name] = str(t, r, "expr")
 	}
@@ -546,7 +564,7 @@ var grafanaVars = strings.NewReplacer("$__rate_interval", "5m", "$model", ".*")
 
 // TestPromtoolChecksRules runs promtool, where it is installed (Debian:
 // apt-get install prometheus), on the PrometheusRule's groups and on the
-// dashboard's expressions, and runs the alerts' unit tests in
+// dashboard's and the README's expressions, and runs the alerts' unit tests in
 // testdata/alerts_test.yaml.
 func TestPromtoolChecksRules(t *testing.T) {
 	promtool, err := exec.LookPath("promtool")
@@ -558,13 +576,7 @@ func TestPromtoolChecksRules(t *testing.T) {
 	groups := get(t, m["PrometheusRule/signalforge"], "spec", "groups").([]any)
 	exprs, _ := dashboardExprs(t, dashboard(t))
 	var dash []any
-	for _, k := range slices.Sorted(func(yield func(string) bool) {
-		for k := range exprs {
-			if !yield(k) {
-				return
-			}
-		}
-	}) {
+	for _, k := range slices.Sorted(maps.Keys(exprs)) {
 		dash = append(dash, obj{"record": fmt.Sprintf("dashboard:expr_%d", len(dash)), "expr": grafanaVars.Replace(exprs[k])})
 	}
 	write := func(name string, v any) string {
@@ -588,7 +600,13 @@ func TestPromtoolChecksRules(t *testing.T) {
 	if err := os.WriteFile(unitPath, unit, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, args := range [][]string{{"check", "rules", rules, dashRules}, {"test", "rules", unitPath}} {
+	var examples []any
+	readme := readmeExprs(t)
+	for _, k := range slices.Sorted(maps.Keys(readme)) {
+		examples = append(examples, obj{"record": fmt.Sprintf("readme:expr_%d", len(examples)), "expr": readme[k]})
+	}
+	readmeRules := write("readme.yaml", obj{"groups": []any{obj{"name": "readme", "rules": examples}}})
+	for _, args := range [][]string{{"check", "rules", rules, dashRules, readmeRules}, {"test", "rules", unitPath}} {
 		out, err := exec.Command(promtool, args...).CombinedOutput()
 		if err != nil {
 			t.Errorf("promtool %s %s: %v\n%s", args[0], args[1], err, out)
