@@ -10,7 +10,7 @@
 // per version; a Tracker turns successive sums into deltas, which is how a
 // judge's window over cumulative counters is built.
 //
-//	store := fleet.NewRedis(rdb, "signalforge")       // or NewDir, NewMemory
+//	store := fleet.NewRedis(rdb, "signalforge")       // or NewDir, NewMemory, pgstore's Fleet()
 //	pub, _ := fleet.NewPublisher(store, fleet.FromRouter(router), fleet.PublisherConfig{Replica: hostname})
 //	defer pub.Close()
 //
@@ -25,6 +25,9 @@
 //     so a replica that disappears ages out even if nobody reads;
 //   - Dir: one file per model and replica in a folder, replaced atomically,
 //     for the replicas of one machine (beside a folder registry);
+//   - PostgreSQL: registry/pgstore's Store.Fleet, a row per model and
+//     replica upserted by Publish, expiring by the database's clock, for
+//     replicas that share a PostgreSQL registry;
 //   - Memory: one process that is the whole fleet.
 //
 // Encode and Decode are the JSON form the stores keep, for a Store
