@@ -13,9 +13,6 @@ import (
 	"github.com/signalforge/signalforge/registry"
 )
 
-// Version is the server's version string (OIP v2 server metadata).
-const Version = "0.1.0"
-
 func (s *Server) routes() {
 	h := s.handle
 	// Native API.

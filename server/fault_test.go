@@ -135,4 +135,14 @@ func TestNaNOutputsCountAgainstVersion(t *testing.T) {
 	if !found {
 		t.Fatal("forecast_mlp:v9 is missing from the router's counters")
 	}
+	text := scrape(t, ts.URL)
+	for _, want := range []string{
+		`signalforge_version_nonfinite_total{model="forecast_mlp",version="v9"} 1`,
+		`signalforge_version_errors_total{model="forecast_mlp",version="v9"} 1`,
+		`signalforge_requests_total{api="v1",code="422",model="forecast_mlp",version="v9"} 1`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
 }

@@ -112,6 +112,10 @@ type modelSet struct {
 	// health is what the last reconcile could not load, for /v1/models,
 	// readiness and metrics. follow writes it; handlers read it.
 	health atomic.Pointer[health]
+	// canaries are the models' canary plans as the last registry read
+	// had them (the plan a model has, running or finished), for metrics:
+	// a scrape never reads the registry. follow writes it; scrapes read it.
+	canaries atomic.Pointer[map[string]registry.CanaryPlan]
 	// served remembers which versions were in production, to bump their
 	// cache generation when they (re)enter it. Only follow touches it.
 	served map[registry.Ref]bool
@@ -129,6 +133,7 @@ func newModelSet(s *Server) *modelSet {
 	t := table{}
 	m.tab.Store(&t)
 	m.health.Store(&health{})
+	m.canaries.Store(&map[string]registry.CanaryPlan{})
 	return m
 }
 
@@ -250,6 +255,13 @@ func (m *modelSet) reconcile(ctx context.Context) {
 		return
 	}
 	m.stale = false
+	plans := map[string]registry.CanaryPlan{}
+	for _, md := range models {
+		if md.Canary != nil {
+			plans[md.Name] = *md.Canary
+		}
+	}
+	m.canaries.Store(&plans)
 	old := m.current()
 	next := table{}
 	want := map[string]registry.Model{}

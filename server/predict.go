@@ -9,6 +9,7 @@ import (
 	"math"
 	"net/http"
 	"slices"
+	"strconv"
 	"sync/atomic"
 	"time"
 
@@ -184,7 +185,7 @@ func (s *Server) handlePredict(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		m, version := s.metricLabels(model, version)
 		s.met.requests.WithLabelValues("v1", m, version, codeLabel(status)).Inc()
-		s.met.latency.WithLabelValues("v1", m, fmt.Sprint(cached)).Observe(time.Since(start).Seconds())
+		s.met.latency.WithLabelValues("v1", m, version, strconv.FormatBool(cached)).Observe(time.Since(start).Seconds())
 	}()
 	resp, err := s.predict(w, r, model, start)
 	if err != nil {

@@ -32,6 +32,7 @@ import (
 	"github.com/signalforge/signalforge/batch"
 	"github.com/signalforge/signalforge/cache"
 	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/internal/buildinfo"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/route"
 )
@@ -253,6 +254,7 @@ type Server struct {
 	router *route.Router
 	mux    *http.ServeMux
 	met    *metrics
+	build  buildinfo.Info // what GET /v2 and signalforge_build_info report
 
 	models    *modelSet
 	autopilot *route.Autopilot
@@ -286,6 +288,7 @@ func New(cfg Config) (*Server, error) {
 		engine: cfg.Engine,
 		cache:  cfg.Cache,
 		router: cfg.Router,
+		build:  buildinfo.Get(),
 	}
 	if s.router == nil {
 		r, err := route.New(route.Config{Logger: cfg.Logger})

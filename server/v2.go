@@ -19,7 +19,7 @@ import (
 // {"error": "message"} body.
 
 func (s *Server) handleV2Server(w http.ResponseWriter, r *http.Request) {
-	writeJSON(w, http.StatusOK, api.ServerMetadata{Name: "signalforge", Version: Version, Extensions: []string{}})
+	writeJSON(w, http.StatusOK, api.ServerMetadata{Name: "signalforge", Version: s.build.Version, Extensions: []string{}})
 }
 
 func (s *Server) handleLive(w http.ResponseWriter, r *http.Request) {
@@ -113,7 +113,7 @@ func (s *Server) handleV2Infer(w http.ResponseWriter, r *http.Request) {
 	defer func() {
 		m, servedBy := s.metricLabels(name, servedBy)
 		s.met.requests.WithLabelValues("v2", m, servedBy, codeLabel(status)).Inc()
-		s.met.latency.WithLabelValues("v2", m, "false").Observe(time.Since(start).Seconds())
+		s.met.latency.WithLabelValues("v2", m, servedBy, "false").Observe(time.Since(start).Seconds())
 	}()
 	resp, err := s.infer(w, r, name, version, start)
 	if resp != nil {
