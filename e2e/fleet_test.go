@@ -79,7 +79,7 @@ type fleetSetup struct {
 // with the fleet's counters in Redis: replicas as on several machines.
 func TestFleetCanaryPostgresRedis(t *testing.T) {
 	if testing.Short() {
-		t.Skip("fleet canary drill: three serve processes, PostgreSQL and Redis for about a minute; skipped in -short mode")
+		t.Skip("fleet canary drill: three serve processes, PostgreSQL and Redis for about half a minute; skipped in -short mode")
 	}
 	var url string
 	if os.Getenv(testpg.EnvURL) != "" {
@@ -89,6 +89,21 @@ func TestFleetCanaryPostgresRedis(t *testing.T) {
 	}
 	rs := testredis.Start(t)
 	runFleetDrill(t, fleetSetup{registry: url, redis: rs.URL(), cacheHome: t.TempDir()})
+}
+
+// TestFleetCanaryPostgres runs the drill on a PostgreSQL registry that
+// also holds the fleet's counters (no Redis).
+func TestFleetCanaryPostgres(t *testing.T) {
+	if testing.Short() {
+		t.Skip("fleet canary drill: three serve processes and PostgreSQL for about half a minute; skipped in -short mode")
+	}
+	var url string
+	if os.Getenv(testpg.EnvURL) != "" {
+		url = testpg.NewDatabase(t)
+	} else {
+		url = testpg.Start(t).NewDatabase(t)
+	}
+	runFleetDrill(t, fleetSetup{registry: url, cacheHome: t.TempDir()})
 }
 
 // TestFleetCanaryFolder runs the drill on one machine: a registry folder
@@ -692,6 +707,23 @@ func (d *drill) rollbackOnFleetEvidence() {
 		fv.Versions["v2"].Requests, fv.Versions["v2"].Errors, fv.Versions["v2"].NonFinite, repSum.Requests, repSum.NonFinite, seenV2, nanV2, v.Canary.Requests)
 	if got := fv.Versions["v2"]; got.Requests != seenV2 || got.Errors != nanV2 || got.NonFinite != nanV2 || repSum.Requests != seenV2 || len(fv.Replicas) != 3 {
 		t.Errorf("fleet counters of v2 %+v over %d replicas (sum %+v); want %d requests, %d errors and NaN answers, as the clients saw, over 3 replicas", got, len(fv.Replicas), repSum, seenV2, nanV2)
+	}
+	// With the plan ended, `signalforge judge` (through another replica)
+	// judges everything the fleet counted.
+	var jv verdictObj
+	out := fleetCLI(t, s, "judge", fleetModel, "--canary", "v2", "--baseline", "v1", "--max-p99-ratio", "-1", "--server", reps[1].url, "--format", "json")
+	if err := json.Unmarshal([]byte(out), &jv); err != nil {
+		t.Fatalf("signalforge judge --format json: %v\n%s", err, out)
+	}
+	t.Logf("signalforge judge v2 against v1 after the plan: %s: %s (canary %d requests / %d errors over %d replicas, baseline %d / %d)",
+		jv.Decision, jv.Reason, jv.Canary.Requests, jv.Canary.Errors, len(jv.Replicas), jv.Baseline.Requests, jv.Baseline.Errors)
+	if jv.Decision != "rollback" || jv.Canary.Requests != seenV2 || jv.Canary.NonFinite != nanV2 || len(jv.Replicas) != 3 {
+		t.Errorf("signalforge judge: %s on canary %+v over %d replicas; want rollback on the %d requests (%d NaN) the clients saw, over 3 replicas", jv.Decision, jv.Canary, len(jv.Replicas), seenV2, nanV2)
+	}
+	if out := fleetCLI(t, s, "stats", fleetModel, "--server", reps[2].url); !strings.Contains(out, "v2") || !strings.Contains(out, "r3") {
+		t.Errorf("signalforge stats names neither v2 nor replica r3:\n%s", out)
+	} else {
+		t.Logf("signalforge stats %s --server %s:\n%s", fleetModel, reps[2].id, out)
 	}
 }
 
