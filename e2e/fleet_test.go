@@ -21,7 +21,6 @@ import (
 	"time"
 
 	"github.com/signalforge/signalforge/api"
-	"github.com/signalforge/signalforge/internal/testpg"
 	"github.com/signalforge/signalforge/internal/testredis"
 	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/onnx/onnxtest"
@@ -81,14 +80,8 @@ func TestFleetCanaryPostgresRedis(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fleet canary drill: three serve processes, PostgreSQL and Redis for about half a minute; skipped in -short mode")
 	}
-	var url string
-	if os.Getenv(testpg.EnvURL) != "" {
-		url = testpg.NewDatabase(t)
-	} else {
-		url = testpg.Start(t).NewDatabase(t)
-	}
 	rs := testredis.Start(t)
-	runFleetDrill(t, fleetSetup{registry: url, redis: rs.URL(), cacheHome: t.TempDir()})
+	runFleetDrill(t, fleetSetup{registry: pgDatabase(t), redis: rs.URL(), cacheHome: t.TempDir()})
 }
 
 // TestFleetCanaryPostgres runs the drill on a PostgreSQL registry that
@@ -97,13 +90,7 @@ func TestFleetCanaryPostgres(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fleet canary drill: three serve processes and PostgreSQL for about half a minute; skipped in -short mode")
 	}
-	var url string
-	if os.Getenv(testpg.EnvURL) != "" {
-		url = testpg.NewDatabase(t)
-	} else {
-		url = testpg.Start(t).NewDatabase(t)
-	}
-	runFleetDrill(t, fleetSetup{registry: url, cacheHome: t.TempDir()})
+	runFleetDrill(t, fleetSetup{registry: pgDatabase(t), cacheHome: t.TempDir()})
 }
 
 // TestFleetCanaryFolder runs the drill on one machine: a registry folder
