@@ -259,7 +259,10 @@ func (m *modelSet) reconcile(ctx context.Context) {
 	for _, md := range models {
 		want[md.Name] = md
 		for _, v := range md.Versions {
-			if v.Status != registry.StatusProduction && !(s.cfg.ServeStaging && v.Status == registry.StatusStaging) {
+			// The model's shadow version is loaded too (predictions
+			// still refuse to pin a version the server does not serve).
+			shadow := md.Shadow != nil && md.Shadow.Version == v.Version && v.Status != registry.StatusArchived
+			if v.Status != registry.StatusProduction && !(s.cfg.ServeStaging && v.Status == registry.StatusStaging) && !shadow {
 				continue
 			}
 			if l := old.get(v.Name, v.Version); l != nil && l.meta.Artifact.SHA256 == v.Artifact.SHA256 {
@@ -355,6 +358,7 @@ func (m *modelSet) reconcile(ctx context.Context) {
 	// (3) publish the final table, and what could not be loaded.
 	m.tab.Store(&next)
 	m.health.Store(newHealth(want, next, failed))
+	s.syncShadows(want)
 
 	// (4) retire what is gone.
 	for name, vs := range old {
