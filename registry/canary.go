@@ -1,7 +1,9 @@
 package registry
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -100,6 +102,104 @@ type CanaryPlan struct {
 	LastAction   Action    `json:"last_action"`
 	LastActionAt time.Time `json:"last_action_at"`
 	Note         string    `json:"note,omitempty"`
+
+	// Verdict is the judge's latest verdict, recorded with every
+	// judgement (nil before the first).
+	Verdict *CanaryVerdict `json:"verdict,omitempty"`
+	// Mark is the autopilot's evidence mark: the fleet's counters when
+	// the current step began, so that whichever replica judges next
+	// counts only what was served since. It is opaque to the registry,
+	// must be a JSON value if set, and at most MaxCanaryMark bytes.
+	Mark json.RawMessage `json:"mark,omitempty"`
+	// JudgedAt is when the last verdict was recorded; the next is due
+	// Interval later.
+	JudgedAt time.Time `json:"judged_at"`
+}
+
+// MaxCanaryMark is the largest CanaryPlan.Mark the registry stores.
+const MaxCanaryMark = 256 << 10
+
+// UnmarshalJSON reads a plan, keeping its Mark compact whatever the
+// indentation of the document it came from (the folder store indents
+// state.json), so that a plan reads back as it was committed.
+func (p *CanaryPlan) UnmarshalJSON(b []byte) error {
+	type plain CanaryPlan
+	if err := json.Unmarshal(b, (*plain)(p)); err != nil {
+		return err
+	}
+	p.Mark = compactMark(p.Mark)
+	return nil
+}
+
+// compactMark returns m without insignificant space (nil for nil or
+// JSON null); a mark that is not JSON is returned as is, for checkPlan
+// to refuse.
+func compactMark(m json.RawMessage) json.RawMessage {
+	if len(m) == 0 || string(m) == "null" {
+		return nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, m); err != nil {
+		return m
+	}
+	return buf.Bytes()
+}
+
+// The decisions a CanaryVerdict records.
+const (
+	VerdictHealthy      = "healthy"
+	VerdictRollback     = "rollback"
+	VerdictInconclusive = "inconclusive"
+)
+
+// CanaryVerdict is a judgement of a canary against its baseline over the
+// fleet's traffic, with the numbers behind it.
+type CanaryVerdict struct {
+	// Decision is VerdictHealthy, VerdictRollback or VerdictInconclusive.
+	Decision string `json:"decision"`
+	// Reason says why, in words.
+	Reason string `json:"reason"`
+	// Canary and Baseline are the evidence judged: what each version
+	// served over the judged span, summed over the fleet.
+	Canary   VerdictSide `json:"canary"`
+	Baseline VerdictSide `json:"baseline"`
+	// PValue is the one-sided test's p-value for "the canary's error
+	// rate is higher" (1 when not computed); UpperBound the confidence
+	// bound on the error-rate excess (a fraction); P99Ratio canary p99 /
+	// baseline p99 (0 when not computed).
+	PValue     float64 `json:"p_value"`
+	UpperBound float64 `json:"upper_bound"`
+	P99Ratio   float64 `json:"p99_ratio"`
+	// Replicas breaks the evidence down per replica.
+	Replicas []ReplicaEvidence `json:"replicas"`
+	// At is when the verdict was made.
+	At time.Time `json:"at"`
+}
+
+// VerdictSide is one version's evidence in a verdict.
+type VerdictSide struct {
+	Requests  int64   `json:"requests"`
+	Errors    int64   `json:"errors"`
+	NonFinite int64   `json:"non_finite"`
+	P99Ms     float64 `json:"p99_ms"`
+}
+
+// ReplicaEvidence is one replica's share of a verdict's evidence.
+type ReplicaEvidence struct {
+	Replica  string      `json:"replica"`
+	Canary   VerdictSide `json:"canary"`
+	Baseline VerdictSide `json:"baseline"`
+	// Age is how old the replica's counters were when judged.
+	Age time.Duration `json:"age_ns"`
+}
+
+func (v *CanaryVerdict) clone() *CanaryVerdict {
+	if v == nil {
+		return nil
+	}
+	c := *v
+	c.Replicas = slices.Clone(v.Replicas)
+	return &c
 }
 
 // clone returns a deep copy (nil for nil).
@@ -109,6 +209,8 @@ func (p *CanaryPlan) clone() *CanaryPlan {
 	}
 	c := *p
 	c.StepsPct = slices.Clone(p.StepsPct)
+	c.Verdict = p.Verdict.clone()
+	c.Mark = bytes.Clone(p.Mark)
 	return &c
 }
 
@@ -220,6 +322,17 @@ func checkPlan(m *Model, p *CanaryPlan) (field, problem string) {
 		return "judge.max_error_rate_pct", fmt.Sprintf("%v is not a percentage between 0 and 100", p.Judge.MaxErrorRatePct)
 	case p.Revision == 0:
 		return "revision", "0 (a stored plan's revision starts at 1)"
+	case len(p.Mark) > MaxCanaryMark:
+		return "mark", fmt.Sprintf("%d bytes, more than %d", len(p.Mark), MaxCanaryMark)
+	case len(p.Mark) > 0 && !json.Valid(p.Mark):
+		return "mark", "not a JSON value"
+	}
+	if v := p.Verdict; v != nil {
+		switch v.Decision {
+		case VerdictHealthy, VerdictRollback, VerdictInconclusive:
+		default:
+			return "verdict.decision", fmt.Sprintf("%q is not healthy, rollback or inconclusive", v.Decision)
+		}
 	}
 	return "", ""
 }
@@ -281,7 +394,7 @@ func guardPlans(before, m *Model, ev *Event) error {
 // previous plan's, started by the context's actor (see WithActor). Empty
 // StepsPct, Interval and HealthyIntervals get their defaults; State, Step,
 // Healthy, Revision and the Started and LastAction fields are set by the
-// registry, whatever p says.
+// registry, whatever p says; a new plan has no Verdict, Mark or JudgedAt.
 //
 // It is refused with a *CanaryError when a plan is already running or
 // paused (abort it first), the canary and baseline are the same version or
@@ -307,6 +420,7 @@ func (r *Registry) StartCanary(ctx context.Context, name string, p CanaryPlan) (
 		plan.HealthyIntervals = 1
 	}
 	plan.State, plan.Step, plan.Healthy, plan.Note = CanaryRunning, -1, 0, p.Note
+	plan.Verdict, plan.Mark, plan.JudgedAt = nil, nil, time.Time{}
 	plan.StartedBy, plan.StartedAt = ActorFrom(ctx), r.now().UTC()
 	var out CanaryPlan
 	err := r.update(ctx, name, func(m *Model, ev *Event) error {
@@ -345,10 +459,11 @@ func (r *Registry) StartCanary(ctx context.Context, name string, p CanaryPlan) (
 // model's traffic, changed in the same transaction so that "step up to 25%
 // and record it" or "roll back and record it" is one commit.
 type CanaryChange struct {
-	// Plan is a copy of the stored plan to edit in place. Its Canary,
-	// Baseline, StartedBy, StartedAt, Revision and LastAction fields are
-	// the registry's: changing them is refused (or ignored, for Revision
-	// and LastAction, which the commit sets).
+	// Plan is a copy of the stored plan to edit in place: its state,
+	// step, healthy count, note, verdict, mark and judgement time. Its
+	// Canary, Baseline, StartedBy, StartedAt, Revision and LastAction
+	// fields are the registry's: changing them is refused (or ignored, for
+	// Revision and LastAction, which the commit sets).
 	Plan *CanaryPlan
 	// Split is the model's traffic now (a copy). Replace or edit it to
 	// change the traffic: the new split must total 100 and is applied as
@@ -400,6 +515,7 @@ func (r *Registry) UpdateCanary(ctx context.Context, name string, expectRevision
 		}
 		p := c.Plan
 		p.Revision, p.LastAction, p.LastActionAt = old.Revision, old.LastAction, old.LastActionAt
+		p.Mark = compactMark(p.Mark)
 		switch {
 		case p.Canary != old.Canary || p.Baseline != old.Baseline:
 			return &CanaryError{Model: name, Field: "canary", Problem: "a plan's canary and baseline cannot change; start a new plan"}

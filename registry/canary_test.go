@@ -2,9 +2,12 @@ package registry_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
+	"reflect"
+	"strings"
 	"testing"
 	"time"
 
@@ -173,6 +176,15 @@ func TestUpdateCanaryRefused(t *testing.T) {
 		{"split on archived", func(c *registry.CanaryChange) error { c.Split = registry.Split{"v1": 90, "v4": 10}; return nil }, registry.ErrTransition},
 		{"start action", func(c *registry.CanaryChange) error { c.Action = registry.ActionCanaryStart; return nil }, registry.ErrCanary},
 		{"fn error", func(c *registry.CanaryChange) error { return registry.ErrTraffic }, registry.ErrTraffic},
+		{"mark too large", func(c *registry.CanaryChange) error {
+			c.Plan.Mark = json.RawMessage(`"` + strings.Repeat("x", registry.MaxCanaryMark-1) + `"`)
+			return nil
+		}, registry.ErrCanary},
+		{"mark not JSON", func(c *registry.CanaryChange) error { c.Plan.Mark = json.RawMessage(`{"a":`); return nil }, registry.ErrCanary},
+		{"unknown decision", func(c *registry.CanaryChange) error {
+			c.Plan.Verdict = &registry.CanaryVerdict{Decision: "promote"}
+			return nil
+		}, registry.ErrCanary},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r, dir, p := canarySetup(t)
@@ -397,6 +409,8 @@ func TestValidateModelChecksPlanAndShadow(t *testing.T) {
 		{"steps decrease", "canary.steps_pct", func(m *registry.Model) { m.Canary.StepsPct = []float64{50, 10} }},
 		{"step index", "canary.step", func(m *registry.Model) { m.Canary.Step = 4 }},
 		{"revision 0", "canary.revision", func(m *registry.Model) { m.Canary.Revision = 0 }},
+		{"mark not JSON", "canary.mark", func(m *registry.Model) { m.Canary.Mark = json.RawMessage("{") }},
+		{"unknown decision", "canary.verdict.decision", func(m *registry.Model) { m.Canary.Verdict = &registry.CanaryVerdict{Decision: "maybe"} }},
 		{"shadow rate 2", "shadow.rate", func(m *registry.Model) { m.Shadow.Rate = 2 }},
 		{"shadow archived", "shadow.version", func(m *registry.Model) { m.Shadow.Version = "v4" }},
 		{"shadow unknown", "shadow.version", func(m *registry.Model) { m.Shadow.Version = "v9" }},
@@ -412,4 +426,108 @@ func TestValidateModelChecksPlanAndShadow(t *testing.T) {
 	if err := registry.ValidateModel(good); err != nil {
 		t.Fatalf("editing clones changed the original: %v", err)
 	}
+}
+
+// judged records a verdict, a mark and a judgement time on m's plan, as
+// the autopilot does, and returns the plan as committed.
+func judged(t *testing.T, r *registry.Registry, rev uint64) registry.CanaryPlan {
+	t.Helper()
+	at := time.Date(2026, 12, 4, 18, 30, 0, 0, time.UTC)
+	v := registry.CanaryVerdict{
+		Decision: registry.VerdictInconclusive, Reason: "not enough samples",
+		Canary:   registry.VerdictSide{Requests: 90, Errors: 3, NonFinite: 1, P99Ms: 12.5},
+		Baseline: registry.VerdictSide{Requests: 900, Errors: 9, P99Ms: 11},
+		PValue:   0.2, UpperBound: 0.03, P99Ratio: 1.13,
+		Replicas: []registry.ReplicaEvidence{
+			{Replica: "a", Canary: registry.VerdictSide{Requests: 40, Errors: 1}, Baseline: registry.VerdictSide{Requests: 400, Errors: 4}, Age: 1500 * time.Millisecond},
+			{Replica: "b", Canary: registry.VerdictSide{Requests: 50, Errors: 2, NonFinite: 1}, Baseline: registry.VerdictSide{Requests: 500, Errors: 5}},
+		},
+		At: at,
+	}
+	mark := json.RawMessage(`{"a":{"started":"2026-12-04T18:00:00Z","versions":{"v2":{"requests":7,"hist":[[3,7]]}}}}`)
+	p, _, err := r.UpdateCanary(context.Background(), "m", rev, func(c *registry.CanaryChange) error {
+		c.Plan.Verdict, c.Plan.Mark, c.Plan.JudgedAt, c.Plan.Note = &v, mark, at, v.Reason
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(p.Verdict, &v) || string(p.Mark) != string(mark) || !p.JudgedAt.Equal(at) {
+		t.Fatalf("committed plan = %+v; want the verdict, mark and time recorded", p)
+	}
+	return p
+}
+
+// TestVerdictAndMarkRoundTrip: the autopilot's verdict, mark and
+// judgement time survive the memory store, the folder store (reopened),
+// and a rebuild of the folder's state from its audit log.
+func TestVerdictAndMarkRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	t.Run("memory", func(t *testing.T) {
+		r, err := registry.Open(ctx, registry.Config{Store: registry.NewMemStore(), PollInterval: -1})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer r.Close()
+		for range 2 {
+			if _, err := r.Register(ctx, registry.RegisterRequest{Name: "m", ONNX: onnxModel(t, 1, feats...)}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if _, err := r.Promote(ctx, ref("m:v1"), 100); err != nil {
+			t.Fatal(err)
+		}
+		p, err := r.StartCanary(ctx, "m", registry.CanaryPlan{Canary: "v2", Baseline: "v1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := judged(t, r, p.Revision)
+		got, err := r.Canary(ctx, "m")
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("Canary = %+v, %v; want %+v", got, err, want)
+		}
+		evs, _ := r.History(ctx, "m")
+		if last := evs[len(evs)-1]; last.Canary == nil || !reflect.DeepEqual(*last.Canary, want) {
+			t.Fatalf("the canary-update event carries %+v; want %+v", last.Canary, want)
+		}
+	})
+	t.Run("folder and repair", func(t *testing.T) {
+		r, dir, p := canarySetup(t)
+		want := judged(t, r, p.Revision)
+		if err := r.Close(); err != nil {
+			t.Fatal(err)
+		}
+		r2 := openReg(t, dir)
+		got, err := r2.Canary(ctx, "m")
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("reopened Canary = %+v, %v; want %+v", got, err, want)
+		}
+		r2.Close()
+		state := snapshot(t, dir)
+		if err := os.Remove(filepath.Join(dir, "state.json")); err != nil {
+			t.Fatal(err)
+		}
+		if rep, err := registry.Repair(ctx, dir, registry.RepairOptions{}); err != nil || !rep.Wrote || len(rep.Problems) != 0 {
+			t.Fatalf("Repair = %+v, %v", rep, err)
+		}
+		if snapshot(t, dir) != state {
+			t.Fatalf("the repaired state differs from the one lost:\n%s\nwant\n%s", snapshot(t, dir), state)
+		}
+		got, err = openReg(t, dir).Canary(ctx, "m")
+		if err != nil || !reflect.DeepEqual(got, want) {
+			t.Fatalf("repaired Canary = %+v, %v; want %+v", got, err, want)
+		}
+	})
+	t.Run("a new plan starts without them", func(t *testing.T) {
+		r, _, p := canarySetup(t)
+		judged(t, r, p.Revision)
+		if _, err := r.AbortCanary(ctx, "m", ""); err != nil {
+			t.Fatal(err)
+		}
+		n, err := r.StartCanary(ctx, "m", registry.CanaryPlan{Canary: "v3", Baseline: "v1",
+			Verdict: &registry.CanaryVerdict{Decision: registry.VerdictHealthy}, Mark: json.RawMessage(`{}`), JudgedAt: time.Now()})
+		if err != nil || n.Verdict != nil || n.Mark != nil || !n.JudgedAt.IsZero() {
+			t.Fatalf("StartCanary = %+v, %v; want no verdict, mark or judgement time", n, err)
+		}
+	})
 }

@@ -12,9 +12,11 @@ import (
 	"maps"
 	"math/rand/v2"
 	"os"
+	"reflect"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/signalforge/signalforge/internal/testpg"
@@ -631,5 +633,59 @@ func TestInvalidStoredModelIsRefused(t *testing.T) {
 		if !errors.As(err, &se) || !errors.Is(err, registry.ErrInvalidState) || se.Field != "traffic" {
 			t.Errorf("%s on a model with 500%% traffic = %v; want a *StateError about traffic", what, err)
 		}
+	}
+}
+
+// TestCanaryVerdictAndMarkRoundTrip: the autopilot's verdict, evidence
+// mark and judgement time are stored with the plan (the model's JSON
+// document) and in the event that committed them, read back unchanged by
+// another Store on the same database, and replayed by Rebuild.
+func TestCanaryVerdictAndMarkRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	url := testpg.NewDatabase(t)
+	r := openReg(t, open(t, url))
+	for i := range 2 {
+		if _, err := r.Register(ctx, registry.RegisterRequest{Name: "m", ONNX: onnxModel(t, uint64(i+1))}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := r.Promote(ctx, ref(t, "m:v1"), 100); err != nil {
+		t.Fatal(err)
+	}
+	p, err := r.StartCanary(ctx, "m", registry.CanaryPlan{Canary: "v2", Baseline: "v1", StepUp: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := time.Date(2026, 12, 4, 18, 30, 0, 0, time.UTC)
+	v := registry.CanaryVerdict{Decision: registry.VerdictHealthy, Reason: "within margin",
+		Canary: registry.VerdictSide{Requests: 500, Errors: 1, P99Ms: 3.5}, Baseline: registry.VerdictSide{Requests: 9000, Errors: 20, NonFinite: 2, P99Ms: 3.25},
+		PValue: 0.6, UpperBound: 0.002, P99Ratio: 1.08, At: at,
+		Replicas: []registry.ReplicaEvidence{{Replica: "pod-a", Canary: registry.VerdictSide{Requests: 500, Errors: 1}, Age: time.Second}}}
+	mark := json.RawMessage(`{"pod-a": {"started": "2026-12-04T18:00:00Z", "versions": {"v1": {"requests": 3, "hist": [[40, 3]]}}}}`)
+	want, _, err := r.UpdateCanary(ctx, "m", p.Revision, func(c *registry.CanaryChange) error {
+		c.Plan.Verdict, c.Plan.Mark, c.Plan.JudgedAt, c.Plan.Healthy = &v, mark, at, 1
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !reflect.DeepEqual(want.Verdict, &v) || want.Mark == nil || !want.JudgedAt.Equal(at) {
+		t.Fatalf("committed plan = %+v", want)
+	}
+	other := openReg(t, open(t, url))
+	got, err := other.Canary(ctx, "m")
+	if err != nil || !reflect.DeepEqual(got, want) {
+		t.Fatalf("read by another store: %+v, %v\nwant %+v", got, err, want)
+	}
+	evs, err := other.History(ctx, "m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if last := evs[len(evs)-1]; last.Canary == nil || !reflect.DeepEqual(*last.Canary, want) {
+		t.Fatalf("the event carries %+v; want %+v", last.Canary, want)
+	}
+	rb, err := registry.Rebuild(ctx, evs, nil)
+	if err != nil || len(rb.Problems) != 0 || len(rb.Models) != 1 || !reflect.DeepEqual(*rb.Models[0].Canary, want) {
+		t.Fatalf("Rebuild = %+v, %v; want the plan %+v", rb, err, want)
 	}
 }
