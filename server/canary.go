@@ -4,8 +4,11 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"net/http"
+	"net/url"
 	"slices"
+	"strconv"
 	"sync"
 	"time"
 
@@ -140,27 +143,78 @@ func (s *Server) canaryStateHandler(change func(ctx context.Context, name, note 
 	}
 }
 
+// judgeView is the answer of GET …/judge.
+type judgeView struct {
+	Model string `json:"model"`
+	registry.CanaryVerdict
+}
+
+// handleJudge judges a canary on the fleet's counters now, changing
+// nothing: over what the fleet served since the current step began when
+// the model's active plan is on these versions (with the plan's judge
+// settings), else over everything the replicas counted. Query parameters
+// min_samples, max_p99_ratio and max_error_rate_pct override the settings.
 func (s *Server) handleJudge(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	q := r.URL.Query()
-	canary, baseline := q.Get("canary"), q.Get("baseline")
-	if canary == "" || baseline == "" {
+	canaryV, baseline := q.Get("canary"), q.Get("baseline")
+	if canaryV == "" || baseline == "" {
 		return badRequest("query parameters \"canary\" and \"baseline\" are required")
 	}
-	if canary == baseline {
-		return badRequest("canary and baseline are the same version %q", canary)
+	if canaryV == baseline {
+		return badRequest("canary and baseline are the same version %q", canaryV)
 	}
-	for _, v := range []string{canary, baseline} {
+	for _, v := range []string{canaryV, baseline} {
 		if _, err := s.reg.Get(r.Context(), registry.Ref{Name: name, Version: v}); err != nil {
 			return err
 		}
 	}
-	f, err := s.collector.Collect(r.Context(), name)
-	if err != nil {
-		return fmt.Errorf("reading the fleet's counters: %w", err)
+	var j registry.CanaryJudge
+	if p, err := s.reg.Canary(r.Context(), name); err == nil && p.State.Active() && p.Canary == canaryV && p.Baseline == baseline {
+		j = p.Judge
 	}
-	v := route.Judge{}.Compare(f.Versions[canary].Metrics(), f.Versions[baseline].Metrics())
-	writeJSON(w, http.StatusOK, viewVerdict(v))
+	if err := judgeQuery(q, &j); err != nil {
+		return err
+	}
+	fp := s.fleet.Load()
+	if fp == nil {
+		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: "the server is not serving yet", RetryAfter: time.Second}
+	}
+	v, err := fp.pilot.Judge(r.Context(), name, canaryV, baseline, j)
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, judgeView{Model: name, CanaryVerdict: v})
+	return nil
+}
+
+// judgeQuery reads the judge settings a query overrides.
+func judgeQuery(q url.Values, j *registry.CanaryJudge) error {
+	if v := q.Get("min_samples"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 0 {
+			return badRequest("query parameter \"min_samples\": %q is not a count", v)
+		}
+		j.MinSamples = n
+	}
+	for _, f := range []struct {
+		name   string
+		dst    *float64
+		lo, hi float64
+	}{
+		{"max_p99_ratio", &j.MaxP99Ratio, math.Inf(-1), math.Inf(1)},
+		{"max_error_rate_pct", &j.MaxErrorRatePct, 0, 100},
+	} {
+		v := q.Get(f.name)
+		if v == "" {
+			continue
+		}
+		x, err := strconv.ParseFloat(v, 64)
+		if err != nil || math.IsNaN(x) || math.IsInf(x, 0) || x < f.lo || x > f.hi {
+			return badRequest("query parameter %q: %q is not a number in range", f.name, v)
+		}
+		*f.dst = x
+	}
 	return nil
 }
 

@@ -10,7 +10,6 @@ import (
 
 	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/registry"
-	"github.com/signalforge/signalforge/route"
 )
 
 func TestShadowViaAdminAPI(t *testing.T) {
@@ -119,19 +118,40 @@ func TestCanaryPlanWritesRegistry(t *testing.T) {
 	if err != nil || plan.Canary != "v2.0" || plan.Baseline != "v1.0" || !plan.StepUp || !plan.Rollback || plan.Interval != time.Hour {
 		t.Fatalf("registry plan %+v, %v", plan, err)
 	}
-	hist, _ := ts.reg.History(ctx, "forecast_mlp")
-	if first := hist[len(hist)-1]; first.Action != registry.ActionCanaryStart || first.Actor != adminActor {
-		// The autopilot may have acted already; the start is then one before.
-		if prev := hist[len(hist)-2]; prev.Action != registry.ActionCanaryStart || prev.Actor != adminActor {
-			t.Fatalf("audit events %+v, %+v: want canary-start by %s", prev, first, adminActor)
-		}
+	// The autopilot applies the first step at once, through the registry.
+	waitFor(t, func() bool { p, _ := ts.reg.Canary(ctx, "forecast_mlp"); return p.Step == 0 })
+	split, err := ts.reg.Split(ctx, "forecast_mlp")
+	if err != nil {
+		t.Fatal(err)
 	}
-	var v struct{ Decision, Reason string }
+	if split["v2.0"] < 9.99 || split["v2.0"] > 10.01 {
+		t.Fatalf("registry split %v, want v2.0 at 10%%", split)
+	}
+	hist, _ := ts.reg.History(ctx, "forecast_mlp")
+	start, step := hist[len(hist)-2], hist[len(hist)-1]
+	if start.Action != registry.ActionCanaryStart || start.Actor != adminActor || step.Action != registry.ActionCanaryStep || step.Actor != "autopilot" {
+		t.Fatalf("audit events %+v, %+v: want canary-start by %s, then canary-step by autopilot", start, step, adminActor)
+	}
+	waitFor(t, func() bool { s, _ := ts.srv.router.Split("forecast_mlp"); return s["v2.0"] > 0.09 && s["v2.0"] < 0.11 })
+	if err := admin.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/canary", nil, &st); err != nil || st.Step != 0 || st.Revision != 2 {
+		t.Fatalf("status after the first step: %+v, %v", st, err)
+	}
+	var v judgeView
 	if err := admin.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/judge?canary=v2.0&baseline=v1.0", nil, &v); err != nil {
 		t.Fatal(err)
 	}
-	if v.Decision != route.Inconclusive.String() {
+	if v.Decision != registry.VerdictInconclusive || v.Model != "forecast_mlp" || v.Reason == "" {
 		t.Fatalf("verdict with no traffic: %+v", v)
+	}
+	for _, q := range []string{"canary=v2.0", "canary=v2.0&baseline=v2.0", "canary=v2.0&baseline=v1.0&min_samples=-1", "canary=v2.0&baseline=v1.0&max_error_rate_pct=101"} {
+		err := admin.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/judge?"+q, nil, nil)
+		if ae, ok := err.(*api.Error); !ok || ae.Status != 400 {
+			t.Fatalf("judge?%s: %v, want 400", q, err)
+		}
+	}
+	err = admin.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/judge?canary=v9&baseline=v1.0", nil, nil)
+	if ae, ok := err.(*api.Error); !ok || ae.Status != 404 {
+		t.Fatalf("judge of an unknown version: %v, want 404", err)
 	}
 	// A second plan while one is active is a conflict.
 	err = admin.Do(ctx, "POST", "/v1/admin/models/forecast_mlp/canary", map[string]any{"canary": "v2.0", "baseline": "v1.0"}, nil)

@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/signalforge/signalforge/canary"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/route"
 	"github.com/signalforge/signalforge/route/fleet"
@@ -55,6 +56,7 @@ func validReplica(s string) bool {
 type fleetParts struct {
 	publisher *fleet.Publisher
 	elector   *registry.Elector // nil without a Leaser
+	pilot     *canary.Pilot
 }
 
 // startFleet starts publishing this replica's counters and, with a
@@ -75,13 +77,27 @@ func (s *Server) startFleet() (*fleetParts, error) {
 		}
 		fp.elector = el
 	}
+	pcfg := canary.Config{Registry: s.reg, Evidence: s.collector, Tick: s.cfg.AutopilotTick, Logger: s.log}
+	if fp.elector != nil {
+		pcfg.Leader = fp.elector // else this process always leads
+	}
+	pilot, err := canary.New(pcfg)
+	if err != nil {
+		fp.stopLeading()
+		pub.Close()
+		return nil, err
+	}
+	fp.pilot = pilot
 	s.fleet.Store(fp)
 	return fp, nil
 }
 
-// stopLeading stops the autopilot and releases the lease, so that a peer
-// takes over at once: the first thing a shutdown does.
+// stopLeading stops the autopilot and then releases the lease, so that a
+// peer takes over at once: the first thing a shutdown does.
 func (fp *fleetParts) stopLeading() {
+	if fp.pilot != nil {
+		fp.pilot.Close()
+	}
 	if fp.elector != nil {
 		fp.elector.Close()
 	}

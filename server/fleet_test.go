@@ -53,7 +53,7 @@ func TestFleetCanaryOnEveryReplica(t *testing.T) {
 	ca, cb := &api.Client{BaseURL: a.URL}, &api.Client{BaseURL: b.URL}
 	var started canaryAnswer
 	if err := ca.Do(ctx, "POST", "/v1/admin/models/forecast_mlp/canary", map[string]any{
-		"canary": "v2.0", "baseline": "v1.0", "steps_pct": []float64{10, 100}, "interval": "1h", "min_samples": 50,
+		"canary": "v2.0", "baseline": "v1.0", "step_up": true, "steps_pct": []float64{10, 100}, "interval": "1h", "min_samples": 50,
 	}, &started); err != nil {
 		t.Fatal(err)
 	}
@@ -62,18 +62,27 @@ func TestFleetCanaryOnEveryReplica(t *testing.T) {
 	// exactly one of them leads.
 	var pa, pb map[string]any
 	var apa, apb autopilotView
+	defer func() {
+		if t.Failed() {
+			t.Logf("a: %v %+v\nb: %v %+v", pa, apa, pb, apb)
+		}
+	}()
 	waitFor(t, func() bool {
 		pa, pb = getJSON(t, a.URL, "/v1/admin/models/forecast_mlp/canary"), getJSON(t, b.URL, "/v1/admin/models/forecast_mlp/canary")
 		apa, apb = autopilotOf(t, pa), autopilotOf(t, pb)
-		return apa.Leader != "" && apa.Leader == apb.Leader && apa.Leads != apb.Leads
+		delete(pa, "autopilot")
+		delete(pb, "autopilot")
+		// Once the leader applied the first step, nothing changes for an
+		// hour (the plan's interval).
+		return apa.Leader != "" && apa.Leader == apb.Leader && apa.Leads != apb.Leads &&
+			pa["step"] == float64(0) && reflect.DeepEqual(pa, pb)
 	})
-	delete(pa, "autopilot")
-	delete(pb, "autopilot")
-	if !reflect.DeepEqual(pa, pb) {
-		t.Fatalf("replica a reports\n%v\nreplica b reports\n%v", pa, pb)
-	}
-	if pa["canary"] != "v2.0" || pa["state"] != "running" || pa["revision"] != float64(started.Revision) {
+	if pa["canary"] != "v2.0" || pa["state"] != "running" || pa["revision"] != float64(started.Revision+1) || pa["last_action"] != "canary-step" {
 		t.Fatalf("plan %v", pa)
+	}
+	// Both replicas route by the step's split.
+	for _, ts := range []*testServer{a, b} {
+		waitFor(t, func() bool { s, _ := ts.srv.router.Split("forecast_mlp"); return s["v2.0"] > 0.09 && s["v2.0"] < 0.11 })
 	}
 	if !apa.Elected || apa.ThisReplica != "a" || apb.ThisReplica != "b" || (apa.Leader != "a" && apa.Leader != "b") {
 		t.Fatalf("autopilot on a %+v, on b %+v", apa, apb)
@@ -81,6 +90,20 @@ func TestFleetCanaryOnEveryReplica(t *testing.T) {
 	leader, follower := a, b
 	if apb.Leads {
 		leader, follower = b, a
+	}
+	// A verdict from either replica judges the same fleet evidence.
+	var ja, jb judgeView
+	waitFor(t, func() bool {
+		if err := ca.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/judge?canary=v2.0&baseline=v1.0", nil, &ja); err != nil {
+			t.Fatal(err)
+		}
+		if err := cb.Do(ctx, "GET", "/v1/admin/models/forecast_mlp/judge?canary=v2.0&baseline=v1.0", nil, &jb); err != nil {
+			t.Fatal(err)
+		}
+		return len(ja.Replicas) == 2 && len(jb.Replicas) == 2
+	})
+	if ja.Decision != jb.Decision || ja.Canary != jb.Canary || ja.Baseline != jb.Baseline || ja.Replicas[0].Replica != "a" || ja.Replicas[1].Replica != "b" {
+		t.Fatalf("verdict from a %+v\nfrom b %+v", ja, jb)
 	}
 
 	// Paused through b, seen by a; aborted through a, seen by b.
@@ -206,5 +229,56 @@ func TestFleetEndpoint(t *testing.T) {
 	err := (&api.Client{BaseURL: a.URL}).Do(ctx, "GET", "/v1/admin/models/no_such_model/fleet", nil, nil)
 	if ae, ok := err.(*api.Error); !ok || ae.Status != 404 {
 		t.Fatalf("fleet of an unknown model: %v", err)
+	}
+}
+
+// TestFleetRollbackOnFleetEvidence: the canary fails only on replica b,
+// the baseline serves only on replica a; whichever replica leads judges
+// the fleet's sum, rolls the canary back through the registry, and both
+// replicas stop routing to it.
+func TestFleetRollbackOnFleetEvidence(t *testing.T) {
+	a, b, _ := startFleet(t)
+	ctx := context.Background()
+	ca, cb := &api.Client{BaseURL: a.URL}, &api.Client{BaseURL: b.URL}
+	if err := ca.Do(ctx, "POST", "/v1/admin/models/forecast_mlp/canary", map[string]any{
+		"canary": "v1.0", "baseline": "v2.0", "step_up": true, "steps_pct": []float64{20, 100}, "interval": "1s",
+		"min_samples": 20, "max_error_rate_pct": 5,
+	}, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Evidence counts from the first step's mark.
+	waitFor(t, func() bool { p, _ := a.reg.Canary(ctx, "forecast_mlp"); return p.Step == 0 })
+	overflow := api.Features{}
+	for name := range demoFeatures(0) {
+		overflow[name] = api.Scalar(3e38) // v1.0's answer is not finite: the version's failure
+	}
+	for i := range 30 {
+		if _, err := ca.Predict(ctx, "forecast_mlp", &api.PredictRequest{RequestID: fmt.Sprint(i), Version: "v2.0", Features: demoFeatures(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cb.Predict(ctx, "forecast_mlp", &api.PredictRequest{RequestID: fmt.Sprint(i), Version: "v1.0", Features: overflow}); err == nil {
+			t.Fatal("an overflowing input was answered")
+		}
+	}
+	var plan registry.CanaryPlan
+	waitFor(t, func() bool {
+		var err error
+		plan, err = b.reg.Canary(ctx, "forecast_mlp")
+		return err == nil && !plan.State.Active()
+	})
+	if plan.State != registry.CanaryRolledBack || plan.Verdict == nil || plan.Verdict.Decision != registry.VerdictRollback {
+		t.Fatalf("plan %+v: want rolled back on a rollback verdict", plan)
+	}
+	v := plan.Verdict
+	// The verdict may come before all 30 pairs were published; what it
+	// counted, it counted from both replicas.
+	if v.Canary.Requests < 20 || v.Canary.Requests > 30 || v.Canary.Errors != v.Canary.Requests || v.Baseline.Errors != 0 || len(v.Replicas) != 2 {
+		t.Fatalf("verdict %+v: want the fleet's canary failures (on b) and clean baseline answers (on a)", v)
+	}
+	if ra, rb := v.Replicas[0], v.Replicas[1]; ra.Replica != "a" || rb.Replica != "b" || ra.Canary.Requests != 0 || rb.Canary.Errors != v.Canary.Errors || rb.Baseline.Requests != 0 || ra.Baseline.Requests != v.Baseline.Requests {
+		t.Fatalf("per-replica evidence %+v", v.Replicas)
+	}
+	for _, ts := range []*testServer{a, b} {
+		waitFor(t, func() bool { s, _ := ts.srv.router.Split("forecast_mlp"); return s["v1.0"] == 0 && s["v2.0"] > 0.99 })
 	}
 }

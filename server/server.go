@@ -143,6 +143,9 @@ type Config struct {
 	// is how long a leader that died keeps the lease; if zero, 10s.
 	Leaser   registry.Leaser
 	LeaseTTL time.Duration
+	// AutopilotTick is how often the autopilot looks at the canary plans
+	// (it judges each plan every plan Interval). If zero, 1s.
+	AutopilotTick time.Duration
 }
 
 // Timeouts bound every request, per route class. Unauthenticated routes
@@ -274,8 +277,8 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("server: Replica %q: want letters, digits, '.', '_', '-' (not first), at most 128", c.Replica)
 	case c.FleetInterval < time.Millisecond:
 		return fmt.Errorf("server: FleetInterval %v below 1ms", c.FleetInterval)
-	case c.LeaseTTL < 0:
-		return fmt.Errorf("server: negative LeaseTTL %v", c.LeaseTTL)
+	case c.LeaseTTL < 0, c.AutopilotTick < 0:
+		return fmt.Errorf("server: negative LeaseTTL %v or AutopilotTick %v", c.LeaseTTL, c.AutopilotTick)
 	}
 	return nil
 }

@@ -71,23 +71,6 @@ func viewBatch(st batch.Stats) batchView {
 		Rejected: st.Rejected, Failed: st.Failed, Panics: st.Panics}
 }
 
-type verdictView struct {
-	Decision   route.Decision `json:"decision"`
-	Reason     string         `json:"reason"`
-	Canary     metricsView    `json:"canary"`
-	Baseline   metricsView    `json:"baseline"`
-	RateDiff   float64        `json:"error_rate_diff"`
-	PValue     float64        `json:"p_value"`
-	Z          float64        `json:"z"`
-	UpperBound float64        `json:"upper_bound"`
-	P99Ratio   float64        `json:"p99_ratio"`
-}
-
-func viewVerdict(v route.Verdict) verdictView {
-	return verdictView{Decision: v.Decision, Reason: v.Reason, Canary: viewMetrics(v.Canary), Baseline: viewMetrics(v.Baseline),
-		RateDiff: v.RateDiff, PValue: v.PValue, Z: v.Z, UpperBound: v.UpperBound, P99Ratio: v.P99Ratio}
-}
-
 type shadowStatsView struct {
 	Model                 string      `json:"model"`
 	Version               string      `json:"version"`
