@@ -244,6 +244,9 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	// sharing it elect the one that runs the canary autopilot.
 	leaser, _ := reg.Store().(registry.Leaser)
 	log.Info("fleet: counters and autopilot", "fleet_store", where, "replica", *replica, "elects_leader", leaser != nil)
+	if _, alone := fleetStore.(*fleet.Memory); alone {
+		log.Info("fleet: this replica's counters stay in this process; replicas sharing the registry need --redis for the autopilot to judge them all")
+	}
 
 	srv, err := server.New(server.Config{
 		Registry: reg, Engine: eng, Cache: c, Logger: log,
