@@ -132,8 +132,9 @@ type Config struct {
 	Fleet         fleet.Store
 	FleetInterval time.Duration
 	// Replica is this replica's id in Fleet and as the autopilot lease's
-	// holder; it must differ between replicas. If empty, the host name
-	// and process id.
+	// holder; it must differ between replicas (two Servers in one process
+	// sharing a Fleet or a Leaser need ids of their own). If empty, the
+	// host name and process id.
 	Replica string
 	// Leaser elects the one replica that runs the canary autopilot: the
 	// replicas contend for a lease on it (the registry's store: a
