@@ -13,6 +13,12 @@
 // a split or archiving (also from the CLI in another process) loads and
 // warms new sessions before they get traffic, switches atomically and
 // drains the old ones.
+//
+// Canary plans and shadow settings are registry state too: every replica
+// runs the shadow its registry model names, publishes its per-version
+// counters to Config.Fleet, and runs a canary.Pilot that acts only while
+// this replica holds the autopilot lease on Config.Leaser, judging each
+// plan on the whole fleet's counters.
 package server
 
 import (
