@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"slices"
 	"sync"
 	"time"
 
@@ -17,6 +18,11 @@ import (
 // Leader says whether this process may act for the fleet now.
 // *registry.Elector satisfies it.
 type Leader interface{ IsLeader() bool }
+
+var (
+	_ Leader   = (*registry.Elector)(nil)
+	_ Evidence = (*fleet.Collector)(nil)
+)
 
 // Evidence reads the fleet's per-version counters of a model.
 // *fleet.Collector satisfies it.
@@ -137,7 +143,9 @@ func (p *Pilot) Stats() Stats {
 // with j over the fleet's evidence: what was served since the current
 // step's mark when the model has an active plan on this canary and
 // baseline, else everything the fleet's replicas counted since they
-// started. It changes nothing.
+// started. It changes nothing. The error wraps registry.ErrNotFound for a
+// model or version the registry does not have, registry.ErrInvalidName
+// for a bad name.
 func (p *Pilot) Judge(ctx context.Context, model, canary, baseline string, j registry.CanaryJudge) (registry.CanaryVerdict, error) {
 	for _, n := range []string{model, canary, baseline} {
 		if err := registry.ValidateName(n); err != nil {
@@ -147,6 +155,15 @@ func (p *Pilot) Judge(ctx context.Context, model, canary, baseline string, j reg
 	rj, err := judgeOf(j)
 	if err != nil {
 		return registry.CanaryVerdict{}, err
+	}
+	vs, err := p.reg.Versions(ctx, model)
+	if err != nil {
+		return registry.CanaryVerdict{}, err
+	}
+	for _, v := range []string{canary, baseline} {
+		if !slices.ContainsFunc(vs, func(x registry.Version) bool { return x.Version == v }) {
+			return registry.CanaryVerdict{}, fmt.Errorf("%w: version %s:%s", registry.ErrNotFound, model, v)
+		}
 	}
 	m := mark{}
 	switch plan, err := p.reg.Canary(ctx, model); {
@@ -268,7 +285,11 @@ func (p *Pilot) plan(ctx context.Context, m *registry.Model) {
 	}
 	rj, err := judgeOf(pl.Judge)
 	if err != nil {
-		p.failed(name, err)
+		p.commit(ctx, name, pl.Revision, func(c *registry.CanaryChange) error {
+			c.Plan.State, c.Action = registry.CanaryAborted, registry.ActionCanaryAbort
+			c.Plan.Note = "the plan cannot be judged: " + err.Error()
+			return nil
+		})
 		return
 	}
 	mk, err := decodeMark(pl.Mark)
@@ -352,14 +373,17 @@ func stepSplit(s registry.Split, canary, baseline string, pct float64) registry.
 	out[canary] = pct
 	if pct <= pair {
 		out[baseline] = pair - pct
-		return out
-	}
-	out[baseline] = 0
-	rest := 100 - pair // > 0, since pct <= 100
-	for v, x := range s {
-		if v != canary && v != baseline {
-			out[v] = x * (100 - pct) / rest
+	} else {
+		out[baseline] = 0
+		rest := 100 - pair // > 0, since pct <= 100
+		for v, x := range s {
+			if v != canary && v != baseline {
+				out[v] = x * (100 - pct) / rest
+			}
 		}
+	}
+	if _, had := s[baseline]; !had && out[baseline] == 0 {
+		delete(out, baseline) // naming it would make it production
 	}
 	return out
 }

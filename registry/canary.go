@@ -421,6 +421,10 @@ func (r *Registry) StartCanary(ctx context.Context, name string, p CanaryPlan) (
 	}
 	plan.State, plan.Step, plan.Healthy, plan.Note = CanaryRunning, -1, 0, p.Note
 	plan.Verdict, plan.Mark, plan.JudgedAt = nil, nil, time.Time{}
+	if r := plan.Judge.MaxP99Ratio; r > 0 && r < 1 {
+		return CanaryPlan{}, &CanaryError{Model: name, Field: "judge.max_p99_ratio",
+			Problem: fmt.Sprintf("%v is below 1 (a canary as fast as its baseline would fail); use a negative ratio to disable the check", r)}
+	}
 	plan.StartedBy, plan.StartedAt = ActorFrom(ctx), r.now().UTC()
 	var out CanaryPlan
 	err := r.update(ctx, name, func(m *Model, ev *Event) error {
