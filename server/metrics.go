@@ -78,9 +78,10 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
-	for model, vs := range s.models.current() {
-		for ver, l := range vs {
-			st := l.batcher.Stats()
+	snap := s.models.Current()
+	for _, model := range snap.Models() {
+		for ver, l := range snap.Versions(model) {
+			st := l.Batcher().Stats()
 			ch <- prometheus.MustNewConstMetric(descBatches, prometheus.CounterValue, float64(st.Batches), model, ver)
 			ch <- prometheus.MustNewConstMetric(descBatchRows, prometheus.CounterValue, float64(st.BatchedRows), model, ver)
 			ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(st.QueueDepth), model, ver)
@@ -135,8 +136,8 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	for ref := range s.models.health.Load().failed {
-		ch <- prometheus.MustNewConstMetric(descVerFailed, prometheus.GaugeValue, 1, ref.Name, ref.Version)
+	for _, f := range s.models.Failures() {
+		ch <- prometheus.MustNewConstMetric(descVerFailed, prometheus.GaugeValue, 1, f.Ref.Name, f.Ref.Version)
 	}
 	ready := 0.0
 	if ok, _ := s.readiness(); ok {
@@ -162,11 +163,11 @@ func promhttpHandler(g prometheus.Gatherer) http.Handler {
 // that are not loaded are folded into "_unknown", so clients can neither
 // grow the metric set without bound nor put invalid UTF-8 into a label.
 func (s *Server) metricLabels(model, version string) (string, string) {
-	vs, ok := s.models.current()[model]
-	if !ok {
+	snap := s.models.Current()
+	if !snap.HasModel(model) {
 		return "_unknown", ""
 	}
-	if _, ok := vs[version]; !ok {
+	if snap.Get(model, version) == nil {
 		version = ""
 	}
 	return model, version

@@ -32,6 +32,7 @@ import (
 	"github.com/signalforge/signalforge/batch"
 	"github.com/signalforge/signalforge/cache"
 	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/route"
 )
@@ -254,7 +255,7 @@ type Server struct {
 	mux    *http.ServeMux
 	met    *metrics
 
-	models    *modelSet
+	models    *manager.Manager
 	autopilot *route.Autopilot
 	shadows   shadowSet
 	pools     pools
@@ -267,8 +268,7 @@ type Server struct {
 	// symbolic links resolved; empty when register-by-path is off.
 	importAbs, importRoot string
 
-	ready        atomic.Bool // initial load done and not shutting down
-	shuttingDown atomic.Bool
+	ready atomic.Bool // initial load done and not shutting down
 
 	mu      sync.Mutex // guards started
 	started bool
@@ -302,7 +302,11 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.importAbs, s.importRoot = abs, root
 	}
-	s.models = newModelSet(s)
+	models, err := newModels(s)
+	if err != nil {
+		return nil, err
+	}
+	s.models = models
 	ap, err := route.NewAutopilot(s.router, route.AutopilotConfig{OnAction: s.autopilotAction, Logger: cfg.Logger})
 	if err != nil {
 		return nil, err
@@ -380,23 +384,27 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	followDone := make(chan struct{})
 	go func() {
 		defer close(followDone)
-		s.models.follow(followCtx, func() {
-			if !s.shuttingDown.Load() {
-				s.ready.Store(true)
-				s.log.Info("ready: models loaded and warmed", "versions", s.models.count())
-			}
-		})
+		if err := s.models.Run(followCtx); err != nil {
+			s.log.Warn("no longer following the registry; the loaded models keep serving", "err", err)
+		}
 	}()
 
 	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-serveErr:
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
+	for loaded, serving := s.models.Loaded(), true; serving; {
+		select {
+		case <-ctx.Done():
+			serving = false
+		case err = <-serveErr:
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			serving = false
+		case <-loaded:
+			loaded = nil
+			s.ready.Store(true)
+			s.log.Info("ready: models loaded and warmed", "versions", s.models.Current().Len())
 		}
 	}
-	s.shuttingDown.Store(true)
 	s.ready.Store(false)
 	s.log.Info("shutting down: draining requests, batchers and sessions", "timeout", s.cfg.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
@@ -424,7 +432,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.closeShadows()
 	stopFollow()
 	<-followDone
-	if cerr := s.models.closeAll(sctx); cerr != nil && err == nil {
+	if cerr := s.models.Close(sctx); cerr != nil && err == nil {
 		err = cerr
 	}
 	s.log.Info("shut down")
