@@ -9,7 +9,7 @@
 // Request path: decode and validate (4xx naming the problem) → pick the
 // version (pinned, or the router's sticky choice by request_id) → cache
 // lookup (single-row requests) → batcher → ONNX Runtime → cache write →
-// answer. The server follows the registry: registering, promoting, changing
+// answer. The server follows the registry (package manager): registering, promoting, changing
 // a split or archiving (also from the CLI in another process) loads and
 // warms new sessions before they get traffic, switches atomically and
 // drains the old ones.
