@@ -366,11 +366,11 @@ func TestArchiveDrainsAndCloses(t *testing.T) {
 	}
 }
 
-// writeUnchecked commits ref as the model's only production version with
-// all its traffic straight through a second FileStore, bypassing the
+// writeUnchecked commits ref with the given status and traffic (the
+// model's only traffic) straight through a second FileStore, bypassing the
 // registry's validation (as a registry written by an older release, or by
 // hand, can hold a version that does not load).
-func writeUnchecked(t *testing.T, dir string, ref registry.Ref, artifact []byte, features []string) {
+func writeUnchecked(t *testing.T, dir string, ref registry.Ref, status registry.Status, traffic float64, artifact []byte, features []string) {
 	t.Helper()
 	ctx := context.Background()
 	st, err := registry.OpenFileStore(dir)
@@ -384,10 +384,13 @@ func writeUnchecked(t *testing.T, dir string, ref registry.Ref, artifact []byte,
 	}
 	err = st.Update(ctx, ref.Name, func(m *registry.Model) ([]registry.Event, error) {
 		now := time.Now()
-		m.Versions = append(m.Versions, registry.Version{Name: ref.Name, Version: ref.Version, Status: registry.StatusProduction, Traffic: 100,
+		m.Versions = append(m.Versions, registry.Version{Name: ref.Name, Version: ref.Version, Status: status, Traffic: traffic,
 			Features: features, Artifact: registry.Artifact{SHA256: art.SHA256, Size: art.Size}, CreatedAt: now, UpdatedAt: now})
-		return []registry.Event{{Time: now, Action: registry.ActionRegister, Name: ref.Name, Version: ref.Version,
-			SplitBefore: registry.Split{}, SplitAfter: registry.Split{ref.Version: 100}}}, nil
+		ev := registry.Event{Time: now, Action: registry.ActionRegister, Name: ref.Name, Version: ref.Version}
+		if traffic > 0 {
+			ev.SplitBefore, ev.SplitAfter = registry.Split{}, registry.Split{ref.Version: traffic}
+		}
+		return []registry.Event{ev}, nil
 	})
 	if err != nil {
 		t.Fatal(err)
@@ -418,7 +421,7 @@ func TestUnloadableVersionFailedThenRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	ext := registry.Ref{Name: "ext", Version: "v1"}
-	writeUnchecked(t, e.dir, ext, model, []string{"f0", "f1"})
+	writeUnchecked(t, e.dir, ext, registry.StatusProduction, 100, model, []string{"f0", "f1"})
 
 	f := <-failures
 	if f.Ref != ext || f.Permanent || f.Err == nil || !strings.Contains(f.Err.Error(), "weights.bin") || f.SHA256 == "" {
