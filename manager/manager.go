@@ -150,20 +150,22 @@ type Manager struct {
 	closed  bool
 	cancel  context.CancelFunc // stops Run
 
-	// Only Run's goroutine touches these.
 	// retry counts the versions the last reconcile could not load and
-	// may load on a retry; while it is not zero, Run retries.
+	// may load on a retry; while it is not zero, Run retries. Only Run's
+	// goroutine touches it.
 	retry int
-	// stale is set when the last reconcile could not read the registry
-	// (database down): the change that triggered it is not applied yet,
-	// so Run retries until a read succeeds.
-	stale atomic.Bool
 	// seeded is set after the first reconcile that read the registry.
+	// Only Run's goroutine touches it.
 	seeded bool
 	// checked holds Config.ChildCheck's verdict (nil: admitted) per
-	// artifact sha256.
+	// artifact sha256. Only Run's goroutine touches it.
 	checked map[string]error
+	// stale is set when the last reconcile could not read the registry
+	// (database down): the change that triggered it is not applied yet,
+	// so Run retries until a read succeeds. Run writes it; Stats reads it.
+	stale atomic.Bool
 
+	// Counters for Stats.
 	loads, loadFailures, retired, reconciles atomic.Uint64
 }
 
