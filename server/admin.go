@@ -439,9 +439,9 @@ func (s *Server) handleModelStats(w http.ResponseWriter, r *http.Request) error 
 			out[vs.Version] = verStats{Router: &versionStatsView{Weight: vs.Weight * 100, Window: viewMetrics(vs.Window), Total: viewMetrics(vs.Total)}}
 		}
 	}
-	for ver, l := range s.models.current()[name] {
+	for ver, l := range s.models.Current().Versions(name) {
 		st := out[ver]
-		b := viewBatch(l.batcher.Stats())
+		b := viewBatch(l.Batcher().Stats())
 		st.Batch = &b
 		out[ver] = st
 	}

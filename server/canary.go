@@ -98,11 +98,11 @@ func (s *Server) handleCanaryStart(w http.ResponseWriter, r *http.Request) error
 		p.Steps = append(p.Steps, pct/100)
 	}
 	for _, v := range []string{b.Canary, b.Baseline} {
-		l, ok := s.models.acquire(name, v)
+		l, ok := s.models.Acquire(name, v)
 		if !ok {
 			return badRequest("version %q of model %q is not loaded; canary and baseline must be serving", v, name)
 		}
-		l.release()
+		l.Release()
 	}
 	if err := s.autopilot.Start(r.Context(), p); err != nil {
 		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
@@ -141,7 +141,7 @@ func (s *Server) handleJudge(w http.ResponseWriter, r *http.Request) error {
 	}
 	for _, v := range []string{canary, baseline} {
 		if _, ok := s.router.VersionStats(name, v); !ok {
-			if s.models.current().get(name, v) == nil {
+			if s.models.Current().Get(name, v) == nil {
 				return notFound("version %q of model %q is not serving", v, name)
 			}
 		}
@@ -166,11 +166,11 @@ func (s *Server) handleShadowStart(w http.ResponseWriter, r *http.Request) error
 	if err := registry.ValidateName(b.Version); err != nil {
 		return badRequest("field \"version\": %v", err)
 	}
-	l, ok := s.models.acquire(name, b.Version)
+	l, ok := s.models.Acquire(name, b.Version)
 	if !ok {
 		return badRequest("version %q of model %q is not loaded (staging versions are loaded when serve_staging is on)", b.Version, name)
 	}
-	l.release()
+	l.Release()
 	if b.MaxBusy == 0 {
 		b.MaxBusy = 0.5
 	}
@@ -178,23 +178,23 @@ func (s *Server) handleShadowStart(w http.ResponseWriter, r *http.Request) error
 	sh, err := route.NewShadow(route.ShadowConfig[[]api.Features]{
 		Model: name, Version: ver, Rate: b.Rate, MaxBusy: b.MaxBusy, Logger: s.log,
 		Run: func(ctx context.Context, rows []api.Features) ([]float32, error) {
-			l, ok := s.models.acquire(name, ver)
+			l, ok := s.models.Acquire(name, ver)
 			if !ok {
 				return nil, fmt.Errorf("shadow %s:%s is not loaded", name, ver)
 			}
-			defer l.release()
-			if l.pred == nil {
-				return nil, l.predErr
+			defer l.Release()
+			if l.Predictor() == nil {
+				return nil, l.PredictorErr()
 			}
-			x, err := infer.EncodeRows(l.pred, rows)
+			x, err := infer.EncodeRows(l.Predictor(), rows)
 			if err != nil {
 				return nil, err
 			}
-			out, err := l.sess.Run(ctx, []tensor.Tensor{x})
+			out, err := l.Session().Run(ctx, []tensor.Tensor{x})
 			if err != nil {
 				return nil, err
 			}
-			preds, err := l.pred.Decode(out)
+			preds, err := l.Predictor().Decode(out)
 			if err != nil {
 				return nil, err
 			}

@@ -522,7 +522,11 @@ func TestHotSwapUnderLoadFailsNoRequest(t *testing.T) {
 	if total.Load() < 50 {
 		t.Fatalf("only %d requests ran", total.Load())
 	}
-	if got := len(ts.srv.models.current()["forecast_mlp"]); got != 1 {
+	got := 0
+	for range ts.srv.models.Current().Versions("forecast_mlp") {
+		got++
+	}
+	if got != 1 {
 		t.Fatalf("%d versions of forecast_mlp loaded after archiving, want 1", got)
 	}
 	t.Logf("%d requests, 0 failed, across register, promote, split and archive", total.Load())
@@ -576,7 +580,7 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 	if total.Load() == 0 {
 		t.Fatal("no requests ran")
 	}
-	if ts.srv.models.count() != 0 {
+	if ts.srv.models.Current().Len() != 0 {
 		t.Fatal("sessions still loaded after shutdown")
 	}
 }

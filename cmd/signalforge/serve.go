@@ -72,10 +72,10 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "signalforge serve: unexpected argument %q\n", fs.Arg(0))
 		return errUsage
 	}
-	var fc server.FileConfig
+	var fc fileConfig
 	if *cfgPath != "" {
 		var err error
-		if fc, err = server.LoadFileConfig(*cfgPath); err != nil {
+		if fc, err = loadFileConfig(*cfgPath); err != nil {
 			return err
 		}
 	}
@@ -99,7 +99,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		fc.Log.Format = "json"
 	}
 	if *window > 0 {
-		fc.Batch.Window = server.Duration(*window)
+		fc.Batch.Window = yamlDuration(*window)
 	}
 	if *maxBatch > 0 {
 		fc.Batch.MaxBatchSize = *maxBatch
@@ -170,7 +170,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer closeReg()
-	if server.BoolOr(fc.Demo, true) && !*noDemo {
+	if boolOr(fc.Demo, true) && !*noDemo {
 		seeded, err := demo.Seed(ctx, reg)
 		if err != nil {
 			return err
@@ -181,7 +181,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	}
 
 	var c *cache.Cache
-	if server.BoolOr(fc.Cache.Enabled, true) && !*noCache {
+	if boolOr(fc.Cache.Enabled, true) && !*noCache {
 		var store cache.Store
 		if fc.Cache.Redis != "" {
 			opts, err := rediscache.ParseURL(fc.Cache.Redis)
@@ -222,14 +222,14 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		ImportDir:         fc.ImportDir,
 		MaxUploadBytes:    fc.Limits.MaxUploadBytes,
 		MaxUploads:        fc.Limits.MaxUploads,
-		Timeouts:          fc.ServerTimeouts(),
+		Timeouts:          fc.serverTimeouts(),
 		MaxBodyBytes:      fc.Limits.MaxBodyBytes,
 		MaxRows:           fc.Limits.MaxRows,
 		DefaultTimeout:    time.Duration(fc.Limits.DefaultTimeout),
 		MaxTimeout:        time.Duration(fc.Limits.MaxTimeout),
 		Batch:             batch.Config{MaxBatchSize: fc.Batch.MaxBatchSize, Window: time.Duration(fc.Batch.Window), MaxQueue: fc.Batch.MaxQueue, MaxInFlight: fc.Batch.MaxInFlight},
 		Session:           infer.Options{IntraOpThreads: fc.Session.IntraOpThreads, MaxWarmupBytes: fc.Session.MaxWarmupBytes},
-		ServeStaging:      server.BoolOr(fc.ServeStaging, true),
+		ServeStaging:      boolOr(fc.ServeStaging, true),
 		ShutdownTimeout:   time.Duration(fc.ShutdownTimeout),
 		ChildCheck:        &check,
 	})
