@@ -4,6 +4,12 @@
 GO        ?= go
 BIN       := bin/signalforge
 GOFLAGS   ?=
+# What `make build` stamps into the binary (GET /v2, signalforge_build_info).
+VERSION   ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT    ?= $(shell git rev-parse HEAD 2>/dev/null)
+BUILD_DATE ?= $(shell date -u +%Y-%m-%dT%H:%M:%SZ)
+BUILDINFO := github.com/signalforge/signalforge/internal/buildinfo
+LDFLAGS   := -X $(BUILDINFO).version=$(VERSION) -X $(BUILDINFO).commit=$(COMMIT) -X $(BUILDINFO).date=$(BUILD_DATE)
 export SIGNALFORGE_ROOT := $(CURDIR)
 
 .PHONY: all deps deps-test build run test vet lint fmt-check generate-check bench clean
@@ -17,7 +23,7 @@ deps-test:
 	@scripts/deps.sh test
 
 build:
-	$(GO) build -o $(BIN) ./cmd/signalforge
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN) ./cmd/signalforge
 
 run: deps build
 	@scripts/run.sh
@@ -43,7 +49,7 @@ generate-check:
 
 test: deps-test vet lint fmt-check generate-check
 	$(GO) test -count=1 -timeout 9m ./...
-	$(GO) test -count=1 -race -timeout 5m ./api/... ./batch/... ./cache/... ./route/... ./registry/... ./server/...
+	$(GO) test -count=1 -race -timeout 5m ./api/... ./batch/... ./cache/... ./route/... ./registry/... ./manager/... ./server/...
 
 bench: deps build
 	$(GO) test -run '^$$' -bench . -benchtime 2s ./...

@@ -894,6 +894,7 @@ func (b *Batcher) complete(d batchDone) {
 	}
 	b.mu.Lock()
 	b.st.batchTime.record(d.dur)
+	b.st.batchExec.record(d.dur)
 	if d.err != nil {
 		b.st.failed++
 	}

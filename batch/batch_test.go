@@ -903,3 +903,38 @@ func TestHistQuantiles(t *testing.T) {
 		}
 	}
 }
+
+// TestBatchTimeHistogram: every batch's execution time lands in the first
+// fixed bucket whose bound is at least that long, cumulatively, and the
+// count and sum agree with the batches run.
+func TestBatchTimeHistogram(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 1, Window: time.Millisecond, MaxInFlight: 1}, m.run)
+		for i, d := range []time.Duration{3 * time.Millisecond, 3 * time.Millisecond, 5 * time.Millisecond, 20 * time.Millisecond, 11 * time.Second} {
+			m.delay = d
+			if _, err := b.Predict(t.Context(), rowsOf(1, 1, float32(i))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		h := b.Stats().BatchTimeHist
+		if h.Count != 5 || h.Sum != 11031*time.Millisecond {
+			t.Errorf("count %d, sum %v; want 5 batches, 11.031s", h.Count, h.Sum)
+		}
+		if len(h.Bounds) != len(h.Counts) || !slices.IsSorted(h.Bounds) {
+			t.Fatalf("bounds %v, counts %v", h.Bounds, h.Counts)
+		}
+		want := map[time.Duration]uint64{ // cumulative; a bound is inclusive
+			2500 * time.Microsecond: 0, 5 * time.Millisecond: 3, 10 * time.Millisecond: 3,
+			25 * time.Millisecond: 4, 10 * time.Second: 4,
+		}
+		for i, le := range h.Bounds {
+			if w, ok := want[le]; ok && h.Counts[i] != w {
+				t.Errorf("le %v: %d batches, want %d", le, h.Counts[i], w)
+			}
+			if i > 0 && h.Counts[i] < h.Counts[i-1] {
+				t.Errorf("counts are not cumulative: %v", h.Counts)
+			}
+		}
+	})
+}

@@ -3,6 +3,7 @@ package batch
 import (
 	"math"
 	"math/bits"
+	"slices"
 	"time"
 )
 
@@ -90,4 +91,53 @@ func (h *hist) latency() Latency {
 		P99: h.quantile(0.99),
 		Max: h.max,
 	}
+}
+
+// Histogram is a cumulative histogram of durations with fixed bounds, the
+// shape of a Prometheus histogram: Counts[i] is the number of durations at
+// most Bounds[i]. Count and Sum cover every duration, those above the last
+// bound too. The bounds are the same in every process and every Batcher,
+// so histograms add up bucket by bucket.
+type Histogram struct {
+	Bounds []time.Duration
+	Counts []uint64
+	Count  uint64
+	Sum    time.Duration
+}
+
+// execBounds are the upper bounds of Stats.BatchTimeHist: from a tenth of
+// a millisecond (a small model on a small batch) to ten seconds.
+var execBounds = [...]time.Duration{
+	100 * time.Microsecond, 250 * time.Microsecond, 500 * time.Microsecond,
+	time.Millisecond, 2500 * time.Microsecond, 5 * time.Millisecond,
+	10 * time.Millisecond, 25 * time.Millisecond, 50 * time.Millisecond,
+	100 * time.Millisecond, 250 * time.Millisecond, 500 * time.Millisecond,
+	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
+}
+
+// bounded counts durations per execBounds bucket (not cumulative); the
+// last count holds those above the last bound. Like hist, it has a fixed
+// size and never allocates.
+type bounded struct {
+	counts [len(execBounds) + 1]uint64
+	n      uint64
+	sum    time.Duration
+}
+
+func (b *bounded) record(d time.Duration) {
+	d = max(d, 0)
+	i, _ := slices.BinarySearch(execBounds[:], d) // the first bound >= d
+	b.counts[i]++
+	b.n++
+	b.sum += d
+}
+
+func (b *bounded) histogram() Histogram {
+	h := Histogram{Bounds: slices.Clone(execBounds[:]), Counts: make([]uint64, len(execBounds)), Count: b.n, Sum: b.sum}
+	var cum uint64
+	for i := range execBounds {
+		cum += b.counts[i]
+		h.Counts[i] = cum
+	}
+	return h
 }

@@ -18,6 +18,11 @@ type Stats struct {
 	BatchSizes []int64
 	// BatchTime is the execution time of model calls.
 	BatchTime Latency
+	// BatchTimeHist is the same execution times as a cumulative histogram
+	// with fixed bounds, 100µs to 10s: a metrics adapter exports it as is,
+	// and the histograms of many batchers or replicas add up, where
+	// BatchTime's percentiles cannot.
+	BatchTimeHist Histogram
 	// QueueWait is the time from a request's arrival until its batch
 	// formed (per request chunk).
 	QueueWait Latency
@@ -49,6 +54,7 @@ type stats struct {
 	batches, batchedRows int64
 	batchSizes           []int64
 	batchTime, queueWait hist
+	batchExec            bounded // batchTime's durations, in fixed buckets
 	expired, cancelled   int64
 	failed, panics       int64
 	abandoned            int64
@@ -60,21 +66,22 @@ func (b *Batcher) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := Stats{
-		Requests:    b.st.requests,
-		Rows:        b.st.rows,
-		Batches:     b.st.batches,
-		BatchedRows: b.st.batchedRows,
-		BatchSizes:  append([]int64(nil), b.st.batchSizes...),
-		BatchTime:   b.st.batchTime.latency(),
-		QueueWait:   b.st.queueWait.latency(),
-		QueueDepth:  int(b.queuedRows.Load()),
-		InFlight:    int(b.inFlight.Load()),
-		Expired:     b.st.expired,
-		Cancelled:   b.st.cancelled,
-		Rejected:    b.rejected.Load(),
-		Failed:      b.st.failed,
-		Panics:      b.st.panics,
-		Abandoned:   b.st.abandoned,
+		Requests:      b.st.requests,
+		Rows:          b.st.rows,
+		Batches:       b.st.batches,
+		BatchedRows:   b.st.batchedRows,
+		BatchSizes:    append([]int64(nil), b.st.batchSizes...),
+		BatchTime:     b.st.batchTime.latency(),
+		BatchTimeHist: b.st.batchExec.histogram(),
+		QueueWait:     b.st.queueWait.latency(),
+		QueueDepth:    int(b.queuedRows.Load()),
+		InFlight:      int(b.inFlight.Load()),
+		Expired:       b.st.expired,
+		Cancelled:     b.st.cancelled,
+		Rejected:      b.rejected.Load(),
+		Failed:        b.st.failed,
+		Panics:        b.st.panics,
+		Abandoned:     b.st.abandoned,
 	}
 	if s.Batches > 0 {
 		s.AvgBatchSize = float64(s.BatchedRows) / float64(s.Batches)

@@ -2,7 +2,7 @@
 # Installs what SignalForge Serve needs, idempotently; fast when all is present.
 #
 #   scripts/deps.sh run    # ONNX Runtime only (what `make run` needs)
-#   scripts/deps.sh test   # also redis-server, PostgreSQL, PyTorch, ONNX test data, protoc
+#   scripts/deps.sh test   # also redis-server, PostgreSQL, PyTorch, ONNX test data, protoc, promtool
 #
 # ONNX Runtime comes from the npm package onnxruntime-node (only its CPU
 # shared library is extracted; the package's install scripts never run),
@@ -66,7 +66,7 @@ case "${1:-run}" in
 run) ort ;;
 test)
 	ort
-	apt_pkgs redis-server postgresql python3-torch python3-onnx libopenblas0 libonnx-testdata libonnx-dev protobuf-compiler
+	apt_pkgs redis-server postgresql python3-torch python3-onnx libopenblas0 libonnx-testdata libonnx-dev protobuf-compiler prometheus
 	;;
 *) say "usage: $0 run|test"; exit 2 ;;
 esac

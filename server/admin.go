@@ -13,9 +13,6 @@ import (
 	"github.com/signalforge/signalforge/registry"
 )
 
-// Version is the server's version string (OIP v2 server metadata).
-const Version = "0.1.0"
-
 func (s *Server) routes() {
 	h := s.handle
 	// Native API.
@@ -445,9 +442,9 @@ func (s *Server) handleModelStats(w http.ResponseWriter, r *http.Request) error 
 			out[vs.Version] = verStats{Router: &versionStatsView{Weight: vs.Weight * 100, Window: viewMetrics(vs.Window), Total: viewMetrics(vs.Total)}}
 		}
 	}
-	for ver, l := range s.models.current()[name] {
+	for ver, l := range s.models.Current().Versions(name) {
 		st := out[ver]
-		b := viewBatch(l.batcher.Stats())
+		b := viewBatch(l.Batcher().Stats())
 		st.Batch = &b
 		out[ver] = st
 	}

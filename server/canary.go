@@ -377,23 +377,23 @@ func (s *Server) newShadow(name string, set registry.ShadowSetting) (*route.Shad
 	return route.NewShadow(route.ShadowConfig[[]api.Features]{
 		Model: name, Version: ver, Rate: set.Rate, MaxBusy: busy, Logger: s.log,
 		Run: func(ctx context.Context, rows []api.Features) ([]float32, error) {
-			l, ok := s.models.acquire(name, ver)
+			l, ok := s.models.Acquire(name, ver)
 			if !ok {
 				return nil, fmt.Errorf("shadow %s:%s is not loaded", name, ver)
 			}
-			defer l.release()
-			if l.pred == nil {
-				return nil, l.predErr
+			defer l.Release()
+			if l.Predictor() == nil {
+				return nil, l.PredictorErr()
 			}
-			x, err := infer.EncodeRows(l.pred, rows)
+			x, err := infer.EncodeRows(l.Predictor(), rows)
 			if err != nil {
 				return nil, err
 			}
-			out, err := l.sess.Run(ctx, []tensor.Tensor{x})
+			out, err := l.Session().Run(ctx, []tensor.Tensor{x})
 			if err != nil {
 				return nil, err
 			}
-			preds, err := l.pred.Decode(out)
+			preds, err := l.Predictor().Decode(out)
 			if err != nil {
 				return nil, err
 			}

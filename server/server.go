@@ -9,7 +9,7 @@
 // Request path: decode and validate (4xx naming the problem) → pick the
 // version (pinned, or the router's sticky choice by request_id) → cache
 // lookup (single-row requests) → batcher → ONNX Runtime → cache write →
-// answer. The server follows the registry: registering, promoting, changing
+// answer. The server follows the registry (package manager): registering, promoting, changing
 // a split or archiving (also from the CLI in another process) loads and
 // warms new sessions before they get traffic, switches atomically and
 // drains the old ones.
@@ -38,6 +38,8 @@ import (
 	"github.com/signalforge/signalforge/batch"
 	"github.com/signalforge/signalforge/cache"
 	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/internal/buildinfo"
+	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/route"
 	"github.com/signalforge/signalforge/route/fleet"
@@ -301,10 +303,15 @@ type Server struct {
 	router *route.Router
 	mux    *http.ServeMux
 	met    *metrics
+	build  buildinfo.Info // what GET /v2 and signalforge_build_info report
 
-	models  *modelSet
-	shadows shadowSet
-	pools   pools
+	models *manager.Manager
+	// canaries are the models' canary plans as the manager's last read
+	// of the registry had them (running or finished), for metrics: a
+	// scrape never reads the registry. applyChange writes it.
+	canaries atomic.Pointer[map[string]registry.CanaryPlan]
+	shadows  shadowSet
+	pools    pools
 
 	// collector reads the fleet's counters; fleet holds the parts that
 	// run while serving (nil before Serve).
@@ -319,8 +326,7 @@ type Server struct {
 	// symbolic links resolved; empty when register-by-path is off.
 	importAbs, importRoot string
 
-	ready        atomic.Bool // initial load done and not shutting down
-	shuttingDown atomic.Bool
+	ready atomic.Bool // initial load done and not shutting down
 
 	mu      sync.Mutex // guards started
 	started bool
@@ -338,6 +344,7 @@ func New(cfg Config) (*Server, error) {
 		engine: cfg.Engine,
 		cache:  cfg.Cache,
 		router: cfg.Router,
+		build:  buildinfo.Get(),
 	}
 	if s.router == nil {
 		r, err := route.New(route.Config{Logger: cfg.Logger})
@@ -346,6 +353,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.router = r
 	}
+	s.canaries.Store(&map[string]registry.CanaryPlan{})
 	s.uploads = make(chan struct{}, cfg.MaxUploads)
 	if cfg.ImportDir != "" {
 		abs, root, err := resolveImportDir(cfg.ImportDir)
@@ -354,7 +362,11 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.importAbs, s.importRoot = abs, root
 	}
-	s.models = newModelSet(s)
+	models, err := newModels(s)
+	if err != nil {
+		return nil, err
+	}
+	s.models = models
 	col, err := fleet.NewCollector(cfg.Fleet, fleet.CollectorConfig{Interval: cfg.FleetInterval})
 	if err != nil {
 		return nil, err
@@ -438,22 +450,26 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	followDone := make(chan struct{})
 	go func() {
 		defer close(followDone)
-		s.models.follow(followCtx, func() {
-			if !s.shuttingDown.Load() {
-				s.ready.Store(true)
-				s.log.Info("ready: models loaded and warmed", "versions", s.models.count())
-			}
-		})
+		if err := s.models.Run(followCtx); err != nil {
+			s.log.Warn("no longer following the registry; the loaded models keep serving", "err", err)
+		}
 	}()
 
-	select {
-	case <-ctx.Done():
-	case err = <-serveErr:
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
+	for loaded, serving := s.models.Loaded(), true; serving; {
+		select {
+		case <-ctx.Done():
+			serving = false
+		case err = <-serveErr:
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			serving = false
+		case <-loaded:
+			loaded = nil
+			s.ready.Store(true)
+			s.log.Info("ready: models loaded and warmed", "versions", s.models.Current().Len())
 		}
 	}
-	s.shuttingDown.Store(true)
 	s.ready.Store(false)
 	// The autopilot stops and the lease is released first, so that a
 	// peer takes over at once rather than after the lease's TTL.
@@ -485,7 +501,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	stopFollow()
 	<-followDone
 	s.closeShadows()
-	if cerr := s.models.closeAll(sctx); cerr != nil && err == nil {
+	if cerr := s.models.Close(sctx); cerr != nil && err == nil {
 		err = cerr
 	}
 	s.log.Info("shut down")

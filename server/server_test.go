@@ -10,6 +10,8 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -525,7 +527,11 @@ func TestHotSwapUnderLoadFailsNoRequest(t *testing.T) {
 	if total.Load() < 50 {
 		t.Fatalf("only %d requests ran", total.Load())
 	}
-	if got := len(ts.srv.models.current()["forecast_mlp"]); got != 1 {
+	got := 0
+	for range ts.srv.models.Current().Versions("forecast_mlp") {
+		got++
+	}
+	if got != 1 {
 		t.Fatalf("%d versions of forecast_mlp loaded after archiving, want 1", got)
 	}
 	t.Logf("%d requests, 0 failed, across register, promote, split and archive", total.Load())
@@ -579,30 +585,83 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 	if total.Load() == 0 {
 		t.Fatal("no requests ran")
 	}
-	if ts.srv.models.count() != 0 {
+	if ts.srv.models.Current().Len() != 0 {
 		t.Fatal("sessions still loaded after shutdown")
 	}
 }
 
 func TestMetricsEndpoint(t *testing.T) {
 	ts := startServer(t, testOpts{})
+	ctx := context.Background()
 	c := &api.Client{BaseURL: ts.URL}
 	for i := range 3 {
-		if _, err := c.Predict(context.Background(), "forecast_mlp", &api.PredictRequest{RequestID: "m", Features: demoFeatures(1)}); err != nil {
+		if _, err := c.Predict(ctx, "forecast_mlp", &api.PredictRequest{RequestID: "m", Features: demoFeatures(1)}); err != nil {
 			t.Fatal(err, i)
 		}
 	}
-	resp, err := http.Get(ts.URL + "/metrics")
-	if err != nil {
+	// Names that are not loaded never become label values.
+	if _, err := c.Predict(ctx, "no_such_model_zz", &api.PredictRequest{RequestID: "m", Features: demoFeatures(1)}); err == nil {
+		t.Fatal("predict on an unknown model succeeded")
+	}
+	if _, err := c.Predict(ctx, "forecast_mlp", &api.PredictRequest{RequestID: "m", Version: "v9.zz", Features: demoFeatures(1)}); err == nil {
+		t.Fatal("predict on an unknown version succeeded")
+	}
+	if _, err := ts.reg.StartCanary(ctx, "forecast_mlp", registry.CanaryPlan{Canary: "v2.0", Baseline: "v1.0", Interval: time.Hour}); err != nil {
 		t.Fatal(err)
 	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	for _, want := range []string{"signalforge_requests_total{", "signalforge_cache_hits_total 2", "signalforge_batch_size_bucket", "signalforge_queue_depth_rows", "signalforge_version_error_rate_pct", "signalforge_ready 1", "go_goroutines", "process_resident_memory_bytes"} {
-		if !strings.Contains(string(b), want) {
+	var text string
+	waitFor(t, func() bool {
+		text = scrape(t, ts.URL)
+		return strings.Contains(text, `signalforge_canary_state{baseline="v1.0",canary="v2.0",model="forecast_mlp",state="running"} 1`)
+	})
+	for _, want := range []string{
+		"signalforge_requests_total{", "signalforge_cache_hits_total 2", "signalforge_batch_size_bucket", "signalforge_queue_depth_rows",
+		`signalforge_version_requests_total{model="forecast_mlp",version="v`, `signalforge_version_nonfinite_total{model="forecast_mlp",version="v`,
+		`signalforge_batch_exec_seconds_bucket{model="forecast_mlp",version="v`, `le="0.0001"`, `le="10"`,
+		`signalforge_canary_interval_seconds{model="forecast_mlp"} 3600`, `signalforge_canary_last_action_timestamp_seconds{model="forecast_mlp"} `,
+		`signalforge_build_info{build_date="`, `go_version="` + runtime.Version() + `"`,
+		"signalforge_ready 1", "go_goroutines", "process_resident_memory_bytes",
+	} {
+		if !strings.Contains(text, want) {
 			t.Errorf("/metrics lacks %q", want)
 		}
 	}
+	// The latency histogram tells versions apart: the answered requests
+	// count under the version that answered, the unknown model under
+	// _unknown with no version.
+	if !regexp.MustCompile(`signalforge_request_duration_seconds_count\{api="v1",cached="(true|false)",model="forecast_mlp",version="v[12]\.0"\} [1-9]`).MatchString(text) {
+		t.Error("no request_duration_seconds series with the version that answered")
+	}
+	if !strings.Contains(text, `signalforge_request_duration_seconds_count{api="v1",cached="false",model="_unknown",version=""} 1`) {
+		t.Error("the unknown model's request is not folded into model _unknown")
+	}
+	for _, leak := range []string{"no_such_model_zz", "v9.zz", "error_rate_pct", "_p99_"} {
+		if strings.Contains(text, leak) {
+			t.Errorf("/metrics has %q", leak)
+		}
+	}
+	// GET /v2 reports the version build_info does.
+	var md api.ServerMetadata
+	if err := c.Do(ctx, "GET", "/v2", nil, &md); err != nil {
+		t.Fatal(err)
+	}
+	if md.Version == "" || !strings.Contains(text, `version="`+md.Version+`"} 1`) {
+		t.Errorf("GET /v2 version %q is not signalforge_build_info's", md.Version)
+	}
+}
+
+func scrape(t *testing.T, url string) string {
+	t.Helper()
+	resp, err := http.Get(url + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
 
 func TestMethodNotAllowed(t *testing.T) {

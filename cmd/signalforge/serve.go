@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/internal/demo"
 	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/registry/pgstore"
 	"github.com/signalforge/signalforge/route/fleet"
 	"github.com/signalforge/signalforge/server"
 )
@@ -39,10 +41,11 @@ the config keys registry_max_conns and registry_cache_dir size its pool
 and place the artifact cache.
 Canary plans and shadows are registry state that every replica follows.
 Each replica publishes its per-version counters to the fleet store (Redis
-with --redis, else the registry's database or folder, else only this
-process) and the replicas elect, on a lease in the registry's store, the
-one whose autopilot judges canaries on the whole fleet's counters; give
-each replica its own --replica id.
+with --redis, else the registry's PostgreSQL database, else the registry
+folder's fleet subfolder, for replicas on one machine), and the replicas
+elect, on a lease in the registry's store, the one whose autopilot judges
+canaries on the whole fleet's counters; give each replica its own
+--replica id.
 The admin API (/v1/admin/...) is closed unless an admin token is set
 (--admin-token, SIGNALFORGE_ADMIN_TOKEN); --admin-open-loopback opens it
 without a token for development, on a loopback address only. Registering a
@@ -83,10 +86,10 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "signalforge serve: unexpected argument %q\n", fs.Arg(0))
 		return errUsage
 	}
-	var fc server.FileConfig
+	var fc fileConfig
 	if *cfgPath != "" {
 		var err error
-		if fc, err = server.LoadFileConfig(*cfgPath); err != nil {
+		if fc, err = loadFileConfig(*cfgPath); err != nil {
 			return err
 		}
 	}
@@ -110,7 +113,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		fc.Log.Format = "json"
 	}
 	if *window > 0 {
-		fc.Batch.Window = server.Duration(*window)
+		fc.Batch.Window = yamlDuration(*window)
 	}
 	if *maxBatch > 0 {
 		fc.Batch.MaxBatchSize = *maxBatch
@@ -185,7 +188,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer closeReg()
-	if server.BoolOr(fc.Demo, true) && !*noDemo {
+	if boolOr(fc.Demo, true) && !*noDemo {
 		seeded, err := demo.Seed(ctx, reg)
 		if err != nil {
 			return err
@@ -210,7 +213,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		log.Info("Redis", "addrs", strings.Join(opts.Addrs, ","))
 	}
 	var c *cache.Cache
-	if server.BoolOr(fc.Cache.Enabled, true) && !*noCache {
+	if boolOr(fc.Cache.Enabled, true) && !*noCache {
 		var store cache.Store
 		if rs != nil {
 			store = rs
@@ -235,18 +238,14 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		}
 	}
 
-	fleetStore, where, closeFleet, err := openFleet(rs, reg.Store(), fc.Registry)
+	fleetStore, where, err := openFleet(rs, reg.Store())
 	if err != nil {
 		return err
 	}
-	defer closeFleet()
 	// Every store the registry can live in grants leases: the replicas
 	// sharing it elect the one that runs the canary autopilot.
 	leaser, _ := reg.Store().(registry.Leaser)
 	log.Info("fleet: counters and autopilot", "fleet_store", where, "replica", *replica, "elects_leader", leaser != nil)
-	if _, alone := fleetStore.(*fleet.Memory); alone {
-		log.Info("fleet: this replica's counters stay in this process; replicas sharing the registry need --redis for the autopilot to judge them all")
-	}
 
 	srv, err := server.New(server.Config{
 		Registry: reg, Engine: eng, Cache: c, Logger: log,
@@ -255,14 +254,14 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		ImportDir:         fc.ImportDir,
 		MaxUploadBytes:    fc.Limits.MaxUploadBytes,
 		MaxUploads:        fc.Limits.MaxUploads,
-		Timeouts:          fc.ServerTimeouts(),
+		Timeouts:          fc.serverTimeouts(),
 		MaxBodyBytes:      fc.Limits.MaxBodyBytes,
 		MaxRows:           fc.Limits.MaxRows,
 		DefaultTimeout:    time.Duration(fc.Limits.DefaultTimeout),
 		MaxTimeout:        time.Duration(fc.Limits.MaxTimeout),
 		Batch:             batch.Config{MaxBatchSize: fc.Batch.MaxBatchSize, Window: time.Duration(fc.Batch.Window), MaxQueue: fc.Batch.MaxQueue, MaxInFlight: fc.Batch.MaxInFlight},
 		Session:           infer.Options{IntraOpThreads: fc.Session.IntraOpThreads, MaxWarmupBytes: fc.Session.MaxWarmupBytes},
-		ServeStaging:      server.BoolOr(fc.ServeStaging, true),
+		ServeStaging:      boolOr(fc.ServeStaging, true),
 		ShutdownTimeout:   time.Duration(fc.ShutdownTimeout),
 		ChildCheck:        &check,
 		Fleet:             fleetStore,
@@ -281,16 +280,25 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 }
 
 // openFleet picks where the replicas' counters meet: Redis when one is
-// configured, else the registry's own store when it can hold them, else
-// this process (the fleet is this one replica). The returned func
-// releases what it opened.
-func openFleet(rs *rediscache.Store, regStore registry.Store, regLocation string) (fleet.Store, string, func(), error) {
+// configured; else the registry's own store — its PostgreSQL database (the
+// fleet_snapshots table) or, for a folder, the subfolder fleet (replicas
+// on one machine); else this process alone. It also says which, for the
+// log.
+func openFleet(rs *rediscache.Store, regStore registry.Store) (fleet.Store, string, error) {
 	if rs != nil {
-		return fleet.NewRedis(rs.Client(), "signalforge"), "redis", func() {}, nil
+		return fleet.NewRedis(rs.Client(), "signalforge"), "redis", nil
 	}
-	switch regStore.(type) {
+	switch st := regStore.(type) {
+	case *pgstore.Store:
+		return st.Fleet(), "the registry's PostgreSQL database", nil
+	case *registry.FileStore:
+		d, err := fleet.NewDir(filepath.Join(st.Dir(), "fleet"))
+		if err != nil {
+			return nil, "", err
+		}
+		return d, "folder " + d.Path(), nil
 	}
-	return fleet.NewMemory(), "memory (this replica only)", func() {}, nil
+	return fleet.NewMemory(), "memory (this replica only)", nil
 }
 
 func newLogger(e *env, level, format string) *slog.Logger {

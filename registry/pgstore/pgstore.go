@@ -13,6 +13,7 @@
 //	events(seq, model, doc json, at)     the audit log
 //	artifacts(sha256, size, oid)         artifact bytes in PostgreSQL large objects
 //	leases(name, holder, expires_at, epoch)  leases (registry.Leaser, e.g. who runs the autopilot)
+//	fleet_snapshots(model, replica, at, expires, body jsonb)  each replica's request counters (Fleet)
 //	schema_migrations(version, name, applied_at)
 //
 // Every change is one transaction: Update takes a transaction-scoped
@@ -56,6 +57,12 @@
 // the holder's, with expiry by the database's clock (replicas' clocks do
 // not matter); Release NOTIFYs NotifyChannel so that stand-by Electors
 // take over at once.
+//
+// Fleet counters: Fleet returns a fleet.Store in the same database, so
+// that replicas sharing a PostgreSQL registry judge canaries on the whole
+// fleet's traffic without Redis. Publish upserts a row per (model,
+// replica) with its expiry by the database's clock; Snapshots reads the
+// rows not yet expired; publishes delete expired rows a few at a time.
 //
 // Migrations are plain SQL files embedded in the binary rather than a
 // migration library: there are two tables' worth of schema, a library would
@@ -124,6 +131,8 @@ type Store struct {
 	cacheDir string
 	log      *slog.Logger
 	closed   atomic.Bool
+
+	fleetInvalid atomic.Int64 // stored fleet snapshots that did not decode (fleet.go)
 
 	mu       sync.Mutex             // guards verified and fetching
 	verified map[string]fileStamp   // cache files hashed by this process

@@ -10,7 +10,7 @@
 // per version; a Tracker turns successive sums into deltas, which is how a
 // judge's window over cumulative counters is built.
 //
-//	store := fleet.NewRedis(rdb, "signalforge")       // or fleet.NewMemory()
+//	store := fleet.NewRedis(rdb, "signalforge")       // or NewDir, NewMemory, pgstore's Fleet()
 //	pub, _ := fleet.NewPublisher(store, fleet.FromRouter(router), fleet.PublisherConfig{Replica: hostname})
 //	defer pub.Close()
 //
@@ -20,11 +20,18 @@
 //	d := tr.Delta(f)                          // what the fleet served since the last Collect
 //	verdict := judge.Compare(d["v2"].Metrics(), d["v1"].Metrics())
 //
-// Stores: Redis (one key per model and replica with a TTL of a few
-// intervals, so a replica that disappears ages out even if nobody reads)
-// and Memory (one process that is the whole fleet). A database Store fits
-// the same interface: a row per (model, replica) upserted by Publish and
-// read back by Snapshots with the rows older than the TTL left out.
+// Stores, all passing the conformance suite in fleettest:
+//   - Redis: one key per model and replica with a TTL of a few intervals,
+//     so a replica that disappears ages out even if nobody reads;
+//   - Dir: one file per model and replica in a folder, replaced atomically,
+//     for the replicas of one machine (beside a folder registry);
+//   - PostgreSQL: registry/pgstore's Store.Fleet, a row per model and
+//     replica upserted by Publish, expiring by the database's clock, for
+//     replicas that share a PostgreSQL registry;
+//   - Memory: one process that is the whole fleet.
+//
+// Encode and Decode are the JSON form the stores keep, for a Store
+// written outside this package.
 //
 // Counters are cumulative per replica, so a lost or late publish loses
 // nothing: the next one carries everything. A replica that restarts starts

@@ -21,3 +21,13 @@ func TestRedisConformance(t *testing.T) {
 		return fleet.NewRedis(rdb, t.Name()) // a key space per subtest
 	})
 }
+
+func TestDirConformance(t *testing.T) {
+	fleettest.Run(t, func(t *testing.T) fleet.Store {
+		d, err := fleet.NewDir(t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	})
+}

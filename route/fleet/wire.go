@@ -29,6 +29,29 @@ type wireCounters struct {
 	Hist [][2]uint64 `json:"hist"`
 }
 
+// Encode returns s as the JSON a Store keeps (times in Unix nanoseconds,
+// histograms sparse), after checking it as Publish does: a snapshot that
+// must not be stored is an error wrapping ErrInvalid. It is for Store
+// implementations outside this package; Decode reads it back.
+func Encode(s Snapshot) ([]byte, error) {
+	if err := s.validate(); err != nil {
+		return nil, err
+	}
+	b, err := encode(s)
+	if err != nil {
+		return nil, fmt.Errorf("fleet: encoding %s from replica %s: %w", s.Model, s.Replica, err)
+	}
+	return b, nil
+}
+
+// Decode parses and checks what Encode wrote. Anything else (garbage, a
+// snapshot with bad names or inconsistent counters) is an error wrapping
+// ErrInvalid, never a panic: stores read what other processes wrote.
+func Decode(b []byte) (Snapshot, error) { return decode(b) }
+
+// CheckTTL reports a publish TTL every Store refuses (below 1ms).
+func CheckTTL(ttl time.Duration) error { return validTTL(ttl) }
+
 func encode(s Snapshot) ([]byte, error) {
 	w := wireSnapshot{Model: s.Model, Replica: s.Replica, Started: s.Started.UnixNano(), At: s.At.UnixNano(),
 		Versions: make(map[string]wireCounters, len(s.Versions))}

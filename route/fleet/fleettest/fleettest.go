@@ -6,7 +6,11 @@ package fleettest
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"reflect"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -133,6 +137,133 @@ func Run(t *testing.T, newStore func(t *testing.T) fleet.Store) {
 		}
 		if len(got) != 1 || got[0].Replica != "stays" {
 			t.Fatalf("after the TTL, Snapshots = %+v, want replica 'stays' only", got)
+		}
+	})
+
+	t.Run("ReplacementRenewsTTL", func(t *testing.T) {
+		st := newStore(t)
+		const short = 500 * time.Millisecond
+		start := time.Now()
+		must(t, st.Publish(ctx, short, snap("m", "a", start, start, map[string]route.Counters{"v1": Counters(1, 0, time.Millisecond)})))
+		time.Sleep(3 * short / 5)
+		at := time.Now()
+		must(t, st.Publish(ctx, short, snap("m", "a", start, at, map[string]route.Counters{"v1": Counters(2, 0, time.Millisecond)})))
+		published := time.Now()
+		time.Sleep(3 * short / 5) // past the first snapshot's TTL, within the second's
+		got, err := st.Snapshots(ctx, "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if time.Since(at) >= short {
+			t.Skipf("the machine is too slow for this test: %v between the publish and the read", time.Since(at))
+		}
+		if len(got) != 1 || got[0].Versions["v1"].Requests != 2 {
+			t.Fatalf("a TTL after the first publish, Snapshots = %+v; want the second snapshot, which renewed the TTL", got)
+		}
+		time.Sleep(time.Until(published.Add(short + 100*time.Millisecond)))
+		if got, err := st.Snapshots(ctx, "m"); err != nil || len(got) != 0 {
+			t.Fatalf("after the second snapshot's TTL, Snapshots = %+v, %v; want none", got, err)
+		}
+	})
+
+	t.Run("LastOfOnePublishWins", func(t *testing.T) {
+		st := newStore(t)
+		now := time.Now()
+		must(t, st.Publish(ctx, ttl,
+			snap("m", "a", now, now, map[string]route.Counters{"v1": Counters(1, 0, time.Millisecond)}),
+			snap("m", "b", now, now, map[string]route.Counters{"v1": Counters(10, 0, time.Millisecond)}),
+			snap("m", "a", now, now.Add(time.Millisecond), map[string]route.Counters{"v1": Counters(2, 0, time.Millisecond)})))
+		got, err := st.Snapshots(ctx, "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := fleet.Sum("m", got, now, time.Hour)
+		if len(f.Replicas) != 2 || f.Replicas[0].Versions["v1"].Requests != 2 || f.Versions["v1"].Requests != 12 {
+			t.Fatalf("Snapshots = %+v; want a's second snapshot (2 requests) and b's (10)", got)
+		}
+	})
+
+	t.Run("CancelledContext", func(t *testing.T) {
+		st := newStore(t)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		now := time.Now()
+		if err := st.Publish(cctx, ttl, snap("m", "a", now, now, map[string]route.Counters{"v1": Counters(1, 0, time.Millisecond)})); err == nil {
+			t.Error("Publish with a cancelled context succeeded")
+		}
+		if _, err := st.Snapshots(cctx, "m"); err == nil {
+			t.Error("Snapshots with a cancelled context succeeded")
+		}
+		if got, err := st.Snapshots(ctx, "m"); err != nil || len(got) != 0 {
+			t.Errorf("Snapshots = %+v, %v after a cancelled Publish; want none", got, err)
+		}
+	})
+
+	t.Run("ConcurrentPublishersAndReaders", func(t *testing.T) {
+		// Replicas publish their growing counters while readers sum: a
+		// reader never sees a replica's counters go down or a replica it
+		// saw vanish, and in the end every last publish is there.
+		st := newStore(t)
+		const replicas, publishes, readers = 6, 40, 2
+		start := time.Now()
+		done := make(chan struct{})
+		errs := make(chan error, replicas+readers)
+		var pubs, reads sync.WaitGroup
+		for r := range replicas {
+			pubs.Go(func() {
+				id := fmt.Sprintf("r%d", r)
+				for i := int64(1); i <= publishes; i++ {
+					s := snap("m", id, start, time.Now(), map[string]route.Counters{"v1": Counters(i, i/4, time.Millisecond)})
+					if err := st.Publish(ctx, ttl, s); err != nil {
+						errs <- fmt.Errorf("replica %s, publish %d: %w", id, i, err)
+						return
+					}
+				}
+			})
+		}
+		for range readers {
+			reads.Go(func() {
+				seen := map[string]int64{}
+				for {
+					select {
+					case <-done:
+						return
+					default:
+					}
+					got, err := st.Snapshots(ctx, "m")
+					if err != nil {
+						errs <- err
+						return
+					}
+					f := fleet.Sum("m", got, time.Now(), time.Hour)
+					now := map[string]int64{}
+					for _, s := range f.Replicas {
+						now[s.Replica] = s.Versions["v1"].Requests
+					}
+					for id, n := range seen {
+						if now[id] < n {
+							errs <- fmt.Errorf("replica %s went from %d to %d requests (present: %v)", id, n, now[id], slices.Collect(maps.Keys(now)))
+							return
+						}
+					}
+					seen = now
+				}
+			})
+		}
+		pubs.Wait()
+		close(done)
+		reads.Wait()
+		close(errs)
+		for err := range errs {
+			t.Error(err)
+		}
+		got, err := st.Snapshots(ctx, "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := fleet.Sum("m", got, time.Now(), time.Hour)
+		if len(f.Replicas) != replicas || f.Versions["v1"].Requests != replicas*publishes {
+			t.Fatalf("after all publishes: %d replicas, %d requests; want %d, %d", len(f.Replicas), f.Versions["v1"].Requests, replicas, replicas*publishes)
 		}
 	})
 
