@@ -40,7 +40,9 @@ type Config struct {
 	// If zero, 1024.
 	MaxRows int
 	// ServeStaging loads staging versions too, so clients can pin them
-	// before a promotion. If false only production versions are loaded.
+	// before a promotion. If false only production versions are loaded,
+	// and a model's shadow version (registry Model.Shadow) whatever its
+	// status.
 	ServeStaging bool
 	// ReconcileRetry is how long to wait before retrying a version that
 	// failed to load, or a registry that could not be read. If zero, 5s.

@@ -619,3 +619,36 @@ func TestRegistryUnreadableKeepsServing(t *testing.T) {
 		t.Error("still stale after a successful read")
 	}
 }
+
+// TestShadowVersionLoaded: without ServeStaging, a staging version is
+// loaded while it is the model's shadow (the server mirrors requests to
+// it) and unloaded when the shadow is cleared.
+func TestShadowVersionLoaded(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	m := e.start(t, manager.Config{})
+	art, err := demo.MLP(9, demo.Features, 8, 16, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v3 := registry.Ref{Name: demo.ModelName, Version: "v3.0"}
+	if _, err := e.reg.Register(ctx, registry.RegisterRequest{Name: v3.Name, Version: v3.Version, ONNX: art, Features: demo.Features}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.reg.SetShadow(ctx, v3.Name, registry.ShadowSetting{Version: v3.Version, Rate: 0.5}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the shadow version loaded", func() bool { return m.Current().Get(v3.Name, v3.Version) != nil })
+	v, ok := m.Acquire(v3.Name, v3.Version)
+	if !ok {
+		t.Fatal("Acquire(shadow v3.0) failed")
+	}
+	if _, err := predict(ctx, v); err != nil {
+		t.Fatal(err)
+	}
+	v.Release()
+	if err := e.reg.ClearShadow(ctx, v3.Name); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the staging version unloaded with its shadow", func() bool { return m.Current().Get(v3.Name, v3.Version) == nil })
+}

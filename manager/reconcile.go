@@ -89,7 +89,10 @@ func (m *Manager) reconcile(ctx context.Context) {
 	for _, md := range models {
 		want[md.Name] = md
 		for _, v := range md.Versions {
-			if v.Status != registry.StatusProduction && !(m.cfg.ServeStaging && v.Status == registry.StatusStaging) {
+			// The model's shadow version is loaded too, so that the
+			// server can mirror requests to it.
+			shadow := md.Shadow != nil && md.Shadow.Version == v.Version && v.Status != registry.StatusArchived
+			if v.Status != registry.StatusProduction && !(m.cfg.ServeStaging && v.Status == registry.StatusStaging) && !shadow {
 				continue
 			}
 			if l := old.get(v.Name, v.Version); l != nil && l.sha256 == v.Artifact.SHA256 {

@@ -80,4 +80,5 @@ func (s *Server) applyChange(ctx context.Context, c manager.Change, served map[r
 			}
 		}
 	}
+	s.syncShadows(want)
 }

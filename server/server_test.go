@@ -45,6 +45,8 @@ type testOpts struct {
 	// temporary folder); poll is then the registry's PollInterval.
 	store registry.Store
 	poll  time.Duration
+	// dir, if set, is the registry folder (shared with another server).
+	dir string
 }
 
 func startServer(t *testing.T, o testOpts) *testServer {
@@ -55,7 +57,10 @@ func startServer(t *testing.T, o testOpts) *testServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { eng.Close() })
-	dir := t.TempDir()
+	dir := o.dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	rcfg := registry.Config{Dir: dir, Validator: registry.EngineValidator(eng), PollInterval: 50 * time.Millisecond}
 	if o.store != nil {
 		rcfg.Store, rcfg.PollInterval = o.store, o.poll
