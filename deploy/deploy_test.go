@@ -15,8 +15,6 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-
-	"github.com/signalforge/signalforge/server"
 )
 
 // The contract with `signalforge serve` (DESIGN.md §5, issue 7).
@@ -162,15 +160,43 @@ func TestKustomizationListsEveryManifest(t *testing.T) {
 	}
 }
 
-// serverConfig returns the ConfigMap's config.yaml parsed by the server.
-func serverConfig(t *testing.T, m map[string]obj) server.FileConfig {
+// serveConfig holds the keys of `signalforge serve --config` these tests
+// check. That the server accepts the whole of the ConfigMap's config.yaml
+// is checked beside the file format, in cmd/signalforge
+// (TestDeployConfigMapParses).
+type serveConfig struct {
+	Addr              string        `yaml:"addr"`
+	Registry          string        `yaml:"registry"`
+	RegistryMaxConns  int32         `yaml:"registry_max_conns"`
+	RegistryCacheDir  string        `yaml:"registry_cache_dir"`
+	AdminToken        string        `yaml:"admin_token"`
+	AdminOpenLoopback bool          `yaml:"admin_open_loopback"`
+	ImportDir         string        `yaml:"import_dir"`
+	Demo              *bool         `yaml:"demo"`
+	ShutdownTimeout   time.Duration `yaml:"shutdown_timeout"`
+	Cache             struct {
+		Enabled *bool  `yaml:"enabled"`
+		Redis   string `yaml:"redis"`
+	} `yaml:"cache"`
+}
+
+// serverConfig returns the ConfigMap's config.yaml decoded.
+func serverConfig(t *testing.T, m map[string]obj) serveConfig {
 	t.Helper()
 	text := str(t, m["ConfigMap/signalforge-config"], "data", "config.yaml")
-	fc, err := server.ParseFileConfig([]byte(text))
-	if err != nil {
-		t.Fatalf("the ConfigMap's config.yaml is refused by the server: %v", err)
+	var fc serveConfig
+	if err := yaml.Unmarshal([]byte(text), &fc); err != nil {
+		t.Fatalf("the ConfigMap's config.yaml: %v", err)
 	}
 	return fc
+}
+
+// boolOr returns *b, or def when b is nil (the server's default).
+func boolOr(b *bool, def bool) bool {
+	if b == nil {
+		return def
+	}
+	return *b
 }
 
 func TestConfigMapIsAValidServerConfig(t *testing.T) {
@@ -181,13 +207,13 @@ func TestConfigMapIsAValidServerConfig(t *testing.T) {
 	if fc.AdminToken != "" || fc.Cache.Redis != "" {
 		t.Errorf("credentials in the ConfigMap (admin_token %q, cache.redis %q): they belong in the Secret", fc.AdminToken, fc.Cache.Redis)
 	}
-	if server.BoolOr(fc.Demo, true) {
+	if boolOr(fc.Demo, true) {
 		t.Error("demo is on: replicas would seed demo models into the shared registry")
 	}
 	if fc.AdminOpenLoopback || fc.ImportDir != "" {
 		t.Errorf("admin_open_loopback %v, import_dir %q: a cluster's admin API needs the token, and models arrive by upload", fc.AdminOpenLoopback, fc.ImportDir)
 	}
-	if !server.BoolOr(fc.Cache.Enabled, true) {
+	if !boolOr(fc.Cache.Enabled, true) {
 		t.Error("the cache is off")
 	}
 	if fc.ShutdownTimeout <= 0 {

@@ -31,11 +31,14 @@ func (s *Server) routes() {
 	h("GET /v1/admin/models/{name}/stats", classAdmin, s.admin(s.handleModelStats))
 	h("POST /v1/admin/models/{name}/canary", classAdmin, s.admin(s.handleCanaryStart))
 	h("GET /v1/admin/models/{name}/canary", classAdmin, s.admin(s.handleCanaryStatus))
-	h("DELETE /v1/admin/models/{name}/canary", classAdmin, s.admin(s.handleCanaryStop))
+	h("POST /v1/admin/models/{name}/canary/pause", classAdmin, s.admin(s.canaryStateHandler(s.reg.PauseCanary)))
+	h("POST /v1/admin/models/{name}/canary/resume", classAdmin, s.admin(s.canaryStateHandler(s.reg.ResumeCanary)))
+	h("DELETE /v1/admin/models/{name}/canary", classAdmin, s.admin(s.canaryStateHandler(s.reg.AbortCanary)))
 	h("GET /v1/admin/models/{name}/judge", classAdmin, s.admin(s.handleJudge))
 	h("PUT /v1/admin/models/{name}/shadow", classAdmin, s.admin(s.handleShadowStart))
 	h("GET /v1/admin/models/{name}/shadow", classAdmin, s.admin(s.handleShadowStats))
 	h("DELETE /v1/admin/models/{name}/shadow", classAdmin, s.admin(s.handleShadowStop))
+	h("GET /v1/admin/models/{name}/fleet", classAdmin, s.admin(s.handleFleet))
 	h("POST /v1/admin/cache/invalidate", classAdmin, s.admin(s.handleInvalidate))
 	h("GET /v1/admin/cache/stats", classAdmin, s.admin(s.handleCacheStats))
 	// Open Inference Protocol v2.
@@ -170,10 +173,10 @@ func registryError(err error) error {
 	switch {
 	case errors.Is(err, registry.ErrNotFound):
 		return &HTTPError{Status: http.StatusNotFound, Code: api.CodeNotFound, Msg: err.Error(), Err: err}
-	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrTransition):
+	case errors.Is(err, registry.ErrExists), errors.Is(err, registry.ErrTransition), errors.Is(err, registry.ErrStaleRevision):
 		return &HTTPError{Status: http.StatusConflict, Code: api.CodeConflict, Msg: err.Error(), Err: err}
 	case errors.Is(err, registry.ErrInvalidName), errors.Is(err, registry.ErrInvalidArtifact),
-		errors.Is(err, registry.ErrFeatures), errors.Is(err, registry.ErrTraffic):
+		errors.Is(err, registry.ErrFeatures), errors.Is(err, registry.ErrTraffic), errors.Is(err, registry.ErrCanary):
 		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
 	}
 	return err
@@ -439,9 +442,9 @@ func (s *Server) handleModelStats(w http.ResponseWriter, r *http.Request) error 
 			out[vs.Version] = verStats{Router: &versionStatsView{Weight: vs.Weight * 100, Window: viewMetrics(vs.Window), Total: viewMetrics(vs.Total)}}
 		}
 	}
-	for ver, l := range s.models.current()[name] {
+	for ver, l := range s.models.Current().Versions(name) {
 		st := out[ver]
-		b := viewBatch(l.batcher.Stats())
+		b := viewBatch(l.Batcher().Stats())
 		st.Batch = &b
 		out[ver] = st
 	}

@@ -114,7 +114,7 @@ func TestNaNOutputsCountAgainstVersion(t *testing.T) {
 	if _, err := ts.reg.Register(ctx, registry.RegisterRequest{Name: "forecast_mlp", Version: "v9", ONNX: nanModel(t), Features: demo.Features}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, func() bool { return ts.srv.models.current().get("forecast_mlp", "v9") != nil })
+	waitFor(t, func() bool { return ts.srv.models.Current().Get("forecast_mlp", "v9") != nil })
 	code, body, _ := post(t, ts.URL+"/v1/models/forecast_mlp/predict", mustJSON(t, api.PredictRequest{Version: "v9", Features: demoFeatures(1)}))
 	if code != 422 || !strings.Contains(string(body), "produced NaN") {
 		t.Fatalf("%d %s", code, body)

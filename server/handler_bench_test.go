@@ -57,7 +57,7 @@ func registerMLP100(b *testing.B, ts *testServer) []string {
 	if _, err := ts.reg.Register(context.Background(), registry.RegisterRequest{Name: "mlp100", Version: "v1", ONNX: art, Status: registry.StatusProduction, Traffic: 100}); err != nil {
 		b.Fatal(err)
 	}
-	for ts.srv.models.current().get("mlp100", "v1") == nil {
+	for ts.srv.models.Current().Get("mlp100", "v1") == nil {
 		time.Sleep(10 * time.Millisecond)
 	}
 	return names

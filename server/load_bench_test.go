@@ -115,6 +115,6 @@ func BenchmarkLoad(b *testing.B) {
 	var ms runtime.MemStats
 	runtime.ReadMemStats(&ms)
 	b.Logf("GC cycles %d, GOGC=%s", ms.NumGC, os.Getenv("GOGC"))
-	st := ts.srv.models.current().get("mlp100", "v1").batcher.Stats()
+	st := ts.srv.models.Current().Get("mlp100", "v1").Batcher().Stats()
 	b.Logf("batcher: %d batches, average batch %.1f rows, batch p50 %v p99 %v", st.Batches, st.AvgBatchSize, st.BatchTime.P50, st.BatchTime.P99)
 }

@@ -97,13 +97,14 @@ func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	s := c.s
-	for model, vs := range s.models.current() {
-		for ver, l := range vs {
-			st := l.batcher.Stats()
+	snap := s.models.Current()
+	for _, model := range snap.Models() {
+		for ver, l := range snap.Versions(model) {
+			st := l.Batcher().Stats()
 			ch <- prometheus.MustNewConstMetric(descBatches, prometheus.CounterValue, float64(st.Batches), model, ver)
 			ch <- prometheus.MustNewConstMetric(descBatchRows, prometheus.CounterValue, float64(st.BatchedRows), model, ver)
 			ch <- prometheus.MustNewConstMetric(descQueueDepth, prometheus.GaugeValue, float64(st.QueueDepth), model, ver)
-			ch <- prometheus.MustNewConstMetric(descQueueCap, prometheus.GaugeValue, float64(l.batcher.Config().MaxQueue), model, ver)
+			ch <- prometheus.MustNewConstMetric(descQueueCap, prometheus.GaugeValue, float64(l.Batcher().Config().MaxQueue), model, ver)
 			ch <- prometheus.MustNewConstMetric(descInFlight, prometheus.GaugeValue, float64(st.InFlight), model, ver)
 			ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Rejected), model, ver)
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Expired), model, ver, "expired")
@@ -136,10 +137,10 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			}
 		}
 	}
-	for ref := range s.models.health.Load().failed {
-		ch <- prometheus.MustNewConstMetric(descVerFailed, prometheus.GaugeValue, 1, ref.Name, ref.Version)
+	for _, f := range s.models.Failures() {
+		ch <- prometheus.MustNewConstMetric(descVerFailed, prometheus.GaugeValue, 1, f.Ref.Name, f.Ref.Version)
 	}
-	for model, p := range *s.models.canaries.Load() {
+	for model, p := range *s.canaries.Load() {
 		ch <- prometheus.MustNewConstMetric(descCanaryState, prometheus.GaugeValue, 1, model, p.Canary, p.Baseline, string(p.State))
 		if !p.LastActionAt.IsZero() {
 			ch <- prometheus.MustNewConstMetric(descCanaryLastAction, prometheus.GaugeValue, float64(p.LastActionAt.UnixNano())/1e9, model)
@@ -203,11 +204,11 @@ func promhttpHandler(g prometheus.Gatherer) http.Handler {
 // that are not loaded are folded into "_unknown", so clients can neither
 // grow the metric set without bound nor put invalid UTF-8 into a label.
 func (s *Server) metricLabels(model, version string) (string, string) {
-	vs, ok := s.models.current()[model]
-	if !ok {
+	snap := s.models.Current()
+	if !snap.HasModel(model) {
 		return "_unknown", ""
 	}
-	if _, ok := vs[version]; !ok {
+	if snap.Get(model, version) == nil {
 		version = ""
 	}
 	return model, version

@@ -17,6 +17,7 @@ import (
 	"github.com/signalforge/signalforge/batch"
 	"github.com/signalforge/signalforge/cache"
 	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/route"
 	"github.com/signalforge/signalforge/tensor"
@@ -40,7 +41,7 @@ func (s *Server) requestTimeout(ms int) (time.Duration, error) {
 
 // pick chooses the version that serves a request and takes a reference on
 // it: the pinned version, or the router's sticky choice for key.
-func (s *Server) pick(ctx context.Context, model, pinned, key string) (*loaded, error) {
+func (s *Server) pick(ctx context.Context, model, pinned, key string) (*manager.Version, error) {
 	if err := registry.ValidateName(model); err != nil {
 		return nil, notFound("model %q does not exist: names match [A-Za-z0-9][A-Za-z0-9._-]{0,127}", model)
 	}
@@ -48,7 +49,7 @@ func (s *Server) pick(ctx context.Context, model, pinned, key string) (*loaded, 
 		if err := registry.ValidateName(pinned); err != nil {
 			return nil, notFound("model %q has no version %q: versions match [A-Za-z0-9][A-Za-z0-9._-]{0,127}", model, pinned)
 		}
-		if l, ok := s.models.acquire(model, pinned); ok {
+		if l, ok := s.models.Acquire(model, pinned); ok {
 			return l, nil
 		}
 		return nil, s.notServing(ctx, model, pinned)
@@ -61,7 +62,7 @@ func (s *Server) pick(ctx context.Context, model, pinned, key string) (*loaded, 
 			}
 			return nil, err
 		}
-		if l, ok := s.models.acquire(model, v); ok {
+		if l, ok := s.models.Acquire(model, v); ok {
 			return l, nil
 		}
 		// The split moved between Route and acquire; route again.
@@ -82,7 +83,7 @@ func (s *Server) notServing(ctx context.Context, model, version string) error {
 		if !s.ready.Load() {
 			return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: "server is not ready: models are still loading", RetryAfter: time.Second}
 		}
-		if why := s.models.modelFailure(model); why != "" {
+		if why := s.models.ModelFailure(model); why != "" {
 			return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("model %q cannot serve: %s", model, why)}
 		}
 		return notFound("model %q has no production version with traffic; pin a version (native API: \"version\" field; OIP v2: /v2/models/%s/versions/{version}/infer)", model, model)
@@ -100,8 +101,8 @@ func (s *Server) notServing(ctx context.Context, model, version string) error {
 	if v.Status == registry.StatusArchived || (v.Status == registry.StatusStaging && !s.cfg.ServeStaging) {
 		return notFound("version %q of model %q is %s and not served", version, model, v.Status)
 	}
-	if f, ok := s.models.failure(v.Ref()); ok && f.sha256 == v.Artifact.SHA256 {
-		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q failed to load: %s", version, model, f.err)}
+	if f, ok := s.models.Failure(v.Ref()); ok && f.SHA256 == v.Artifact.SHA256 {
+		return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q failed to load: %v", version, model, f.Err)}
 	}
 	return &HTTPError{Status: http.StatusServiceUnavailable, Code: api.CodeUnavailable, Msg: fmt.Sprintf("version %q of model %q is not loaded yet", version, model), RetryAfter: time.Second}
 }
@@ -153,16 +154,16 @@ func (p *pools) releaseKey(ki cache.KeyInput) {
 }
 
 // modelError maps errors from the batcher and the engine.
-func modelError(err error, l *loaded) error {
+func modelError(err error, l *manager.Version) error {
 	var qf *batch.QueueFullError
 	var fe *infer.FeatureError
 	switch {
 	case errors.As(err, &qf):
-		return &HTTPError{Status: http.StatusTooManyRequests, Code: api.CodeQueueFull, Msg: fmt.Sprintf("model %s is overloaded: %v", l.ref, err), RetryAfter: qf.RetryAfter, Err: err}
+		return &HTTPError{Status: http.StatusTooManyRequests, Code: api.CodeQueueFull, Msg: fmt.Sprintf("model %s is overloaded: %v", l.Ref(), err), RetryAfter: qf.RetryAfter, Err: err}
 	case errors.As(err, &fe):
-		return &HTTPError{Status: http.StatusBadRequest, Code: fe.Code, Msg: fmt.Sprintf("model %s: %v", l.ref, err), Err: err}
+		return &HTTPError{Status: http.StatusBadRequest, Code: fe.Code, Msg: fmt.Sprintf("model %s: %v", l.Ref(), err), Err: err}
 	case errors.Is(err, infer.ErrInput):
-		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: fmt.Sprintf("model %s: %v", l.ref, err), Err: err}
+		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: fmt.Sprintf("model %s: %v", l.Ref(), err), Err: err}
 	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
 		return ctxError(err)
 	case errors.Is(err, batch.ErrClosed):
@@ -242,10 +243,10 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	if err != nil {
 		return nil, err
 	}
-	defer l.release()
-	resp := &api.PredictResponse{RequestID: req.RequestID, Model: model, Version: l.ref.Version}
-	if l.pred == nil {
-		return resp, badRequest("model %s takes raw tensors, not named features (%v); use POST /v2/models/%s/versions/%s/infer", l.ref, l.predErr, model, l.ref.Version)
+	defer l.Release()
+	resp := &api.PredictResponse{RequestID: req.RequestID, Model: model, Version: l.Ref().Version}
+	if l.Predictor() == nil {
+		return resp, badRequest("model %s takes raw tensors, not named features (%v); use POST /v2/models/%s/versions/%s/infer", l.Ref(), l.PredictorErr(), model, l.Ref().Version)
 	}
 	rows := req.Rows()
 	// inferUS is written by compute, which a cache may still be running
@@ -254,17 +255,17 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	// Encoding (and so validation) happens on a cache miss only: a hit means
 	// an identical request was valid before.
 	compute := func(ctx context.Context) (cache.Value, error) {
-		x, err := infer.EncodeRows(l.pred, rows)
+		x, err := infer.EncodeRows(l.Predictor(), rows)
 		if err != nil {
 			return cache.Value{}, err
 		}
 		t0 := time.Now()
-		out, err := l.batcher.Predict(ctx, []tensor.Tensor{x})
+		out, err := l.Batcher().Predict(ctx, []tensor.Tensor{x})
 		if err != nil {
 			return cache.Value{}, err
 		}
 		inferUS.Store(time.Since(t0).Microseconds())
-		preds, err := l.pred.Decode(out)
+		preds, err := l.Predictor().Decode(out)
 		if err != nil {
 			return cache.Value{}, err
 		}
@@ -275,10 +276,10 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	}
 	var val cache.Value
 	if s.cache != nil && !req.NoCache && len(rows) == 1 {
-		typ := s.cfg.PredictionType(model, l.ref.Version, req.Horizon)
-		ki := s.pools.featureKey(model, l.ref.Version, req.Ticker, req.Horizon, typ, rows[0])
-		if completeRow(rows[0], l.sortedFeatures) {
-			ki.SortedNames = l.sortedFeatures
+		typ := s.cfg.PredictionType(model, l.Ref().Version, req.Horizon)
+		ki := s.pools.featureKey(model, l.Ref().Version, req.Ticker, req.Horizon, typ, rows[0])
+		if completeRow(rows[0], l.SortedFeatures()) {
+			ki.SortedNames = l.SortedFeatures()
 		}
 		key, kerr := cache.MakeKey(ki)
 		s.pools.releaseKey(ki)
@@ -300,7 +301,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	if err != nil {
 		herr := modelError(err, l)
 		if s.versionsFault(herr, timeout) {
-			s.router.Record(model, l.ref.Version, lat, err)
+			s.router.Record(model, l.Ref().Version, lat, err)
 		}
 		return resp, herr
 	}
@@ -308,7 +309,7 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	// says nothing about the version's speed or health, and counting hits
 	// would make a warm baseline look faster than a cold canary.
 	if !resp.Cached {
-		s.router.Record(model, l.ref.Version, lat, nil)
+		s.router.Record(model, l.Ref().Version, lat, nil)
 	}
 	if sh := s.shadowFor(model); sh != nil && !resp.Cached {
 		sh.Offer(req.RequestID, rows, slices.Concat(val.Predictions...), lat) // neither is touched again
@@ -354,11 +355,11 @@ const codeNonFinite = "non_finite_output"
 var errNaNOutput = fmt.Errorf("model produced NaN: %w", route.ErrNonFinite)
 
 // nonFiniteError is the 422 for a non-finite model output.
-func nonFiniteError(l *loaded, v float32, where string) *HTTPError {
+func nonFiniteError(l *manager.Version, v float32, where string) *HTTPError {
 	he := &HTTPError{Status: http.StatusUnprocessableEntity, Code: codeNonFinite,
-		Msg: fmt.Sprintf("model %s produced %v %s: the inputs are probably outside the range the model was trained on", l.ref, v, where)}
+		Msg: fmt.Sprintf("model %s produced %v %s: the inputs are probably outside the range the model was trained on", l.Ref(), v, where)}
 	if v != v {
-		he.Msg = fmt.Sprintf("model %s produced NaN %s: the model is numerically unstable for these inputs", l.ref, where)
+		he.Msg = fmt.Sprintf("model %s produced NaN %s: the model is numerically unstable for these inputs", l.Ref(), where)
 		he.Err = errNaNOutput
 	}
 	return he
@@ -366,7 +367,7 @@ func nonFiniteError(l *loaded, v float32, where string) *HTTPError {
 
 // checkFinite refuses predictions JSON cannot carry (NaN, ±Inf): they
 // come from inputs outside the model's range.
-func checkFinite(l *loaded, preds [][]float32) error {
+func checkFinite(l *manager.Version, preds [][]float32) error {
 	for i, row := range preds {
 		for j, v := range row {
 			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {

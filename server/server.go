@@ -9,10 +9,16 @@
 // Request path: decode and validate (4xx naming the problem) → pick the
 // version (pinned, or the router's sticky choice by request_id) → cache
 // lookup (single-row requests) → batcher → ONNX Runtime → cache write →
-// answer. The server follows the registry: registering, promoting, changing
+// answer. The server follows the registry (package manager): registering, promoting, changing
 // a split or archiving (also from the CLI in another process) loads and
 // warms new sessions before they get traffic, switches atomically and
 // drains the old ones.
+//
+// Canary plans and shadow settings are registry state too: every replica
+// runs the shadow its registry model names, publishes its per-version
+// counters to Config.Fleet, and runs a canary.Pilot that acts only while
+// this replica holds the autopilot lease on Config.Leaser, judging each
+// plan on the whole fleet's counters.
 package server
 
 import (
@@ -33,8 +39,10 @@ import (
 	"github.com/signalforge/signalforge/cache"
 	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/internal/buildinfo"
+	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/route"
+	"github.com/signalforge/signalforge/route/fleet"
 )
 
 // Config configures a Server. Registry and Engine are required; every other
@@ -124,6 +132,29 @@ type Config struct {
 	// was checked already. `signalforge serve` sets it to its own
 	// executable. If nil, artifacts are loaded directly.
 	ChildCheck *registry.ChildCheck
+
+	// Fleet is where this replica publishes its per-version counters
+	// every FleetInterval (if zero, 2s) and where the autopilot reads the
+	// whole fleet's, so that a canary is judged on every replica's
+	// traffic. If nil, an in-process store: this process is the fleet.
+	Fleet         fleet.Store
+	FleetInterval time.Duration
+	// Replica is this replica's id in Fleet and as the autopilot lease's
+	// holder; it must differ between replicas (two Servers in one process
+	// sharing a Fleet or a Leaser need ids of their own). If empty, the
+	// host name and process id.
+	Replica string
+	// Leaser elects the one replica that runs the canary autopilot: the
+	// replicas contend for a lease on it (the registry's store: a
+	// registry.FileStore, registry.MemStore or PostgreSQL store). Every
+	// replica serves the admin API; only the leader judges and acts. If
+	// nil, this process always leads (one process is the fleet). LeaseTTL
+	// is how long a leader that died keeps the lease; if zero, 10s.
+	Leaser   registry.Leaser
+	LeaseTTL time.Duration
+	// AutopilotTick is how often the autopilot looks at the canary plans
+	// (it judges each plan every plan Interval). If zero, 1s.
+	AutopilotTick time.Duration
 }
 
 // Timeouts bound every request, per route class. Unauthenticated routes
@@ -230,6 +261,18 @@ func (c *Config) setDefaults() error {
 	if c.ReconcileRetry == 0 {
 		c.ReconcileRetry = 5 * time.Second
 	}
+	if c.Fleet == nil {
+		c.Fleet = fleet.NewMemory()
+	}
+	if c.FleetInterval == 0 {
+		c.FleetInterval = 2 * time.Second
+	}
+	if c.Replica == "" {
+		c.Replica = defaultReplica()
+	}
+	if c.LeaseTTL == 0 {
+		c.LeaseTTL = 10 * time.Second
+	}
 	switch {
 	case c.MaxBodyBytes < 0, c.MaxUploadBytes < 0:
 		return errors.New("server: negative body limit")
@@ -239,6 +282,12 @@ func (c *Config) setDefaults() error {
 		return errors.New("server: negative MaxUploads")
 	case c.DefaultTimeout < 0, c.MaxTimeout < 0, c.DefaultTimeout > c.MaxTimeout:
 		return fmt.Errorf("server: DefaultTimeout %v must be in [0, MaxTimeout %v]", c.DefaultTimeout, c.MaxTimeout)
+	case !validReplica(c.Replica):
+		return fmt.Errorf("server: Replica %q: want letters, digits, '.', '_', '-' (not first), at most 128", c.Replica)
+	case c.FleetInterval < time.Millisecond:
+		return fmt.Errorf("server: FleetInterval %v below 1ms", c.FleetInterval)
+	case c.LeaseTTL < 0, c.AutopilotTick < 0:
+		return fmt.Errorf("server: negative LeaseTTL %v or AutopilotTick %v", c.LeaseTTL, c.AutopilotTick)
 	}
 	return nil
 }
@@ -256,10 +305,18 @@ type Server struct {
 	met    *metrics
 	build  buildinfo.Info // what GET /v2 and signalforge_build_info report
 
-	models    *modelSet
-	autopilot *route.Autopilot
-	shadows   shadowSet
-	pools     pools
+	models *manager.Manager
+	// canaries are the models' canary plans as the manager's last read
+	// of the registry had them (running or finished), for metrics: a
+	// scrape never reads the registry. applyChange writes it.
+	canaries atomic.Pointer[map[string]registry.CanaryPlan]
+	shadows  shadowSet
+	pools    pools
+
+	// collector reads the fleet's counters; fleet holds the parts that
+	// run while serving (nil before Serve).
+	collector *fleet.Collector
+	fleet     atomic.Pointer[fleetParts]
 
 	// routeClass maps each route pattern to its timeout class.
 	routeClass map[string]routeClass
@@ -269,8 +326,7 @@ type Server struct {
 	// symbolic links resolved; empty when register-by-path is off.
 	importAbs, importRoot string
 
-	ready        atomic.Bool // initial load done and not shutting down
-	shuttingDown atomic.Bool
+	ready atomic.Bool // initial load done and not shutting down
 
 	mu      sync.Mutex // guards started
 	started bool
@@ -297,6 +353,7 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.router = r
 	}
+	s.canaries.Store(&map[string]registry.CanaryPlan{})
 	s.uploads = make(chan struct{}, cfg.MaxUploads)
 	if cfg.ImportDir != "" {
 		abs, root, err := resolveImportDir(cfg.ImportDir)
@@ -305,12 +362,16 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.importAbs, s.importRoot = abs, root
 	}
-	s.models = newModelSet(s)
-	ap, err := route.NewAutopilot(s.router, route.AutopilotConfig{OnAction: s.autopilotAction, Logger: cfg.Logger})
+	models, err := newModels(s)
 	if err != nil {
 		return nil, err
 	}
-	s.autopilot = ap
+	s.models = models
+	col, err := fleet.NewCollector(cfg.Fleet, fleet.CollectorConfig{Interval: cfg.FleetInterval})
+	if err != nil {
+		return nil, err
+	}
+	s.collector = col
 	met, err := newMetrics(s, cfg.Metrics)
 	if err != nil {
 		return nil, err
@@ -363,6 +424,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	if err := s.checkAdminAddr(ln.Addr().String()); err != nil {
 		return err
 	}
+	// This replica's counters go to the fleet from the start; with a
+	// Leaser it contends for the autopilot at once.
+	fp, err := s.startFleet()
+	if err != nil {
+		return err
+	}
 
 	t := s.cfg.Timeouts
 	hs := &http.Server{
@@ -383,24 +450,30 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	followDone := make(chan struct{})
 	go func() {
 		defer close(followDone)
-		s.models.follow(followCtx, func() {
-			if !s.shuttingDown.Load() {
-				s.ready.Store(true)
-				s.log.Info("ready: models loaded and warmed", "versions", s.models.count())
-			}
-		})
+		if err := s.models.Run(followCtx); err != nil {
+			s.log.Warn("no longer following the registry; the loaded models keep serving", "err", err)
+		}
 	}()
 
-	var err error
-	select {
-	case <-ctx.Done():
-	case err = <-serveErr:
-		if errors.Is(err, http.ErrServerClosed) {
-			err = nil
+	for loaded, serving := s.models.Loaded(), true; serving; {
+		select {
+		case <-ctx.Done():
+			serving = false
+		case err = <-serveErr:
+			if errors.Is(err, http.ErrServerClosed) {
+				err = nil
+			}
+			serving = false
+		case <-loaded:
+			loaded = nil
+			s.ready.Store(true)
+			s.log.Info("ready: models loaded and warmed", "versions", s.models.Current().Len())
 		}
 	}
-	s.shuttingDown.Store(true)
 	s.ready.Store(false)
+	// The autopilot stops and the lease is released first, so that a
+	// peer takes over at once rather than after the lease's TTL.
+	fp.stopLeading()
 	s.log.Info("shutting down: draining requests, batchers and sessions", "timeout", s.cfg.ShutdownTimeout)
 	sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ShutdownTimeout)
 	defer cancel()
@@ -423,11 +496,12 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		s.log.Warn("shutdown: closing connections still open after the HTTP drain budget", "budget", s.cfg.ShutdownTimeout*4/5, "err", serr)
 		_ = hs.Close() // its only error: the listener Shutdown closed already
 	}
-	s.autopilot.Close()
-	s.closeShadows()
+	// Counters are published until the requests have drained.
+	fp.publisher.Close()
 	stopFollow()
 	<-followDone
-	if cerr := s.models.closeAll(sctx); cerr != nil && err == nil {
+	s.closeShadows()
+	if cerr := s.models.Close(sctx); cerr != nil && err == nil {
 		err = cerr
 	}
 	s.log.Info("shut down")

@@ -45,6 +45,8 @@ type testOpts struct {
 	// temporary folder); poll is then the registry's PollInterval.
 	store registry.Store
 	poll  time.Duration
+	// dir, if set, is the registry folder (shared with another server).
+	dir string
 }
 
 func startServer(t *testing.T, o testOpts) *testServer {
@@ -55,7 +57,10 @@ func startServer(t *testing.T, o testOpts) *testServer {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { eng.Close() })
-	dir := t.TempDir()
+	dir := o.dir
+	if dir == "" {
+		dir = t.TempDir()
+	}
 	rcfg := registry.Config{Dir: dir, Validator: registry.EngineValidator(eng), PollInterval: 50 * time.Millisecond}
 	if o.store != nil {
 		rcfg.Store, rcfg.PollInterval = o.store, o.poll
@@ -522,7 +527,11 @@ func TestHotSwapUnderLoadFailsNoRequest(t *testing.T) {
 	if total.Load() < 50 {
 		t.Fatalf("only %d requests ran", total.Load())
 	}
-	if got := len(ts.srv.models.current()["forecast_mlp"]); got != 1 {
+	got := 0
+	for range ts.srv.models.Current().Versions("forecast_mlp") {
+		got++
+	}
+	if got != 1 {
 		t.Fatalf("%d versions of forecast_mlp loaded after archiving, want 1", got)
 	}
 	t.Logf("%d requests, 0 failed, across register, promote, split and archive", total.Load())
@@ -576,7 +585,7 @@ func TestShutdownFinishesInFlight(t *testing.T) {
 	if total.Load() == 0 {
 		t.Fatal("no requests ran")
 	}
-	if ts.srv.models.count() != 0 {
+	if ts.srv.models.Current().Len() != 0 {
 		t.Fatal("sessions still loaded after shutdown")
 	}
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/infer"
+	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/tensor"
 )
@@ -54,8 +55,18 @@ func (s *Server) readiness() (bool, []unservable) {
 	if !s.ready.Load() {
 		return false, nil
 	}
-	bad := s.models.health.Load().unservable
+	var bad []unservable
+	for _, u := range s.models.Unservable() {
+		bad = append(bad, unservable{Model: u.Model, Reason: u.Reason})
+	}
 	return len(bad) == 0, bad
+}
+
+// unservable is a model readiness lists as unavailable: it has production
+// traffic and none of its production versions is loaded.
+type unservable struct {
+	Model  string `json:"model"`
+	Reason string `json:"reason"`
 }
 
 func (s *Server) handleV2ModelReady(w http.ResponseWriter, r *http.Request) {
@@ -69,8 +80,8 @@ func (s *Server) handleV2ModelReady(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err, true)
 		return
 	}
-	defer l.release()
-	writeJSON(w, http.StatusOK, map[string]any{"name": l.ref.Name, "version": l.ref.Version, "ready": true})
+	defer l.Release()
+	writeJSON(w, http.StatusOK, map[string]any{"name": l.Ref().Name, "version": l.Ref().Version, "ready": true})
 }
 
 func ioMeta(ios []infer.IOInfo) []api.TensorMetadata {
@@ -88,17 +99,17 @@ func (s *Server) handleV2Metadata(w http.ResponseWriter, r *http.Request) {
 		s.writeError(w, r, err, true)
 		return
 	}
-	defer l.release()
+	defer l.Release()
 	md := api.ModelMetadata{
 		Name:     name,
 		Platform: "onnxruntime_onnx",
-		Inputs:   ioMeta(l.sess.Inputs()),
-		Outputs:  ioMeta(l.sess.Outputs()),
+		Inputs:   ioMeta(l.Session().Inputs()),
+		Outputs:  ioMeta(l.Session().Outputs()),
 	}
 	if version != "" {
 		md.Versions = []string{version}
 	} else {
-		for v := range s.models.current()[name] {
+		for v := range s.models.Current().Versions(name) {
 			md.Versions = append(md.Versions, v)
 		}
 		slices.Sort(md.Versions)
@@ -152,11 +163,11 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	if err != nil {
 		return nil, err
 	}
-	defer l.release()
-	resp := &api.InferResponse{ModelName: name, ModelVersion: l.ref.Version, ID: req.ID}
-	want := l.sess.Inputs()
+	defer l.Release()
+	resp := &api.InferResponse{ModelName: name, ModelVersion: l.Ref().Version, ID: req.ID}
+	want := l.Session().Inputs()
 	if len(req.Inputs) != len(want) {
-		return resp, badRequest("model %s has %d input(s) %v, request has %d", l.ref, len(want), ioNames(want), len(req.Inputs))
+		return resp, badRequest("model %s has %d input(s) %v, request has %d", l.Ref(), len(want), ioNames(want), len(req.Inputs))
 	}
 	byName := map[string]api.InferTensor{}
 	for _, in := range req.Inputs {
@@ -166,10 +177,10 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 		byName[in.Name] = in
 	}
 	wantOut := map[string]bool{}
-	outNames := ioNames(l.sess.Outputs())
+	outNames := ioNames(l.Session().Outputs())
 	for _, o := range req.Outputs {
 		if !slices.Contains(outNames, o.Name) {
-			return resp, badRequest("model %s has no output %q (outputs are %v)", l.ref, o.Name, outNames)
+			return resp, badRequest("model %s has no output %q (outputs are %v)", l.Ref(), o.Name, outNames)
 		}
 		wantOut[o.Name] = true
 	}
@@ -181,21 +192,21 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	for i, io := range want {
 		in, ok := byName[io.Name]
 		if !ok {
-			return resp, badRequest("model %s: missing input %q (inputs are %v)", l.ref, io.Name, ioNames(want))
+			return resp, badRequest("model %s: missing input %q (inputs are %v)", l.Ref(), io.Name, ioNames(want))
 		}
 		// The declared shape is checked before the data is decoded.
 		switch shape := tensor.Shape(in.Shape); {
 		case in.Shape == nil:
-			return resp, badRequest("input %q: \"shape\" is missing; model %s wants %v (-1 = any size)", io.Name, l.ref, []int64(io.Shape))
+			return resp, badRequest("input %q: \"shape\" is missing; model %s wants %v (-1 = any size)", io.Name, l.Ref(), []int64(io.Shape))
 		case !shape.Matches(io.Shape):
-			return resp, badRequest("input %q: shape %v, model %s wants %v (-1 = any size)", io.Name, in.Shape, l.ref, []int64(io.Shape))
+			return resp, badRequest("input %q: shape %v, model %s wants %v (-1 = any size)", io.Name, in.Shape, l.Ref(), []int64(io.Shape))
 		case io.BatchAxis == 0 && shape[0] == 0:
 			return resp, badRequest("input %q: shape %v has no rows", io.Name, in.Shape)
 		case io.BatchAxis == 0 && shape[0] > int64(s.cfg.MaxRows):
 			return resp, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("input %q: %d rows, the limit is %d", io.Name, shape[0], s.cfg.MaxRows)}
 		}
 		if dt, ok := v2DataTypes[in.Datatype]; ok && dt != io.DType {
-			return resp, badRequest("input %q: datatype %s, model %s wants %s", io.Name, in.Datatype, l.ref, v2Name(io.DType))
+			return resp, badRequest("input %q: datatype %s, model %s wants %s", io.Name, in.Datatype, l.Ref(), v2Name(io.DType))
 		}
 		t, err := decodeV2Data(io.Name, in.Datatype, in.Shape, in.Data, maxElems)
 		if err != nil {
@@ -212,9 +223,9 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	}
 	var outs []tensor.Tensor
 	if want[0].BatchAxis == 0 {
-		outs, err = l.batcher.Predict(ctx, ins)
+		outs, err = l.Batcher().Predict(ctx, ins)
 	} else {
-		outs, err = l.sess.Run(ctx, ins)
+		outs, err = l.Session().Run(ctx, ins)
 	}
 	if err == nil {
 		err = checkFiniteOutputs(l, outs)
@@ -222,12 +233,12 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 	if err != nil {
 		herr := modelError(err, l)
 		if s.versionsFault(herr, timeout) {
-			s.router.Record(name, l.ref.Version, time.Since(start), err)
+			s.router.Record(name, l.Ref().Version, time.Since(start), err)
 		}
 		return resp, herr
 	}
-	s.router.Record(name, l.ref.Version, time.Since(start), nil)
-	for i, io := range l.sess.Outputs() {
+	s.router.Record(name, l.Ref().Version, time.Since(start), nil)
+	for i, io := range l.Session().Outputs() {
 		if len(wantOut) > 0 && !wantOut[io.Name] {
 			continue
 		}
@@ -305,24 +316,24 @@ type versionView struct {
 func (s *Server) versionSummary(v registry.Version) versionView {
 	out := versionView{VersionSummary: api.VersionSummary{
 		Version: v.Version, Status: string(v.Status), Traffic: v.Traffic, Features: v.Features,
-		Loaded: s.models.current().get(v.Name, v.Version) != nil, Metrics: v.Metrics, Tags: v.Tags,
+		Loaded: s.models.Current().Get(v.Name, v.Version) != nil, Metrics: v.Metrics, Tags: v.Tags,
 	}, State: "not_loaded"}
 	if out.Loaded {
 		out.State = "loaded"
-	} else if f, ok := s.models.failure(v.Ref()); ok && f.sha256 == v.Artifact.SHA256 {
-		out.State, out.LoadError = "failed", f.err
+	} else if f, ok := s.models.Failure(v.Ref()); ok && f.SHA256 == v.Artifact.SHA256 {
+		out.State, out.LoadError = "failed", f.Err.Error()
 	}
 	return out
 }
 
 // checkFiniteOutputs refuses float outputs JSON cannot carry.
-func checkFiniteOutputs(l *loaded, outs []tensor.Tensor) error {
+func checkFiniteOutputs(l *manager.Version, outs []tensor.Tensor) error {
 	for i, t := range outs {
 		for j, v := range t.Float32s() {
 			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
 				name := fmt.Sprint(i)
-				if i < len(l.sess.Outputs()) {
-					name = l.sess.Outputs()[i].Name
+				if i < len(l.Session().Outputs()) {
+					name = l.Session().Outputs()[i].Name
 				}
 				return nonFiniteError(l, v, fmt.Sprintf("in output %q, element %d", name, j))
 			}

@@ -71,52 +71,7 @@ func viewBatch(st batch.Stats) batchView {
 		Rejected: st.Rejected, Failed: st.Failed, Panics: st.Panics}
 }
 
-type verdictView struct {
-	Decision   route.Decision `json:"decision"`
-	Reason     string         `json:"reason"`
-	Canary     metricsView    `json:"canary"`
-	Baseline   metricsView    `json:"baseline"`
-	RateDiff   float64        `json:"error_rate_diff"`
-	PValue     float64        `json:"p_value"`
-	Z          float64        `json:"z"`
-	UpperBound float64        `json:"upper_bound"`
-	P99Ratio   float64        `json:"p99_ratio"`
-}
-
-func viewVerdict(v route.Verdict) verdictView {
-	return verdictView{Decision: v.Decision, Reason: v.Reason, Canary: viewMetrics(v.Canary), Baseline: viewMetrics(v.Baseline),
-		RateDiff: v.RateDiff, PValue: v.PValue, Z: v.Z, UpperBound: v.UpperBound, P99Ratio: v.P99Ratio}
-}
-
-type canaryView struct {
-	Model            string            `json:"model"`
-	Canary           string            `json:"canary"`
-	Baseline         string            `json:"baseline"`
-	State            route.CanaryState `json:"state"`
-	StepsPct         []float64         `json:"steps_pct"`
-	Step             int               `json:"step"`
-	StepUp           bool              `json:"step_up"`
-	Rollback         bool              `json:"rollback"`
-	IntervalMS       float64           `json:"interval_ms"`
-	HealthyIntervals int               `json:"healthy_intervals"`
-	Healthy          int               `json:"healthy"`
-	Judged           int               `json:"judged"`
-	Last             verdictView       `json:"last_verdict"`
-	Note             string            `json:"note,omitempty"`
-}
-
-func viewCanary(st route.CanaryStatus) canaryView {
-	p := st.Plan
-	steps := make([]float64, len(p.Steps))
-	for i, w := range p.Steps {
-		steps[i] = w * 100
-	}
-	return canaryView{Model: p.Model, Canary: p.Canary, Baseline: p.Baseline, State: st.State, StepsPct: steps, Step: st.Step,
-		StepUp: p.StepUp, Rollback: p.Rollback, IntervalMS: ms(p.Interval), HealthyIntervals: p.HealthyIntervals,
-		Healthy: st.Healthy, Judged: st.Judged, Last: viewVerdict(st.Last), Note: st.Note}
-}
-
-type shadowView struct {
+type shadowStatsView struct {
 	Model                 string      `json:"model"`
 	Version               string      `json:"version"`
 	Offered               int64       `json:"offered"`
@@ -132,8 +87,8 @@ type shadowView struct {
 	Primary               metricsView `json:"primary_latency"`
 }
 
-func viewShadow(st route.ShadowStats) shadowView {
-	return shadowView{Model: st.Model, Version: st.Version, Offered: st.Offered, Sampled: st.Sampled, Dropped: st.Dropped,
+func viewShadow(st route.ShadowStats) shadowStatsView {
+	return shadowStatsView{Model: st.Model, Version: st.Version, Offered: st.Offered, Sampled: st.Sampled, Dropped: st.Dropped,
 		Compared: st.Compared, Mismatched: st.Mismatched, MeanAbsDiff: st.MeanAbsDiff, MaxAbsDiff: st.MaxAbsDiff,
 		NonFinite: st.NonFinite, DirectionAgreementPct: st.DirectionAgreementPct, Shadow: viewMetrics(st.Shadow), Primary: viewMetrics(st.Primary)}
 }

@@ -20,7 +20,7 @@ const canaryLease = "autopilot"
 
 // canaryLiveNote says where the numbers the registry does not hold come
 // from.
-const canaryLiveNote = "live judge numbers (samples, error rates, latency, verdicts) are not registry state: they come from a running server (GET /v1/admin/models/NAME/canary or …/judge; a --server flag is a later addition)"
+const canaryLiveNote = "live judge numbers (samples, error rates, latency, a verdict now) are not registry state: they come from a running server's fleet (signalforge judge MODEL --canary V --baseline V --server URL; signalforge stats MODEL --server URL)"
 
 // planSub is one subcommand of `signalforge canary` or `signalforge shadow`.
 type planSub struct {
@@ -63,15 +63,16 @@ func cmdCanary(ctx context.Context, e *env, args []string) error {
 	return planDispatch(ctx, e, "canary", canarySubs(), args,
 		"Canary plans are registry state (--registry a folder or postgres:// URL, or $"+modelsEnvRegistry+"): every replica sharing\n"+
 			"the registry sees the same plan, and it survives restarts. Traffic is in percent (5 = 5%).\n"+
-			"Today a running server's autopilot is still started through its admin API (POST /v1/admin/models/NAME/canary);\n"+
-			"servers following registry plans come in a later release.\n"+strings.ToUpper(canaryLiveNote[:1])+canaryLiveNote[1:]+".")
+			"Running servers follow the plans: the replica holding the autopilot lease steps and rolls back the\n"+
+			"canary on the whole fleet's counters. A server's admin API does the same (POST /v1/admin/models/NAME/canary).\n"+
+			strings.ToUpper(canaryLiveNote[:1])+canaryLiveNote[1:]+".")
 }
 
 func cmdShadow(ctx context.Context, e *env, args []string) error {
 	return planDispatch(ctx, e, "shadow", shadowSubs(), args,
 		"Shadow settings are registry state (--registry a folder or postgres:// URL, or $"+modelsEnvRegistry+").\n"+
-			"Today a running server's shadow is still set through its admin API (PUT /v1/admin/models/NAME/shadow);\n"+
-			"servers following registry settings come in a later release.")
+			"Every running server follows them and mirrors its own share of the requests; a server's admin API\n"+
+			"sets them too (PUT /v1/admin/models/NAME/shadow) and reports that replica's comparison (GET …/shadow).")
 }
 
 // planDispatch runs `signalforge CMD SUB …`.

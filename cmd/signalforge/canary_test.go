@@ -267,7 +267,7 @@ func TestCanaryShadowHelp(t *testing.T) {
 			}
 		}
 	}
-	if _, _, help := planRun(t, "", "canary", "status", "-h"); !strings.Contains(help, "--server flag is a later addition") {
+	if _, _, help := planRun(t, "", "canary", "status", "-h"); !strings.Contains(help, "signalforge judge MODEL") {
 		t.Errorf("canary status -h does not say where live numbers come from:\n%s", help)
 	}
 	if code, _, _ := planRun(t, "", "canary", "status"); code != 2 {

@@ -34,6 +34,8 @@ func commands() []command {
 		{"models", "manage the model registry (register, list, show, promote, traffic, archive, history, repair)", cmdModels},
 		{"canary", "canary plans in the registry (start, status, pause, resume, abort)", cmdCanary},
 		{"shadow", "shadow settings in the registry (set, clear, status)", cmdShadow},
+		{"judge", "judge a canary against its baseline on the fleet's counters (via a running server)", cmdJudge},
+		{"stats", "the fleet's per-version, per-replica request counters (via a running server)", cmdStats},
 		{"convert", "convert a PyTorch .pt file to ONNX, verify parity, benchmark", cmdConvert},
 		{"quantize", "quantize an ONNX model to INT8 (dynamic or static), with an accuracy report", cmdQuantize},
 		{"bench", "benchmark an ONNX model in ONNX Runtime at several batch sizes", cmdBench},

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -18,6 +19,8 @@ import (
 	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/internal/demo"
 	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/registry/pgstore"
+	"github.com/signalforge/signalforge/route/fleet"
 	"github.com/signalforge/signalforge/server"
 )
 
@@ -36,17 +39,25 @@ machines share one registry in PostgreSQL: --registry (or
 SIGNALFORGE_REGISTRY) postgres://user@host:5432/db?sslmode=verify-full;
 the config keys registry_max_conns and registry_cache_dir size its pool
 and place the artifact cache.
+Canary plans and shadows are registry state that every replica follows.
+Each replica publishes its per-version counters to the fleet store (Redis
+with --redis, else the registry's PostgreSQL database, else the registry
+folder's fleet subfolder, for replicas on one machine), and the replicas
+elect, on a lease in the registry's store, the one whose autopilot judges
+canaries on the whole fleet's counters; give each replica its own
+--replica id.
 The admin API (/v1/admin/...) is closed unless an admin token is set
 (--admin-token, SIGNALFORGE_ADMIN_TOKEN); --admin-open-loopback opens it
 without a token for development, on a loopback address only. Registering a
 model by path reads only from the --import-dir folder.
 Environment: SIGNALFORGE_REGISTRY, SIGNALFORGE_REDIS, SIGNALFORGE_ADMIN_TOKEN,
-SIGNALFORGE_ORT_LIB (ONNX Runtime library).
+SIGNALFORGE_REPLICA, SIGNALFORGE_ORT_LIB (ONNX Runtime library).
 
 Examples:
   signalforge serve
   signalforge serve --config configs/serve.example.yaml
   signalforge serve --addr :9000 --redis redis://127.0.0.1:6379/0
+  signalforge serve --addr :8080 --admin-token TOKEN --replica web-1 --redis redis://cache:6379/0
   SIGNALFORGE_REGISTRY='postgres://signalforge:PASSWORD@db:5432/registry?sslmode=verify-full' signalforge serve --addr :8080 --admin-token TOKEN`
 
 func cmdServe(ctx context.Context, e *env, args []string) error {
@@ -65,6 +76,9 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	window := fs.Duration("batch-window", 0, "batching window: the longest the oldest queued request waits (default "+batch.DefaultWindow.String()+")")
 	maxBatch := fs.Int("max-batch", 0, "largest batch in rows (default 32)")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime library (default $SIGNALFORGE_ORT_LIB, the project's .deps copy, then system paths)")
+	replica := fs.String("replica", "", "this replica's id in the fleet and as the autopilot's lease holder; unique per replica (default $SIGNALFORGE_REPLICA, else host name and process id)")
+	leaseTTL := fs.Duration("lease-ttl", 10*time.Second, "how long the autopilot lease lasts unless renewed: a leader that dies is replaced within it")
+	fleetInterval := fs.Duration("fleet-interval", 2*time.Second, "how often this replica publishes its per-version counters to the fleet")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -72,10 +86,10 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(e.stderr, "signalforge serve: unexpected argument %q\n", fs.Arg(0))
 		return errUsage
 	}
-	var fc server.FileConfig
+	var fc fileConfig
 	if *cfgPath != "" {
 		var err error
-		if fc, err = server.LoadFileConfig(*cfgPath); err != nil {
+		if fc, err = loadFileConfig(*cfgPath); err != nil {
 			return err
 		}
 	}
@@ -99,7 +113,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		fc.Log.Format = "json"
 	}
 	if *window > 0 {
-		fc.Batch.Window = server.Duration(*window)
+		fc.Batch.Window = yamlDuration(*window)
 	}
 	if *maxBatch > 0 {
 		fc.Batch.MaxBatchSize = *maxBatch
@@ -108,6 +122,10 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	if *window < 0 || *maxBatch < 0 {
 		return fmt.Errorf("--batch-window and --max-batch must not be negative")
 	}
+	if *leaseTTL <= 0 || *fleetInterval <= 0 {
+		return fmt.Errorf("--lease-ttl and --fleet-interval must be positive")
+	}
+	set(replica, *replica, e.getenv("SIGNALFORGE_REPLICA"))
 	switch strings.ToLower(fc.Log.Level) {
 	case "debug", "info", "warn", "error":
 	default:
@@ -170,7 +188,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	defer closeReg()
-	if server.BoolOr(fc.Demo, true) && !*noDemo {
+	if boolOr(fc.Demo, true) && !*noDemo {
 		seeded, err := demo.Seed(ctx, reg)
 		if err != nil {
 			return err
@@ -180,21 +198,26 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		}
 	}
 
+	// Redis, when given, holds the prediction cache and the fleet's
+	// counters.
+	var rs *rediscache.Store
+	if fc.Cache.Redis != "" {
+		opts, err := rediscache.ParseURL(fc.Cache.Redis)
+		if err != nil {
+			return err
+		}
+		if rs, err = rediscache.New(opts); err != nil {
+			return err
+		}
+		defer rs.Close()
+		log.Info("Redis", "addrs", strings.Join(opts.Addrs, ","))
+	}
 	var c *cache.Cache
-	if server.BoolOr(fc.Cache.Enabled, true) && !*noCache {
+	if boolOr(fc.Cache.Enabled, true) && !*noCache {
 		var store cache.Store
-		if fc.Cache.Redis != "" {
-			opts, err := rediscache.ParseURL(fc.Cache.Redis)
-			if err != nil {
-				return err
-			}
-			rs, err := rediscache.New(opts)
-			if err != nil {
-				return err
-			}
-			defer rs.Close()
+		if rs != nil {
 			store = rs
-			log.Info("prediction cache: Redis", "addrs", strings.Join(opts.Addrs, ","))
+			log.Info("prediction cache: Redis")
 		} else {
 			ms, err := cache.NewMemory(cache.MemoryConfig{MaxEntries: fc.Cache.MaxEntries})
 			if err != nil {
@@ -215,6 +238,15 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		}
 	}
 
+	fleetStore, where, err := openFleet(rs, reg.Store())
+	if err != nil {
+		return err
+	}
+	// Every store the registry can live in grants leases: the replicas
+	// sharing it elect the one that runs the canary autopilot.
+	leaser, _ := reg.Store().(registry.Leaser)
+	log.Info("fleet: counters and autopilot", "fleet_store", where, "replica", *replica, "elects_leader", leaser != nil)
+
 	srv, err := server.New(server.Config{
 		Registry: reg, Engine: eng, Cache: c, Logger: log,
 		AdminToken:        fc.AdminToken,
@@ -222,16 +254,21 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		ImportDir:         fc.ImportDir,
 		MaxUploadBytes:    fc.Limits.MaxUploadBytes,
 		MaxUploads:        fc.Limits.MaxUploads,
-		Timeouts:          fc.ServerTimeouts(),
+		Timeouts:          fc.serverTimeouts(),
 		MaxBodyBytes:      fc.Limits.MaxBodyBytes,
 		MaxRows:           fc.Limits.MaxRows,
 		DefaultTimeout:    time.Duration(fc.Limits.DefaultTimeout),
 		MaxTimeout:        time.Duration(fc.Limits.MaxTimeout),
 		Batch:             batch.Config{MaxBatchSize: fc.Batch.MaxBatchSize, Window: time.Duration(fc.Batch.Window), MaxQueue: fc.Batch.MaxQueue, MaxInFlight: fc.Batch.MaxInFlight},
 		Session:           infer.Options{IntraOpThreads: fc.Session.IntraOpThreads, MaxWarmupBytes: fc.Session.MaxWarmupBytes},
-		ServeStaging:      server.BoolOr(fc.ServeStaging, true),
+		ServeStaging:      boolOr(fc.ServeStaging, true),
 		ShutdownTimeout:   time.Duration(fc.ShutdownTimeout),
 		ChildCheck:        &check,
+		Fleet:             fleetStore,
+		FleetInterval:     *fleetInterval,
+		Replica:           *replica,
+		Leaser:            leaser,
+		LeaseTTL:          *leaseTTL,
 	})
 	if err != nil {
 		return err
@@ -240,6 +277,28 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	return nil
+}
+
+// openFleet picks where the replicas' counters meet: Redis when one is
+// configured; else the registry's own store — its PostgreSQL database (the
+// fleet_snapshots table) or, for a folder, the subfolder fleet (replicas
+// on one machine); else this process alone. It also says which, for the
+// log.
+func openFleet(rs *rediscache.Store, regStore registry.Store) (fleet.Store, string, error) {
+	if rs != nil {
+		return fleet.NewRedis(rs.Client(), "signalforge"), "redis", nil
+	}
+	switch st := regStore.(type) {
+	case *pgstore.Store:
+		return st.Fleet(), "the registry's PostgreSQL database", nil
+	case *registry.FileStore:
+		d, err := fleet.NewDir(filepath.Join(st.Dir(), "fleet"))
+		if err != nil {
+			return nil, "", err
+		}
+		return d, "folder " + d.Path(), nil
+	}
+	return fleet.NewMemory(), "memory (this replica only)", nil
 }
 
 func newLogger(e *env, level, format string) *slog.Logger {

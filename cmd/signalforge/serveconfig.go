@@ -1,4 +1,4 @@
-package server
+package main
 
 import (
 	"bytes"
@@ -9,13 +9,15 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/signalforge/signalforge/server"
 )
 
-// FileConfig is the YAML configuration of `signalforge serve`
+// fileConfig is the YAML configuration of `signalforge serve`
 // (configs/serve.example.yaml documents every key). Zero values mean the
 // documented defaults; unknown keys are errors, so a typo does not silently
 // fall back to a default.
-type FileConfig struct {
+type fileConfig struct {
 	// Addr is the listen address. Default "127.0.0.1:8080" (this machine
 	// only); use ":8080" to serve others, with an admin token.
 	Addr string `yaml:"addr"`
@@ -46,29 +48,29 @@ type FileConfig struct {
 	// ServeStaging loads staging versions so clients can pin them. Default true.
 	ServeStaging *bool `yaml:"serve_staging"`
 	// ShutdownTimeout bounds graceful shutdown. Default 30s.
-	ShutdownTimeout Duration `yaml:"shutdown_timeout"`
+	ShutdownTimeout yamlDuration `yaml:"shutdown_timeout"`
 	Limits          struct {
-		MaxBodyBytes   int64    `yaml:"max_body_bytes"`   // default 1 MiB
-		MaxUploadBytes int64    `yaml:"max_upload_bytes"` // admin model uploads; default 256 MiB
-		MaxUploads     int      `yaml:"max_uploads"`      // registrations at once; default 2
-		MaxRows        int      `yaml:"max_rows"`         // default 1024
-		DefaultTimeout Duration `yaml:"default_timeout"`  // default 2s
-		MaxTimeout     Duration `yaml:"max_timeout"`      // default 30s
+		MaxBodyBytes   int64        `yaml:"max_body_bytes"`   // default 1 MiB
+		MaxUploadBytes int64        `yaml:"max_upload_bytes"` // admin model uploads; default 256 MiB
+		MaxUploads     int          `yaml:"max_uploads"`      // registrations at once; default 2
+		MaxRows        int          `yaml:"max_rows"`         // default 1024
+		DefaultTimeout yamlDuration `yaml:"default_timeout"`  // default 2s
+		MaxTimeout     yamlDuration `yaml:"max_timeout"`      // default 30s
 	} `yaml:"limits"`
 	// Timeouts bound slow clients (server.Timeouts documents each).
 	Timeouts struct {
-		ReadHeader Duration `yaml:"read_header"` // default 5s
-		Probe      Duration `yaml:"probe"`       // health, metrics, listings: whole request; default 5s
-		Body       Duration `yaml:"body"`        // predict, infer, admin bodies; default 10s
-		Upload     Duration `yaml:"upload"`      // admin model uploads; default 5m
-		Write      Duration `yaml:"write"`       // writing an answer; default 10s
-		Idle       Duration `yaml:"idle"`        // keep-alive connections; default 60s
+		ReadHeader yamlDuration `yaml:"read_header"` // default 5s
+		Probe      yamlDuration `yaml:"probe"`       // health, metrics, listings: whole request; default 5s
+		Body       yamlDuration `yaml:"body"`        // predict, infer, admin bodies; default 10s
+		Upload     yamlDuration `yaml:"upload"`      // admin model uploads; default 5m
+		Write      yamlDuration `yaml:"write"`       // writing an answer; default 10s
+		Idle       yamlDuration `yaml:"idle"`        // keep-alive connections; default 60s
 	} `yaml:"timeouts"`
 	Batch struct {
-		MaxBatchSize int      `yaml:"max_batch_size"` // default 32
-		Window       Duration `yaml:"window"`         // default: the batch package's
-		MaxQueue     int      `yaml:"max_queue"`      // rows; default 32 × max_batch_size
-		MaxInFlight  int      `yaml:"max_in_flight"`  // default GOMAXPROCS
+		MaxBatchSize int          `yaml:"max_batch_size"` // default 32
+		Window       yamlDuration `yaml:"window"`         // default: the batch package's
+		MaxQueue     int          `yaml:"max_queue"`      // rows; default 32 × max_batch_size
+		MaxInFlight  int          `yaml:"max_in_flight"`  // default GOMAXPROCS
 	} `yaml:"batch"`
 	Session struct {
 		IntraOpThreads int `yaml:"intra_op_threads"` // default 1
@@ -91,11 +93,11 @@ type FileConfig struct {
 		// Redis is a redis:// or rediss:// URL (env SIGNALFORGE_REDIS); a
 		// cluster is redis://host:port?addr=host2:port2. Empty: the
 		// in-memory cache.
-		Redis      string              `yaml:"redis"`
-		DefaultTTL Duration            `yaml:"default_ttl"` // default 300s
-		TypeTTL    map[string]Duration `yaml:"type_ttl"`    // per prediction type "h<horizon>"
-		Timeout    Duration            `yaml:"timeout"`     // per cache call; default 50ms
-		MaxEntries int                 `yaml:"max_entries"` // in-memory bound; default 100000
+		Redis      string                  `yaml:"redis"`
+		DefaultTTL yamlDuration            `yaml:"default_ttl"` // default 300s
+		TypeTTL    map[string]yamlDuration `yaml:"type_ttl"`    // per prediction type "h<horizon>"
+		Timeout    yamlDuration            `yaml:"timeout"`     // per cache call; default 50ms
+		MaxEntries int                     `yaml:"max_entries"` // in-memory bound; default 100000
 	} `yaml:"cache"`
 	Log struct {
 		Level  string `yaml:"level"`  // debug, info (default), warn, error
@@ -103,11 +105,11 @@ type FileConfig struct {
 	} `yaml:"log"`
 }
 
-// Duration is a time.Duration written as "250ms", "5s", "1m".
-type Duration time.Duration
+// yamlDuration is a time.Duration written as "250ms", "5s", "1m".
+type yamlDuration time.Duration
 
 // UnmarshalYAML parses a Go duration string.
-func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
+func (d *yamlDuration) UnmarshalYAML(n *yaml.Node) error {
 	var s string
 	if err := n.Decode(&s); err != nil {
 		return fmt.Errorf("line %d: want a duration like \"250ms\" or \"5s\"", n.Line)
@@ -119,45 +121,45 @@ func (d *Duration) UnmarshalYAML(n *yaml.Node) error {
 	if v < 0 {
 		return fmt.Errorf("line %d: duration %q must not be negative", n.Line, s)
 	}
-	*d = Duration(v)
+	*d = yamlDuration(v)
 	return nil
 }
 
-// ParseFileConfig parses a YAML configuration strictly.
-func ParseFileConfig(b []byte) (FileConfig, error) {
-	var c FileConfig
+// parseFileConfig parses a YAML configuration strictly.
+func parseFileConfig(b []byte) (fileConfig, error) {
+	var c fileConfig
 	if len(bytes.TrimSpace(b)) == 0 {
 		return c, nil
 	}
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	if err := dec.Decode(&c); err != nil {
-		return FileConfig{}, fmt.Errorf("config: %w", err)
+		return fileConfig{}, fmt.Errorf("config: %w", err)
 	}
 	var extra any
 	if err := dec.Decode(&extra); err == nil {
-		return FileConfig{}, errors.New("config: more than one YAML document")
+		return fileConfig{}, errors.New("config: more than one YAML document")
 	}
 	if err := c.validate(); err != nil {
-		return FileConfig{}, err
+		return fileConfig{}, err
 	}
 	return c, nil
 }
 
-// LoadFileConfig reads and parses a YAML configuration file.
-func LoadFileConfig(path string) (FileConfig, error) {
+// loadFileConfig reads and parses a YAML configuration file.
+func loadFileConfig(path string) (fileConfig, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
-		return FileConfig{}, fmt.Errorf("config: %w", err)
+		return fileConfig{}, fmt.Errorf("config: %w", err)
 	}
-	c, err := ParseFileConfig(b)
+	c, err := parseFileConfig(b)
 	if err != nil {
-		return FileConfig{}, fmt.Errorf("%s: %w", path, err)
+		return fileConfig{}, fmt.Errorf("%s: %w", path, err)
 	}
 	return c, nil
 }
 
-func (c *FileConfig) validate() error {
+func (c *fileConfig) validate() error {
 	switch {
 	case c.Limits.MaxBodyBytes < 0:
 		return errors.New("config: limits.max_body_bytes must not be negative")
@@ -165,7 +167,7 @@ func (c *FileConfig) validate() error {
 		return errors.New("config: registry_max_conns must not be negative")
 	case c.Limits.MaxUploadBytes < 0, c.Limits.MaxUploads < 0:
 		return errors.New("config: limits.max_upload_bytes and limits.max_uploads must not be negative")
-	case c.AdminOpenLoopback && c.AdminToken == "" && c.Addr != "" && !LoopbackAddr(c.Addr):
+	case c.AdminOpenLoopback && c.AdminToken == "" && c.Addr != "" && !server.LoopbackAddr(c.Addr):
 		return fmt.Errorf("config: admin_open_loopback needs a loopback addr like \"127.0.0.1:8080\", not %q; set admin_token to serve admin beyond this machine", c.Addr)
 	case c.Limits.MaxRows < 0:
 		return errors.New("config: limits.max_rows must not be negative")
@@ -196,15 +198,15 @@ func (c *FileConfig) validate() error {
 	return nil
 }
 
-// ServerTimeouts returns the file's timeouts for Config.Timeouts.
-func (c *FileConfig) ServerTimeouts() Timeouts {
+// serverTimeouts returns the file's timeouts for server.Config.Timeouts.
+func (c *fileConfig) serverTimeouts() server.Timeouts {
 	t := c.Timeouts
-	return Timeouts{ReadHeader: time.Duration(t.ReadHeader), Probe: time.Duration(t.Probe), Body: time.Duration(t.Body),
+	return server.Timeouts{ReadHeader: time.Duration(t.ReadHeader), Probe: time.Duration(t.Probe), Body: time.Duration(t.Body),
 		Upload: time.Duration(t.Upload), Write: time.Duration(t.Write), Idle: time.Duration(t.Idle)}
 }
 
-// BoolOr returns *b, or def when b is nil.
-func BoolOr(b *bool, def bool) bool {
+// boolOr returns *b, or def when b is nil.
+func boolOr(b *bool, def bool) bool {
 	if b == nil {
 		return def
 	}
