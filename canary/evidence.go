@@ -237,7 +237,8 @@ func sub(cur, prev route.Counters) (route.Counters, bool) {
 
 // judgeOf maps a plan's judge settings to route's judge.
 func judgeOf(j registry.CanaryJudge) (route.Judge, error) {
-	rj := route.Judge{MinSamples: j.MinSamples, MaxP99Ratio: j.MaxP99Ratio, MaxErrorRatePct: j.MaxErrorRatePct}
+	rj := route.Judge{MinSamples: j.MinSamples, MaxP99Ratio: j.MaxP99Ratio, MaxErrorRatePct: j.MaxErrorRatePct,
+		Margin: j.MarginPct / 100}
 	if err := rj.Validate(); err != nil {
 		return route.Judge{}, fmt.Errorf("canary: judge settings %+v: %w", j, err)
 	}

@@ -3,6 +3,7 @@ package canary
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -578,3 +579,33 @@ func TestStepSplit(t *testing.T) {
 }
 
 func hasKey(s registry.Split, k string) bool { _, ok := s[k]; return ok }
+
+// TestMarginDecidesHealthy: the plan's margin is the judge's. At a 1%
+// baseline, 1% canary and 400 requests a side, the default 0.5 pp margin
+// cannot yet call the canary healthy (inconclusive), a 3 pp margin can.
+func TestMarginDecidesHealthy(t *testing.T) {
+	for _, tc := range []struct {
+		margin float64
+		want   string
+	}{{0, registry.VerdictInconclusive}, {3, registry.VerdictHealthy}} {
+		t.Run(fmt.Sprint(tc.margin), func(t *testing.T) {
+			ctx := context.Background()
+			w := newWorld(t, "memory", "a", "b")
+			w.start(registry.CanaryPlan{Rollback: true, Interval: time.Minute,
+				Judge: registry.CanaryJudge{MinSamples: 100, MarginPct: tc.margin}})
+			if _, err := w.reg.SetSplit(ctx, "m", registry.Split{"v1": 50, "v2": 50}); err != nil {
+				t.Fatal(err)
+			}
+			p := w.pilot(nil, nil)
+			p.pass(ctx) // the mark
+			w.serve("v2", 200, 2, 3*ms)
+			w.serve("v1", 200, 2, 3*ms)
+			w.clk.Advance(time.Minute)
+			p.pass(ctx)
+			pl := w.plan()
+			if pl.Verdict == nil || pl.Verdict.Decision != tc.want || pl.Verdict.Canary.Requests != 400 {
+				t.Fatalf("margin %v pp: verdict %+v; want %s on 400 canary requests", tc.margin, pl.Verdict, tc.want)
+			}
+		})
+	}
+}

@@ -42,12 +42,15 @@ import (
 const (
 	fleetModel = "fleetcanary"
 	// goodRate is the NaN share of the baseline v1 and of v3, badRate
-	// that of v2. The good rate is low so that the judge can call an
-	// equal canary healthy within seconds: its non-inferiority margin is
-	// half a percentage point, and at 0.2% a step needs a few hundred
-	// canary requests, at 1% a few thousand.
-	goodRate = 0.002
+	// that of v2: a canary failing 5% of its requests against a baseline
+	// failing 1%.
+	goodRate = 0.01
 	badRate  = 0.05
+	// marginPct is plan B's healthy margin (canary start --margin-pct):
+	// at the judge's default half a percentage point, calling an equal
+	// canary at 1% healthy takes thousands of requests a side, a step
+	// every half minute here; at 3 pp a few hundred.
+	marginPct = 3
 	// fleetRate is the load generator's total request rate (per second)
 	// and fleetWorkers its callers, spread evenly over the replicas.
 	fleetRate    = 900
@@ -561,8 +564,8 @@ type drill struct {
 	load *fleetLoad
 }
 
-// runFleetDrill registers v1 (production, 0.2% NaN), v2 (5%) and v3
-// (0.2%), starts replicas r1, r2 and r3 and the load, then runs
+// runFleetDrill registers v1 (production, 1% NaN), v2 (5%) and v3
+// (1%), starts replicas r1, r2 and r3 and the load, then runs
 // rollbackOnFleetEvidence and promoteAcrossLeaderKill, and checks that no
 // request failed but the injected NaN answers.
 //
@@ -615,7 +618,7 @@ func runFleetDrill(t *testing.T, s fleetSetup) {
 	}
 }
 
-// rollbackOnFleetEvidence: plan A tries v2 (5% NaN) against v1 (0.2%),
+// rollbackOnFleetEvidence: plan A tries v2 (5% NaN) against v1 (1%),
 // steps 10, 50, 100, rollback on. Every replica reports the same plan;
 // it is rolled back once, on a verdict whose evidence is the sum of all
 // three replicas' (min_samples more than any one replica served); then v2
@@ -714,8 +717,8 @@ func (d *drill) rollbackOnFleetEvidence() {
 	}
 }
 
-// promoteAcrossLeaderKill: plan B tries v3 (0.2% NaN) against v1
-// (0.2%), steps 20, 50, 100. Once the first step is applied the
+// promoteAcrossLeaderKill: plan B tries v3 (1% NaN) against v1 (1%),
+// steps 20, 50, 100, healthy margin 3 pp. Once the first step is applied the
 // autopilot's leader is killed (kill -9); another replica takes the lease
 // over within its TTL and a renewal, continues the plan and promotes it:
 // one event per step, none repeated, no rollback.
@@ -723,7 +726,8 @@ func (d *drill) promoteAcrossLeaderKill() {
 	t, s, hc, reps := d.t, d.s, d.hc, d.reps
 	startB := time.Now()
 	fleetCLI(t, s, "canary", "start", fleetModel, "--canary", "v3", "--baseline", "v1", "--steps", "20,50,100",
-		"--interval", planInterval.String(), "--min-samples", fmt.Sprint(fleetMinSamples), "--max-p99-ratio", "-1")
+		"--interval", planInterval.String(), "--min-samples", fmt.Sprint(fleetMinSamples), "--max-p99-ratio", "-1",
+		"--margin-pct", fmt.Sprint(marginPct))
 	stepped := waitPlan(t, hc, reps[0], 10*time.Second, "first step of plan B", func(p planView) bool { return p.Canary == "v3" && (p.Step >= 0 || p.State != "running") })
 	if stepped.State != "running" || stepped.Step != 0 {
 		t.Fatalf("plan B is %s before the leader could be killed", stepped.key())

@@ -52,6 +52,13 @@ type CanaryJudge struct {
 	// MaxErrorRatePct, if positive, also rolls back a canary whose own
 	// error rate (in percent) exceeds it.
 	MaxErrorRatePct float64 `json:"max_error_rate_pct,omitempty"`
+	// MarginPct is the largest excess of the canary's error rate over the
+	// baseline's, in percentage points, still called healthy (the
+	// non-inferiority margin). A wider margin needs fewer requests for a
+	// healthy verdict: at a 1% baseline, a 0.5 pp margin needs thousands
+	// per side, a 2 pp margin a few hundred. Zero takes the judge's
+	// default (0.5 pp); it must stay below 100.
+	MarginPct float64 `json:"margin_pct,omitempty"`
 }
 
 // CanaryPlan is one model's canary plan as the registry stores it: what to
@@ -320,6 +327,8 @@ func checkPlan(m *Model, p *CanaryPlan) (field, problem string) {
 		return "judge.max_p99_ratio", fmt.Sprintf("%v is not a finite number", p.Judge.MaxP99Ratio)
 	case !(p.Judge.MaxErrorRatePct >= 0 && p.Judge.MaxErrorRatePct <= 100):
 		return "judge.max_error_rate_pct", fmt.Sprintf("%v is not a percentage between 0 and 100", p.Judge.MaxErrorRatePct)
+	case !(p.Judge.MarginPct >= 0 && p.Judge.MarginPct < 100):
+		return "judge.margin_pct", fmt.Sprintf("%v is not a percentage point margin within [0, 100)", p.Judge.MarginPct)
 	case p.Revision == 0:
 		return "revision", "0 (a stored plan's revision starts at 1)"
 	case len(p.Mark) > MaxCanaryMark:

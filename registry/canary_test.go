@@ -65,6 +65,8 @@ func TestStartCanaryRefused(t *testing.T) {
 		{"step above 100", registry.CanaryPlan{Canary: "v2", Baseline: "v1", StepsPct: []float64{50, 150}}, false, []error{registry.ErrCanary}},
 		{"step 0", registry.CanaryPlan{Canary: "v2", Baseline: "v1", StepsPct: []float64{0, 50}}, false, []error{registry.ErrCanary}},
 		{"error rate above 100", registry.CanaryPlan{Canary: "v2", Baseline: "v1", Judge: registry.CanaryJudge{MaxErrorRatePct: 101}}, false, []error{registry.ErrCanary}},
+		{"margin of 100 pp", registry.CanaryPlan{Canary: "v2", Baseline: "v1", Judge: registry.CanaryJudge{MarginPct: 100}}, false, []error{registry.ErrCanary}},
+		{"negative margin", registry.CanaryPlan{Canary: "v2", Baseline: "v1", Judge: registry.CanaryJudge{MarginPct: -1}}, false, []error{registry.ErrCanary}},
 		{"p99 ratio below 1", registry.CanaryPlan{Canary: "v2", Baseline: "v1", Judge: registry.CanaryJudge{MaxP99Ratio: 0.5}}, false, []error{registry.ErrCanary}},
 		{"invalid name", registry.CanaryPlan{Canary: "../x", Baseline: "v1"}, false, []error{registry.ErrInvalidName}},
 	} {

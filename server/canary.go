@@ -50,6 +50,7 @@ type canaryBody struct {
 	MinSamples       int       `json:"min_samples"`
 	MaxP99Ratio      float64   `json:"max_p99_ratio"`
 	MaxErrorRatePct  float64   `json:"max_error_rate_pct"`
+	MarginPct        float64   `json:"margin_pct"`
 	Note             string    `json:"note"`
 }
 
@@ -73,7 +74,7 @@ func (s *Server) handleCanaryStart(w http.ResponseWriter, r *http.Request) error
 	}
 	p := registry.CanaryPlan{Canary: b.Canary, Baseline: b.Baseline, Rollback: b.Rollback == nil || *b.Rollback, StepUp: b.StepUp,
 		StepsPct: b.StepsPct, HealthyIntervals: b.HealthyIntervals, Note: b.Note,
-		Judge: registry.CanaryJudge{MinSamples: b.MinSamples, MaxP99Ratio: b.MaxP99Ratio, MaxErrorRatePct: b.MaxErrorRatePct}}
+		Judge: registry.CanaryJudge{MinSamples: b.MinSamples, MaxP99Ratio: b.MaxP99Ratio, MaxErrorRatePct: b.MaxErrorRatePct, MarginPct: b.MarginPct}}
 	if b.IntervalText != "" {
 		d, err := time.ParseDuration(b.IntervalText)
 		if err != nil || d < time.Second {
@@ -90,6 +91,8 @@ func (s *Server) handleCanaryStart(w http.ResponseWriter, r *http.Request) error
 		return badRequest("field \"max_p99_ratio\" must not be negative, got %v", b.MaxP99Ratio)
 	case b.MaxErrorRatePct < 0 || b.MaxErrorRatePct > 100:
 		return badRequest("field \"max_error_rate_pct\" must be in [0, 100], got %v", b.MaxErrorRatePct)
+	case !(b.MarginPct >= 0 && b.MarginPct < 100):
+		return badRequest("field \"margin_pct\" must be in [0, 100), got %v", b.MarginPct)
 	case b.HealthyIntervals < 0:
 		return badRequest("field \"healthy_intervals\" must not be negative, got %d", b.HealthyIntervals)
 	}
@@ -153,7 +156,8 @@ type judgeView struct {
 // nothing: over what the fleet served since the current step began when
 // the model's active plan is on these versions (with the plan's judge
 // settings), else over everything the replicas counted. Query parameters
-// min_samples, max_p99_ratio and max_error_rate_pct override the settings.
+// min_samples, max_p99_ratio, max_error_rate_pct and margin_pct override
+// the settings.
 func (s *Server) handleJudge(w http.ResponseWriter, r *http.Request) error {
 	name := r.PathValue("name")
 	q := r.URL.Query()
@@ -204,6 +208,7 @@ func judgeQuery(q url.Values, j *registry.CanaryJudge) error {
 	}{
 		{"max_p99_ratio", &j.MaxP99Ratio, math.Inf(-1), math.Inf(1)},
 		{"max_error_rate_pct", &j.MaxErrorRatePct, 0, 100},
+		{"margin_pct", &j.MarginPct, 0, 99.999},
 	} {
 		v := q.Get(f.name)
 		if v == "" {

@@ -167,6 +167,7 @@ func canaryStart(ctx context.Context, e *env, mc *modelsCmd, fs *flag.FlagSet, a
 	fs.IntVar(&p.Judge.MinSamples, "min-samples", 0, "the fewest requests each side needs before a verdict (0: the judge's default)")
 	fs.Float64Var(&p.Judge.MaxP99Ratio, "max-p99-ratio", 0, "the largest canary/baseline p99 latency ratio tolerated (0: the judge's default; negative: no latency check)")
 	fs.Float64Var(&p.Judge.MaxErrorRatePct, "max-error-rate-pct", 0, "also roll back a canary whose own error rate exceeds this percentage (0: off)")
+	fs.Float64Var(&p.Judge.MarginPct, "margin-pct", 0, "the largest error-rate excess over the baseline, in percentage points, still called healthy (0: the judge's default, 0.5); wider margins step up on fewer requests")
 	fs.StringVar(&p.Note, "note", "", "a note recorded with the plan")
 	name, err := planModel(fs, args)
 	if err != nil {
@@ -344,6 +345,9 @@ func canaryJudgeText(j registry.CanaryJudge) string {
 	}
 	if j.MaxErrorRatePct > 0 {
 		parts = append(parts, "max error rate "+registry.FormatPercent(j.MaxErrorRatePct)+"%")
+	}
+	if j.MarginPct > 0 {
+		parts = append(parts, "healthy margin "+registry.FormatPercent(j.MarginPct)+" pp")
 	}
 	return strings.Join(parts, ", ")
 }

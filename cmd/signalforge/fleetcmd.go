@@ -123,7 +123,7 @@ func cmdJudge(ctx context.Context, e *env, args []string) error {
 			"running server's admin API; nothing changes. While a canary plan on these two versions is active,\n"+
 			"the evidence is what the fleet served since the plan's current step began, judged with the plan's\n"+
 			"settings; otherwise everything the replicas counted since they started, with the judge's defaults.\n"+
-			"The --min-samples, --max-p99-ratio and --max-error-rate-pct flags override the settings.",
+			"The --min-samples, --max-p99-ratio, --max-error-rate-pct and --margin-pct flags override the settings.",
 		"signalforge judge forecast_mlp --canary v2.0 --baseline v1.0",
 		"signalforge judge forecast_mlp --canary v2.0 --baseline v1.0 --server http://10.0.0.5:8080 --format json",
 		"SIGNALFORGE_ADMIN_TOKEN=TOKEN signalforge judge forecast_mlp --canary v2.0 --baseline v1.0 --min-samples 50")
@@ -133,6 +133,7 @@ func cmdJudge(ctx context.Context, e *env, args []string) error {
 	minSamples := fs.Int("min-samples", -1, "the fewest requests each side needs before a verdict (default: the plan's, else the judge's)")
 	maxP99 := fs.Float64("max-p99-ratio", 0, "the largest canary/baseline p99 ratio tolerated; negative disables the latency check (default: the plan's, else the judge's)")
 	maxErr := fs.Float64("max-error-rate-pct", -1, "also call for a rollback when the canary's own error rate exceeds this percentage (default: the plan's, else off)")
+	margin := fs.Float64("margin-pct", -1, "the largest error-rate excess over the baseline, in percentage points, still called healthy (default: the plan's, else 0.5)")
 	pos, err := modelsParse(fs, args, 1, 1)
 	if err != nil {
 		return err
@@ -168,6 +169,12 @@ func cmdJudge(ctx context.Context, e *env, args []string) error {
 			return fmt.Errorf("--max-error-rate-pct %v must be within [0, 100]", *maxErr)
 		}
 		q.Set("max_error_rate_pct", strconv.FormatFloat(*maxErr, 'g', -1, 64))
+	}
+	if set["margin-pct"] {
+		if !(*margin >= 0 && *margin < 100) {
+			return fmt.Errorf("--margin-pct %v must be within [0, 100)", *margin)
+		}
+		q.Set("margin_pct", strconv.FormatFloat(*margin, 'g', -1, 64))
 	}
 	var raw json.RawMessage
 	if err := ac.get(ctx, "/v1/admin/models/"+url.PathEscape(name)+"/judge?"+q.Encode(), &raw); err != nil {
