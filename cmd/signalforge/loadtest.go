@@ -134,9 +134,22 @@ func cmdLoadtest(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&lc.format, "format", "table", "`FORMAT` of the report: table or json")
 	fs.StringVar(&lc.svgPath, "svg", "", "also draw throughput and p99 latency per step as an SVG chart in `FILE`")
 	fs.BoolVar(&lc.quiet, "quiet", false, "no progress line on stderr")
+	// A flag mistake is one line and a pointer to -h, not the whole help:
+	// the flag package writes its message to the output, then calls Usage.
+	help := fs.Usage
+	var parseOut bytes.Buffer
+	fs.SetOutput(&parseOut)
+	fs.Usage = func() {}
 	if err := parseFlags(fs, args); err != nil {
-		return err
+		fs.SetOutput(e.stderr)
+		if errors.Is(err, flag.ErrHelp) {
+			help()
+			return err
+		}
+		msg, _, _ := strings.Cut(strings.TrimSpace(parseOut.String()), "\n")
+		return loadtestUsage(e, "%s", msg)
 	}
+	fs.SetOutput(e.stderr)
 	fs.Visit(func(f *flag.Flag) { lc.set[f.Name] = true })
 	if fs.NArg() > 0 {
 		return loadtestUsage(e, "unexpected argument %q (the model goes in --model)", fs.Arg(0))
