@@ -39,6 +39,7 @@ func commands() []command {
 		{"convert", "convert a PyTorch .pt file to ONNX, verify parity, benchmark", cmdConvert},
 		{"quantize", "quantize an ONNX model to INT8 (dynamic or static), with an accuracy report", cmdQuantize},
 		{"bench", "benchmark an ONNX model in ONNX Runtime at several batch sizes", cmdBench},
+		{"loadtest", "load a running server step by step: req/s, latency percentiles, errors, server batching", cmdLoadtest},
 	}
 }
 

@@ -1,8 +1,11 @@
-// Package loadgen is a closed-loop HTTP load generator for benchmarking
-// SignalForge Serve on this machine: Concurrency workers, each with its own
-// keep-alive connection, send a request, wait for the answer, and send the
-// next, until a request count or a duration is reached. It records every
-// request's latency in a log-linear histogram and counts answers by status.
+// Package loadgen is an HTTP load generator for benchmarking SignalForge
+// Serve on this machine. By default it is closed-loop: Concurrency workers,
+// each with its own keep-alive connection, send a request, wait for the
+// answer, and send the next, until a request count or a duration is
+// reached. With Rate set it is open-loop: requests start on a fixed
+// schedule, Rate a second, whatever the server's pace, with at most
+// Concurrency in flight. It records every request's latency in a
+// log-linear histogram and counts answers by status.
 //
 //	res, err := loadgen.Run(ctx, loadgen.Config{
 //		URL:         "http://127.0.0.1:8080/v1/models/mlp/predict",
@@ -13,6 +16,9 @@
 //		},
 //	})
 //	fmt.Println(res) // 64 conns: 210000 requests in 10s, 21000 req/s, p50 2.9ms ...
+//
+// Progress, if set, is called about once a second during the run with
+// the counts so far, for a live status line.
 //
 // Ceiling measures, in the same run, what a trivial net/http handler on
 // 127.0.0.1 sustains with the same load: the loopback HTTP ceiling of the
@@ -32,6 +38,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"net/url"
@@ -78,11 +85,37 @@ type Config struct {
 	Duration time.Duration
 	// Timeout bounds each request. If zero, 10s.
 	Timeout time.Duration
+
+	// Rate, if positive, makes the run open-loop: request number seq is
+	// due at seq/Rate seconds after the start, and starts then if one of
+	// the Concurrency workers is free, or as soon as one is. Its latency
+	// is counted from when it was due, not from when it started, so a
+	// server that falls behind is charged for the requests it kept
+	// waiting (no coordinated omission). If zero, the run is closed-loop.
+	Rate float64
+
+	// Progress, if set, is called every ProgressEvery during the run, from
+	// one goroutine of Run's, never after Run returns.
+	Progress func(Progress)
+	// ProgressEvery is the interval between Progress calls. If zero, 1s.
+	ProgressEvery time.Duration
+}
+
+// Progress is a run's counts so far.
+type Progress struct {
+	// Requests and Failures count the requests completed so far, as
+	// Result does.
+	Requests, Failures int64
+	// Elapsed is the time since the run started.
+	Elapsed time.Duration
 }
 
 // Result is the outcome of a run.
 type Result struct {
 	Concurrency int
+	// Rate is Config.Rate: the requests a second offered, or 0 for a
+	// closed-loop run.
+	Rate float64
 	// Requests is the number of requests that completed (answered, failed
 	// or timed out), excluding those cut off by the caller cancelling ctx.
 	Requests int64
@@ -97,6 +130,9 @@ type Result struct {
 	Failures int64
 	// TransportErrors counts requests that got no HTTP answer.
 	TransportErrors int64
+	// Timeouts counts the transport errors that were Config.Timeout
+	// running out.
+	Timeouts int64
 	// CheckFailures counts 2xx answers that Config.Check refused.
 	CheckFailures int64
 	// ErrorSamples holds up to ten distinct error messages with counts.
@@ -227,8 +263,14 @@ func (c *Config) validate() error {
 	if c.Concurrency < 0 {
 		return fmt.Errorf("loadgen: Concurrency %d is negative", c.Concurrency)
 	}
-	if c.Requests < 0 || c.Duration < 0 || c.Timeout < 0 {
-		return errors.New("loadgen: Requests, Duration and Timeout must not be negative")
+	if c.Requests < 0 || c.Duration < 0 || c.Timeout < 0 || c.ProgressEvery < 0 {
+		return errors.New("loadgen: Requests, Duration, Timeout and ProgressEvery must not be negative")
+	}
+	if c.Rate < 0 || math.IsNaN(c.Rate) || math.IsInf(c.Rate, 0) {
+		return fmt.Errorf("loadgen: Rate %v is not a finite, non-negative number", c.Rate)
+	}
+	if c.ProgressEvery == 0 {
+		c.ProgressEvery = time.Second
 	}
 	if c.Requests == 0 && c.Duration == 0 {
 		return errors.New("loadgen: set Requests or Duration (or both); an unbounded run is refused")
@@ -252,9 +294,20 @@ type worker struct {
 	done      int64
 	failures  int64
 	transport int64
+	timeouts  int64
 	checks    int64
 	errs      map[string]int64
 	buf       bytes.Buffer
+	live      *counters
+	// reported is how much of done and failures live already has.
+	reportedDone, reportedFailures int64
+}
+
+// tally brings the live counters up to date with the worker's own.
+func (w *worker) tally() {
+	w.live.done.Add(w.done - w.reportedDone)
+	w.live.failures.Add(w.failures - w.reportedFailures)
+	w.reportedDone, w.reportedFailures = w.done, w.failures
 }
 
 func (w *worker) noteErr(msg string) {
@@ -287,16 +340,19 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	var (
 		issued  atomic.Int64
 		stopped atomic.Bool
+		live    counters
 	)
 	workers := make([]*worker, cfg.Concurrency)
 	var wg sync.WaitGroup
 	start := time.Now()
+	// stop ends the sleeps of open-loop workers waiting for their turn.
+	stop := make(chan struct{})
 	if cfg.Duration > 0 {
-		t := time.AfterFunc(cfg.Duration, func() { stopped.Store(true) })
+		t := time.AfterFunc(cfg.Duration, func() { stopped.Store(true); close(stop) })
 		defer t.Stop()
 	}
 	for i := range workers {
-		w := &worker{status: make(map[int]int64), errs: make(map[string]int64)}
+		w := &worker{status: make(map[int]int64), errs: make(map[string]int64), live: &live}
 		workers[i] = w
 		wg.Go(func() {
 			for !stopped.Load() && ctx.Err() == nil {
@@ -304,15 +360,46 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 				if cfg.Requests > 0 && seq >= cfg.Requests {
 					return
 				}
-				w.one(ctx, hc, &cfg, seq)
+				due := start
+				if cfg.Rate > 0 {
+					due = start.Add(time.Duration(float64(seq) / cfg.Rate * float64(time.Second)))
+					if cfg.Duration > 0 && due.Sub(start) >= cfg.Duration {
+						return
+					}
+					if !sleepUntil(ctx, stop, due) {
+						return
+					}
+				}
+				w.one(ctx, hc, &cfg, seq, due)
 			}
 		})
+	}
+	progressDone := make(chan struct{})
+	if cfg.Progress != nil {
+		finished := make(chan struct{})
+		go func() {
+			defer close(progressDone)
+			tk := time.NewTicker(cfg.ProgressEvery)
+			defer tk.Stop()
+			for {
+				select {
+				case <-finished:
+					return
+				case <-ctx.Done():
+					return
+				case <-tk.C:
+					cfg.Progress(Progress{Requests: live.done.Load(), Failures: live.failures.Load(), Elapsed: time.Since(start)})
+				}
+			}
+		}()
+		defer func() { close(finished); <-progressDone }()
 	}
 	wg.Wait()
 	elapsed := time.Since(start)
 
 	res := Result{
 		Concurrency:  cfg.Concurrency,
+		Rate:         cfg.Rate,
 		Elapsed:      elapsed,
 		Status:       make(map[int]int64),
 		ErrorSamples: make(map[string]int64),
@@ -323,6 +410,7 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 		res.Requests += w.done
 		res.Failures += w.failures
 		res.TransportErrors += w.transport
+		res.Timeouts += w.timeouts
 		res.CheckFailures += w.checks
 		for c, n := range w.status {
 			res.Status[c] += n
@@ -343,9 +431,36 @@ func Run(ctx context.Context, cfg Config) (Result, error) {
 	return res, ctx.Err()
 }
 
+// counters are the live totals Progress reports, shared by the workers.
+type counters struct {
+	done, failures atomic.Int64
+}
+
+// sleepUntil waits until t, and reports false if ctx or stop ended the
+// wait first.
+func sleepUntil(ctx context.Context, stop <-chan struct{}, t time.Time) bool {
+	d := time.Until(t)
+	if d <= 0 {
+		return true
+	}
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return true
+	case <-ctx.Done():
+		return false
+	case <-stop:
+		return false
+	}
+}
+
 // one sends request seq and records its outcome, unless ctx was cancelled
-// under it (then it is not counted).
-func (w *worker) one(ctx context.Context, hc *http.Client, cfg *Config, seq int64) {
+// under it (then it is not counted). Its latency counts from due, when it
+// was due to start (now, in a closed loop; its slot in the schedule, in
+// an open one).
+func (w *worker) one(ctx context.Context, hc *http.Client, cfg *Config, seq int64, due time.Time) {
+	defer w.tally()
 	var body io.Reader
 	if cfg.Body != nil {
 		body = bytes.NewReader(cfg.Body(seq))
@@ -368,6 +483,9 @@ func (w *worker) one(ctx context.Context, hc *http.Client, cfg *Config, seq int6
 		req.Header.Set("Content-Type", "application/json")
 	}
 	t0 := time.Now()
+	if cfg.Rate > 0 {
+		t0 = due
+	}
 	resp, err := hc.Do(req)
 	if err == nil {
 		w.buf.Reset()
@@ -382,6 +500,9 @@ func (w *worker) one(ctx context.Context, hc *http.Client, cfg *Config, seq int6
 	if err != nil {
 		w.failures++
 		w.transport++
+		if errors.Is(err, context.DeadlineExceeded) || rctx.Err() != nil {
+			w.timeouts++
+		}
 		w.noteErr(err.Error())
 		return
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"maps"
+	"math"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -159,12 +160,104 @@ func TestRunTimeoutsAndChecks(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if res.Timeouts != 10 {
+		t.Errorf("timeouts %d, want the 10 transport errors (all timeouts)", res.Timeouts)
+	}
 	if res.TransportErrors != 10 || res.CheckFailures != 80 || res.Failures != 90 || res.Status[200] != 90 || res.Latency.Count() != 90 {
 		t.Fatalf("transport %d checks %d failures %d 200s %d latencies %d, want 10, 80, 90, 90, 90",
 			res.TransportErrors, res.CheckFailures, res.Failures, res.Status[200], res.Latency.Count())
 	}
 	if res.ErrorSamples["check: not cached"] != 80 {
 		t.Fatalf("error samples %v: want 80 × check: not cached", res.ErrorSamples)
+	}
+}
+
+func TestRunOpenLoopFollowsTheSchedule(t *testing.T) {
+	s := newSeqServer(t, func(int64) int { return http.StatusOK })
+	// Requests 0..4 are due at 0, 10, 20, 30 and 40ms: the run cannot end
+	// before the last is due, whatever the machine's speed.
+	res, err := Run(t.Context(), Config{URL: s.URL, Concurrency: 2, Requests: 5, Rate: 100, Body: seqBody})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 5 || len(s.seenCopy()) != 5 || res.Failures != 0 || res.Rate != 100 {
+		t.Fatalf("requests %d, server saw %d, failures %d, rate %v; want 5, 5, 0, 100", res.Requests, len(s.seenCopy()), res.Failures, res.Rate)
+	}
+	if res.Elapsed < 40*time.Millisecond {
+		t.Fatalf("elapsed %v: the last request is due at 40ms", res.Elapsed)
+	}
+
+	// With a duration, no request is due at or after it: at most
+	// Rate × Duration are sent.
+	res, err = Run(t.Context(), Config{URL: s.URL, Concurrency: 4, Duration: 200 * time.Millisecond, Rate: 50, Body: seqBody})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests < 1 || res.Requests > 10 {
+		t.Fatalf("%d requests at 50/s for 200ms; want 1 to 10", res.Requests)
+	}
+}
+
+func TestRunOpenLoopChargesTheWait(t *testing.T) {
+	// One worker, a server taking 20ms a request, requests due every 1ms:
+	// request 4 is due at 4ms but cannot start before 80ms, and its
+	// latency counts from when it was due.
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		time.Sleep(20 * time.Millisecond)
+		io.WriteString(w, "{}")
+	}))
+	t.Cleanup(srv.Close)
+	res, err := Run(t.Context(), Config{URL: srv.URL, Concurrency: 1, Requests: 5, Rate: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.Requests != 5 || res.Max < 96*time.Millisecond {
+		t.Fatalf("requests %d, max latency %v; want 5 and at least 100ms - 4ms", res.Requests, res.Max)
+	}
+}
+
+func TestRunProgress(t *testing.T) {
+	s := newSeqServer(t, func(seq int64) int {
+		if seq%2 == 0 {
+			return http.StatusTooManyRequests
+		}
+		return http.StatusOK
+	})
+	var (
+		mu       sync.Mutex
+		reports  []Progress
+		returned bool
+	)
+	res, err := Run(t.Context(), Config{URL: s.URL, Concurrency: 2, Duration: 300 * time.Millisecond, Body: seqBody,
+		ProgressEvery: 10 * time.Millisecond,
+		Progress: func(p Progress) {
+			mu.Lock()
+			defer mu.Unlock()
+			if returned {
+				t.Error("Progress called after Run returned")
+			}
+			reports = append(reports, p)
+		}})
+	mu.Lock()
+	returned = true
+	got := append([]Progress(nil), reports...)
+	mu.Unlock()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) == 0 {
+		t.Fatal("Progress never called in a 300ms run reporting every 10ms")
+	}
+	for i, p := range got {
+		if p.Requests > res.Requests || p.Failures > p.Requests || (i > 0 && (p.Requests < got[i-1].Requests || p.Elapsed < got[i-1].Elapsed)) {
+			t.Fatalf("report %d %+v (previous %+v, final %d requests): counts must only grow, up to the result", i, p, got[max(i-1, 0)], res.Requests)
+		}
+	}
+	time.Sleep(50 * time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	if len(reports) != len(got) {
+		t.Fatalf("%d reports after Run returned", len(reports)-len(got))
 	}
 }
 
@@ -291,6 +384,9 @@ func TestConfigValidation(t *testing.T) {
 		"unbounded":            {URL: "http://127.0.0.1:1/"},
 		"negative concurrency": {URL: "http://127.0.0.1:1/", Requests: 1, Concurrency: -1},
 		"negative duration":    {URL: "http://127.0.0.1:1/", Duration: -time.Second},
+		"negative rate":        {URL: "http://127.0.0.1:1/", Requests: 1, Rate: -1},
+		"NaN rate":             {URL: "http://127.0.0.1:1/", Requests: 1, Rate: math.NaN()},
+		"negative progress":    {URL: "http://127.0.0.1:1/", Requests: 1, ProgressEvery: -time.Second},
 	} {
 		if _, err := Run(t.Context(), cfg); err == nil {
 			t.Errorf("%s: Run succeeded, want an error", name)
