@@ -134,11 +134,14 @@ type Config struct {
 	// batches). Requests beyond it are rejected with ErrQueueFull. If
 	// zero, 32 × MaxBatchSize. It must be at least MaxBatchSize.
 	MaxQueue int
-	// MaxInFlight is the most batches running at once. ONNX Runtime
-	// sessions are safe for concurrent use and two concurrent runs gave
-	// 1.5–1.9× the throughput of one on 2 cores. If zero,
-	// runtime.GOMAXPROCS(0).
+	// MaxInFlight is the most model calls (batches) of this Batcher
+	// running at once. If zero, GOMAXPROCS / RunThreads, at least 1: as
+	// many concurrent runs as the cores can keep busy.
 	MaxInFlight int
+	// RunThreads is the number of threads one model call keeps busy: an
+	// ONNX Runtime session's intra-op threads. It only sizes the default
+	// of MaxInFlight. If zero, 1 (the sessions' default).
+	RunThreads int
 	// Logger receives a record for each recovered model panic (with its
 	// stack). If nil, nothing is logged.
 	Logger *slog.Logger
@@ -154,8 +157,11 @@ func (c *Config) setDefaults() error {
 	if c.MaxQueue == 0 {
 		c.MaxQueue = 32 * c.MaxBatchSize
 	}
+	if c.RunThreads == 0 {
+		c.RunThreads = 1
+	}
 	if c.MaxInFlight == 0 {
-		c.MaxInFlight = runtime.GOMAXPROCS(0)
+		c.MaxInFlight = defaultInFlight(runtime.GOMAXPROCS(0), max(c.RunThreads, 1))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -169,8 +175,16 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("batch: MaxQueue %d is less than MaxBatchSize %d", c.MaxQueue, c.MaxBatchSize)
 	case c.MaxInFlight < 0:
 		return fmt.Errorf("batch: MaxInFlight %d is negative", c.MaxInFlight)
+	case c.RunThreads < 0:
+		return fmt.Errorf("batch: RunThreads %d is negative", c.RunThreads)
 	}
 	return nil
+}
+
+// defaultInFlight is MaxInFlight's default for procs cores and model calls
+// of runThreads threads each.
+func defaultInFlight(procs, runThreads int) int {
+	return max(1, procs/runThreads)
 }
 
 // Errors returned by Predict.
@@ -347,6 +361,9 @@ func New(cfg Config, run RunFunc) (*Batcher, error) {
 		groups:   make(map[string]*group),
 	}
 	b.st.batchSizes = make([]int64, cfg.MaxBatchSize+1)
+	b.st.batchExec = newBounded(execBounds[:])
+	b.st.queueWaitHist = newBounded(latencyBounds[:])
+	b.st.computeHist = newBounded(latencyBounds[:])
 	b.runCtx, b.cancelRun = context.WithCancel(context.Background())
 	go b.loop()
 	return b, nil
@@ -554,10 +571,11 @@ func (b *Batcher) loop() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	closing, abort := b.closing, b.abort
-	draining := false
+	draining, freed := false, false
 	for {
 		now := time.Now()
-		b.dispatch(now, draining)
+		b.dispatch(now, draining, freed)
+		freed = false
 		if draining && len(b.groups) == 0 && b.inFlight.Load() == 0 {
 			return
 		}
@@ -575,6 +593,7 @@ func (b *Batcher) loop() {
 			b.remove(m)
 		case d := <-b.finished:
 			b.complete(d)
+			freed = true
 		case <-timerC:
 		case <-closing:
 			draining, closing = true, nil
@@ -695,14 +714,17 @@ func (b *Batcher) nextDue() (time.Time, bool) {
 	return next, found
 }
 
-// dispatch starts batches while an execution slot is free and a group is
-// ready: full, due, or draining. The ready group whose oldest request
-// arrived first goes first.
-func (b *Batcher) dispatch(now time.Time, draining bool) {
+// dispatch starts batches while an execution slot is free and a group may
+// leave. When the model is idle, when a model call has just returned
+// (freed), or while draining, the group whose oldest request arrived first
+// leaves at once with everything it holds, up to MaxBatchSize rows. Other
+// batches take a free slot only when full or due (see due).
+func (b *Batcher) dispatch(now time.Time, draining, freed bool) {
 	for b.inFlight.Load() < int64(b.cfg.MaxInFlight) {
+		take := draining || freed || b.inFlight.Load() == 0
 		var best *group
 		for _, g := range b.groups {
-			if !draining && g.rows < b.cfg.MaxBatchSize && now.Before(b.due(g)) {
+			if !take && g.rows < b.cfg.MaxBatchSize && now.Before(b.due(g)) {
 				continue
 			}
 			if best == nil || g.head.c.arrival.Before(best.head.c.arrival) {
@@ -712,7 +734,11 @@ func (b *Batcher) dispatch(now time.Time, draining bool) {
 		if best == nil {
 			return
 		}
-		b.launch(best, now)
+		if b.launch(best, now) {
+			// A freed executor takes one batch; the next one waits for
+			// the next executor to free up, or for its due time.
+			freed = false
+		}
 	}
 }
 
@@ -730,8 +756,10 @@ type batch struct {
 	finished bool // the model call has returned
 }
 
-// launch takes g's head batch off the queue and starts it.
-func (b *Batcher) launch(g *group, now time.Time) {
+// launch takes g's head batch off the queue and starts it. It reports
+// whether a model call started: not if every request it took had been
+// cancelled or could not meet its deadline.
+func (b *Batcher) launch(g *group, now time.Time) bool {
 	est := time.Duration(b.estimate.Load())
 	bt := &batch{}
 	var waits []time.Duration
@@ -759,7 +787,7 @@ func (b *Batcher) launch(g *group, now time.Time) {
 		delete(b.groups, g.key)
 	}
 	if len(bt.parts) == 0 {
-		return
+		return false
 	}
 	b.mu.Lock()
 	b.st.batches++
@@ -767,6 +795,7 @@ func (b *Batcher) launch(g *group, now time.Time) {
 	b.st.batchSizes[bt.rows]++
 	for _, w := range waits {
 		b.st.queueWait.record(w)
+		b.st.queueWaitHist.record(w)
 	}
 	b.mu.Unlock()
 	for _, p := range bt.parts {
@@ -777,6 +806,7 @@ func (b *Batcher) launch(g *group, now time.Time) {
 	b.inFlight.Add(1)
 	b.workers.Add(1)
 	go b.execute(bt)
+	return true
 }
 
 // execute runs one batch, hands each request its rows and reports to loop.
@@ -895,6 +925,9 @@ func (b *Batcher) complete(d batchDone) {
 	b.mu.Lock()
 	b.st.batchTime.record(d.dur)
 	b.st.batchExec.record(d.dur)
+	for range d.bt.parts {
+		b.st.computeHist.record(d.dur)
+	}
 	if d.err != nil {
 		b.st.failed++
 	}

@@ -248,8 +248,6 @@ func median(v []float64) float64 {
 //	go test ./batch/batchbench -run '^$' -bench Interleaved -benchtime 1x
 func BenchmarkBatcherInterleaved(b *testing.B) {
 	const rounds, slice = 5, 300 * time.Millisecond
-	// 1ns is "eager": dispatch whenever an execution slot is free.
-	windows := []time.Duration{time.Nanosecond, 250 * time.Microsecond, 500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond}
 	for _, sizes := range [][]int{{100, 50, 10}, {512, 1024, 1024, 1}} {
 		sess, m := load(b, sizes...)
 		x := m.RandomInput(1, 3)
@@ -266,12 +264,17 @@ func BenchmarkBatcherInterleaved(b *testing.B) {
 					batch99  time.Duration // batch execution p99, mean over rounds
 					wait99   time.Duration // queue wait p99, mean over rounds
 				}
-				modes := []*mode{{name: "unbatched"}}
-				for _, w := range windows {
-					modes = append(modes, &mode{name: "w=" + w.String(), window: w, inFlight: 2})
+				// With one run at a time the window plays no part (a
+				// request waits only while the model runs); with two it
+				// bounds how long a request waits for company before
+				// taking the second slot.
+				modes := []*mode{
+					{name: "unbatched"},
+					{name: "inflight=1", window: batch.DefaultWindow, inFlight: 1},
+					{name: "inflight=2/w=100µs", window: 100 * time.Microsecond, inFlight: 2},
+					{name: "inflight=2/w=500µs", window: 500 * time.Microsecond, inFlight: 2},
+					{name: "inflight=2/w=2ms", window: 2 * time.Millisecond, inFlight: 2},
 				}
-				// One batch at a time leaves a core to the Go side.
-				modes = append(modes, &mode{name: "w=500µs/inflight=1", window: 500 * time.Microsecond, inFlight: 1})
 				for b.Loop() {
 					for range rounds {
 						for _, md := range modes {
