@@ -1,6 +1,9 @@
 // Package batch is SignalForge Serve's dynamic batcher: it gathers concurrent
 // prediction requests for one model version into batches and runs each batch
-// as one model call, trading a bounded wait for much higher throughput.
+// as one model call. It batches only when there is company to batch: a
+// request that finds its model idle runs at once, and requests that arrive
+// while the model runs are gathered into the next call, so batches grow with
+// load by themselves.
 //
 //	b, err := batch.New(batch.Config{MaxBatchSize: 32}, sess.Run) // Window: DefaultWindow
 //	...
@@ -16,11 +19,17 @@
 // inputs. Any function with the shape of [RunFunc] can be batched, in
 // particular an infer.Session's Run.
 //
-//   - A batch is dispatched as soon as at least MaxBatchSize rows are
-//     queued, or when the oldest queued request has waited Window since it
-//     arrived (Predict was called), whichever comes first — provided one of
-//     the MaxInFlight execution slots is free. While all slots are busy the
-//     queue keeps filling, so batches grow with load by themselves.
+//   - Adaptive dispatch. At most MaxInFlight model calls (executors) run
+//     at once. A request that arrives while none runs (the model is idle)
+//     runs at once, alone. Requests that arrive while calls run wait in
+//     the queue; when a call returns, its executor takes everything
+//     waiting (up to MaxBatchSize rows) at once. Beside that, a batch
+//     takes a free executor as soon as MaxBatchSize rows are queued, or
+//     when its oldest request has waited Window since it arrived
+//     (Predict was called): Window is the longest a request waits for
+//     company while an executor is free, not a wait every request pays.
+//     While every executor is busy, requests wait for one, however long
+//     (within their deadline and the queue's bound).
 //   - A batch never holds more than MaxBatchSize rows. Requests are packed
 //     strictly first-come-first-served: a request that does not fit in the
 //     current batch starts the next one (no overtaking).
@@ -33,7 +42,8 @@
 //   - Only requests whose inputs agree on everything but the batch axis (the
 //     number of inputs, their element types and their shapes after axis 0)
 //     are batched together; for example sequences of different lengths go to
-//     different batches. Each such group has its own window.
+//     different batches. Each such group has its own window; a free
+//     executor takes the group whose oldest request arrived first.
 //   - Deadlines: the batcher keeps an estimate of a batch's execution time
 //     (a moving average of measured runs). A request whose deadline would
 //     pass before its batch could finish is dispatched early (its batch
@@ -57,21 +67,18 @@
 //     running batches and the batcher's goroutine, and returns. No goroutine
 //     outlives it.
 //
-// # Choosing Window
+// # Choosing MaxInFlight and Window
 //
-// Window is the price a request pays for the chance of company, so it is
-// paid in full at light load (a lone request waits Window, then runs) and
-// buys large batches under load. Note that the window is a lower bound in
-// practice: Go's timers fire up to about 1 ms late when every thread of the
-// process is idle (the runtime sleeps in epoll with millisecond
-// resolution), so any Window under 1 ms costs an idle server about 1 ms.
-// Dispatching without waiting whenever a slot is free ("eager" batching,
-// Window 1 ns in the benchmarks) is best for a lone caller, but with 8–64
-// closed-loop callers it degenerates into batches of 1–10 rows — the first
-// caller to come back always finds a free slot — and on the large MLP it
-// served 1.2–10× less than a 250 µs–2 ms window at 32 and 64 callers.
-// The default is chosen from the benchmarks in batch/batchbench (see
-// [DefaultWindow]).
+// MaxInFlight is the number of model calls that may overlap. Its default,
+// GOMAXPROCS / RunThreads, gives every call its cores; with more, calls
+// only slow each other down, and with fewer, cores idle under load. With
+// one executor Window plays no part (a request waits only while the model
+// runs); with several it bounds how long a request waits for company
+// before it takes a free executor beside a running call. Dispatching at
+// once to any free executor ("eager" batching) degenerates under
+// closed-loop load into batches of a few rows — the first caller to come
+// back always finds a free executor — which is why a busy model's free
+// executors wait for company. See [DefaultWindow] for the measurements.
 package batch
 
 import (
@@ -127,8 +134,10 @@ const DefaultWindow = 500 * time.Microsecond
 type Config struct {
 	// MaxBatchSize is the most rows one model call receives. If zero, 32.
 	MaxBatchSize int
-	// Window is the longest the oldest queued request waits for its batch
-	// to fill, measured from its arrival. If zero, DefaultWindow.
+	// Window is a latency budget: the longest a request waits for company
+	// while other batches of the model run and an executor is free,
+	// measured from its arrival. A request that finds the model idle does
+	// not wait at all. If zero, DefaultWindow.
 	Window time.Duration
 	// MaxQueue is the most rows waiting to run (not counting running
 	// batches). Requests beyond it are rejected with ErrQueueFull. If
