@@ -107,27 +107,25 @@ type RunFunc func(ctx context.Context, in []tensor.Tensor) ([]tensor.Tensor, err
 
 // DefaultWindow is the Window used when Config.Window is zero: 500 µs.
 //
-// Chosen from BenchmarkBatcherInterleaved (batch/batchbench: one-row
-// closed-loop callers, MaxBatchSize 32, MaxInFlight 2, ONNX Runtime, on 2
-// cores shared with other heavy jobs, so single numbers are noisy; compare
-// within a round). Measured with windows of 250 µs, 500 µs, 1 ms and 2 ms:
-//   - 32 and 64 callers: every window fills batches to 25–32 rows; the
-//     512-1024-1024-1 MLP serves 3–20× the unbatched throughput, with no
-//     consistent winner among the windows;
-//   - 8 callers: batches never fill (8 < 32), so each waits the whole
-//     window; 2 ms served about half of what 250 µs–1 ms did on the small
-//     MLP (3.4k vs 6.1–6.4k req/s);
-//   - 1 caller: the window is pure latency: a median of ≈1.15 ms for every
-//     window up to 1 ms (Go's idle timer resolution, see the package doc)
-//     against ≈2.2 ms for 2 ms.
+// Measured with BenchmarkBatcherInterleaved (batch/batchbench: one-row
+// closed-loop callers, MaxBatchSize 32, ONNX Runtime with one intra-op
+// thread, on 2 cores shared with other heavy jobs, so compare within a
+// round):
+//   - 1 caller: the model is always idle, so the window plays no part: a
+//     median of 7 µs on the 100-50-10 MLP and ≈165 µs on the
+//     512-1024-1024-1 MLP (unbatched: 3 µs and ≈90 µs), where a fixed
+//     window cost ≈1.2 ms and ≈1.45 ms;
+//   - 64 callers, 512-1024-1024-1 MLP: two executors served 53–58k req/s
+//     against 36–39k with one (3.0–3.4× unbatched against 2.1–2.3×), in
+//     batches of 24–25 rows; windows of 100 µs, 500 µs and 2 ms gave the
+//     same throughput within the noise, as did 8 and 32 callers;
+//   - with a cheap model (the 100-50-10 MLP runs in 4 µs) batching does
+//     not raise throughput: the 5–7 µs the batcher adds per request
+//     outweigh what a batch saves.
 //
-// So windows above 1 ms only cost latency, and windows far below 1 ms make
-// smaller batches under load (the timer is precise when the process is
-// busy). 500 µs sits in the middle of the flat region. With a cheap model
-// (the 100-50-10 MLP runs in 4 µs) batching does not reliably raise
-// throughput (0.4–1.7× of unbatched at 32–64 callers across runs); it pays
-// off when a model call costs far more than the 5–7 µs the batcher adds per
-// request.
+// So the default MaxInFlight is one executor per RunThreads cores, and the
+// window, which only matters beside a running call, stays in the middle of
+// the flat region.
 const DefaultWindow = 500 * time.Microsecond
 
 // Config configures a Batcher. The zero value is usable.
