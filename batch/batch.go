@@ -1,6 +1,9 @@
 // Package batch is SignalForge Serve's dynamic batcher: it gathers concurrent
 // prediction requests for one model version into batches and runs each batch
-// as one model call, trading a bounded wait for much higher throughput.
+// as one model call. It batches only when there is company to batch: a
+// request that finds its model idle runs at once, and requests that arrive
+// while the model runs are gathered into the next call, so batches grow with
+// load by themselves.
 //
 //	b, err := batch.New(batch.Config{MaxBatchSize: 32}, sess.Run) // Window: DefaultWindow
 //	...
@@ -16,11 +19,17 @@
 // inputs. Any function with the shape of [RunFunc] can be batched, in
 // particular an infer.Session's Run.
 //
-//   - A batch is dispatched as soon as at least MaxBatchSize rows are
-//     queued, or when the oldest queued request has waited Window since it
-//     arrived (Predict was called), whichever comes first — provided one of
-//     the MaxInFlight execution slots is free. While all slots are busy the
-//     queue keeps filling, so batches grow with load by themselves.
+//   - Adaptive dispatch. At most MaxInFlight model calls (executors) run
+//     at once. A request that arrives while none runs (the model is idle)
+//     runs at once, alone. Requests that arrive while calls run wait in
+//     the queue; when a call returns, its executor takes everything
+//     waiting (up to MaxBatchSize rows) at once. Beside that, a batch
+//     takes a free executor as soon as MaxBatchSize rows are queued, or
+//     when its oldest request has waited Window since it arrived
+//     (Predict was called): Window is the longest a request waits for
+//     company while an executor is free, not a wait every request pays.
+//     While every executor is busy, requests wait for one, however long
+//     (within their deadline and the queue's bound).
 //   - A batch never holds more than MaxBatchSize rows. Requests are packed
 //     strictly first-come-first-served: a request that does not fit in the
 //     current batch starts the next one (no overtaking).
@@ -33,7 +42,8 @@
 //   - Only requests whose inputs agree on everything but the batch axis (the
 //     number of inputs, their element types and their shapes after axis 0)
 //     are batched together; for example sequences of different lengths go to
-//     different batches. Each such group has its own window.
+//     different batches. Each such group has its own window; a free
+//     executor takes the group whose oldest request arrived first.
 //   - Deadlines: the batcher keeps an estimate of a batch's execution time
 //     (a moving average of measured runs). A request whose deadline would
 //     pass before its batch could finish is dispatched early (its batch
@@ -57,21 +67,18 @@
 //     running batches and the batcher's goroutine, and returns. No goroutine
 //     outlives it.
 //
-// # Choosing Window
+// # Choosing MaxInFlight and Window
 //
-// Window is the price a request pays for the chance of company, so it is
-// paid in full at light load (a lone request waits Window, then runs) and
-// buys large batches under load. Note that the window is a lower bound in
-// practice: Go's timers fire up to about 1 ms late when every thread of the
-// process is idle (the runtime sleeps in epoll with millisecond
-// resolution), so any Window under 1 ms costs an idle server about 1 ms.
-// Dispatching without waiting whenever a slot is free ("eager" batching,
-// Window 1 ns in the benchmarks) is best for a lone caller, but with 8–64
-// closed-loop callers it degenerates into batches of 1–10 rows — the first
-// caller to come back always finds a free slot — and on the large MLP it
-// served 1.2–10× less than a 250 µs–2 ms window at 32 and 64 callers.
-// The default is chosen from the benchmarks in batch/batchbench (see
-// [DefaultWindow]).
+// MaxInFlight is the number of model calls that may overlap. Its default,
+// GOMAXPROCS / RunThreads, gives every call its cores; with more, calls
+// only slow each other down, and with fewer, cores idle under load. With
+// one executor Window plays no part (a request waits only while the model
+// runs); with several it bounds how long a request waits for company
+// before it takes a free executor beside a running call. Dispatching at
+// once to any free executor ("eager" batching) degenerates under
+// closed-loop load into batches of a few rows — the first caller to come
+// back always finds a free executor — which is why a busy model's free
+// executors wait for company. See [DefaultWindow] for the measurements.
 package batch
 
 import (
@@ -100,45 +107,48 @@ type RunFunc func(ctx context.Context, in []tensor.Tensor) ([]tensor.Tensor, err
 
 // DefaultWindow is the Window used when Config.Window is zero: 500 µs.
 //
-// Chosen from BenchmarkBatcherInterleaved (batch/batchbench: one-row
-// closed-loop callers, MaxBatchSize 32, MaxInFlight 2, ONNX Runtime, on 2
-// cores shared with other heavy jobs, so single numbers are noisy; compare
-// within a round). Measured with windows of 250 µs, 500 µs, 1 ms and 2 ms:
-//   - 32 and 64 callers: every window fills batches to 25–32 rows; the
-//     512-1024-1024-1 MLP serves 3–20× the unbatched throughput, with no
-//     consistent winner among the windows;
-//   - 8 callers: batches never fill (8 < 32), so each waits the whole
-//     window; 2 ms served about half of what 250 µs–1 ms did on the small
-//     MLP (3.4k vs 6.1–6.4k req/s);
-//   - 1 caller: the window is pure latency: a median of ≈1.15 ms for every
-//     window up to 1 ms (Go's idle timer resolution, see the package doc)
-//     against ≈2.2 ms for 2 ms.
+// Measured with BenchmarkBatcherInterleaved (batch/batchbench: one-row
+// closed-loop callers, MaxBatchSize 32, ONNX Runtime with one intra-op
+// thread, on 2 cores shared with other heavy jobs, so compare within a
+// round):
+//   - 1 caller: the model is always idle, so the window plays no part: a
+//     median of 7 µs on the 100-50-10 MLP and ≈165 µs on the
+//     512-1024-1024-1 MLP (unbatched: 3 µs and ≈90 µs), where a fixed
+//     window cost ≈1.2 ms and ≈1.45 ms;
+//   - 64 callers, 512-1024-1024-1 MLP: two executors served 53–58k req/s
+//     against 36–39k with one (3.0–3.4× unbatched against 2.1–2.3×), in
+//     batches of 24–25 rows; windows of 100 µs, 500 µs and 2 ms gave the
+//     same throughput within the noise, as did 8 and 32 callers;
+//   - with a cheap model (the 100-50-10 MLP runs in 4 µs) batching does
+//     not raise throughput: the 5–7 µs the batcher adds per request
+//     outweigh what a batch saves.
 //
-// So windows above 1 ms only cost latency, and windows far below 1 ms make
-// smaller batches under load (the timer is precise when the process is
-// busy). 500 µs sits in the middle of the flat region. With a cheap model
-// (the 100-50-10 MLP runs in 4 µs) batching does not reliably raise
-// throughput (0.4–1.7× of unbatched at 32–64 callers across runs); it pays
-// off when a model call costs far more than the 5–7 µs the batcher adds per
-// request.
+// So the default MaxInFlight is one executor per RunThreads cores, and the
+// window, which only matters beside a running call, stays in the middle of
+// the flat region.
 const DefaultWindow = 500 * time.Microsecond
 
 // Config configures a Batcher. The zero value is usable.
 type Config struct {
 	// MaxBatchSize is the most rows one model call receives. If zero, 32.
 	MaxBatchSize int
-	// Window is the longest the oldest queued request waits for its batch
-	// to fill, measured from its arrival. If zero, DefaultWindow.
+	// Window is a latency budget: the longest a request waits for company
+	// while other batches of the model run and an executor is free,
+	// measured from its arrival. A request that finds the model idle does
+	// not wait at all. If zero, DefaultWindow.
 	Window time.Duration
 	// MaxQueue is the most rows waiting to run (not counting running
 	// batches). Requests beyond it are rejected with ErrQueueFull. If
 	// zero, 32 × MaxBatchSize. It must be at least MaxBatchSize.
 	MaxQueue int
-	// MaxInFlight is the most batches running at once. ONNX Runtime
-	// sessions are safe for concurrent use and two concurrent runs gave
-	// 1.5–1.9× the throughput of one on 2 cores. If zero,
-	// runtime.GOMAXPROCS(0).
+	// MaxInFlight is the most model calls (batches) of this Batcher
+	// running at once. If zero, GOMAXPROCS / RunThreads, at least 1: as
+	// many concurrent runs as the cores can keep busy.
 	MaxInFlight int
+	// RunThreads is the number of threads one model call keeps busy: an
+	// ONNX Runtime session's intra-op threads. It only sizes the default
+	// of MaxInFlight. If zero, 1 (the sessions' default).
+	RunThreads int
 	// Logger receives a record for each recovered model panic (with its
 	// stack). If nil, nothing is logged.
 	Logger *slog.Logger
@@ -154,8 +164,11 @@ func (c *Config) setDefaults() error {
 	if c.MaxQueue == 0 {
 		c.MaxQueue = 32 * c.MaxBatchSize
 	}
+	if c.RunThreads == 0 {
+		c.RunThreads = 1
+	}
 	if c.MaxInFlight == 0 {
-		c.MaxInFlight = runtime.GOMAXPROCS(0)
+		c.MaxInFlight = defaultInFlight(runtime.GOMAXPROCS(0), max(c.RunThreads, 1))
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
@@ -169,8 +182,16 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("batch: MaxQueue %d is less than MaxBatchSize %d", c.MaxQueue, c.MaxBatchSize)
 	case c.MaxInFlight < 0:
 		return fmt.Errorf("batch: MaxInFlight %d is negative", c.MaxInFlight)
+	case c.RunThreads < 0:
+		return fmt.Errorf("batch: RunThreads %d is negative", c.RunThreads)
 	}
 	return nil
+}
+
+// defaultInFlight is MaxInFlight's default for procs cores and model calls
+// of runThreads threads each.
+func defaultInFlight(procs, runThreads int) int {
+	return max(1, procs/runThreads)
 }
 
 // Errors returned by Predict.
@@ -347,6 +368,9 @@ func New(cfg Config, run RunFunc) (*Batcher, error) {
 		groups:   make(map[string]*group),
 	}
 	b.st.batchSizes = make([]int64, cfg.MaxBatchSize+1)
+	b.st.batchExec = newBounded(execBounds[:])
+	b.st.queueWaitHist = newBounded(latencyBounds[:])
+	b.st.computeHist = newBounded(latencyBounds[:])
 	b.runCtx, b.cancelRun = context.WithCancel(context.Background())
 	go b.loop()
 	return b, nil
@@ -554,10 +578,11 @@ func (b *Batcher) loop() {
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
 	closing, abort := b.closing, b.abort
-	draining := false
+	draining, freed := false, false
 	for {
 		now := time.Now()
-		b.dispatch(now, draining)
+		b.dispatch(now, draining, freed)
+		freed = false
 		if draining && len(b.groups) == 0 && b.inFlight.Load() == 0 {
 			return
 		}
@@ -575,6 +600,7 @@ func (b *Batcher) loop() {
 			b.remove(m)
 		case d := <-b.finished:
 			b.complete(d)
+			freed = true
 		case <-timerC:
 		case <-closing:
 			draining, closing = true, nil
@@ -695,14 +721,17 @@ func (b *Batcher) nextDue() (time.Time, bool) {
 	return next, found
 }
 
-// dispatch starts batches while an execution slot is free and a group is
-// ready: full, due, or draining. The ready group whose oldest request
-// arrived first goes first.
-func (b *Batcher) dispatch(now time.Time, draining bool) {
+// dispatch starts batches while an execution slot is free and a group may
+// leave. When the model is idle, when a model call has just returned
+// (freed), or while draining, the group whose oldest request arrived first
+// leaves at once with everything it holds, up to MaxBatchSize rows. Other
+// batches take a free slot only when full or due (see due).
+func (b *Batcher) dispatch(now time.Time, draining, freed bool) {
 	for b.inFlight.Load() < int64(b.cfg.MaxInFlight) {
+		take := draining || freed || b.inFlight.Load() == 0
 		var best *group
 		for _, g := range b.groups {
-			if !draining && g.rows < b.cfg.MaxBatchSize && now.Before(b.due(g)) {
+			if !take && g.rows < b.cfg.MaxBatchSize && now.Before(b.due(g)) {
 				continue
 			}
 			if best == nil || g.head.c.arrival.Before(best.head.c.arrival) {
@@ -712,7 +741,11 @@ func (b *Batcher) dispatch(now time.Time, draining bool) {
 		if best == nil {
 			return
 		}
-		b.launch(best, now)
+		if b.launch(best, now) {
+			// A freed executor takes one batch; the next one waits for
+			// the next executor to free up, or for its due time.
+			freed = false
+		}
 	}
 }
 
@@ -730,8 +763,10 @@ type batch struct {
 	finished bool // the model call has returned
 }
 
-// launch takes g's head batch off the queue and starts it.
-func (b *Batcher) launch(g *group, now time.Time) {
+// launch takes g's head batch off the queue and starts it. It reports
+// whether a model call started: not if every request it took had been
+// cancelled or could not meet its deadline.
+func (b *Batcher) launch(g *group, now time.Time) bool {
 	est := time.Duration(b.estimate.Load())
 	bt := &batch{}
 	var waits []time.Duration
@@ -759,7 +794,7 @@ func (b *Batcher) launch(g *group, now time.Time) {
 		delete(b.groups, g.key)
 	}
 	if len(bt.parts) == 0 {
-		return
+		return false
 	}
 	b.mu.Lock()
 	b.st.batches++
@@ -767,6 +802,7 @@ func (b *Batcher) launch(g *group, now time.Time) {
 	b.st.batchSizes[bt.rows]++
 	for _, w := range waits {
 		b.st.queueWait.record(w)
+		b.st.queueWaitHist.record(w)
 	}
 	b.mu.Unlock()
 	for _, p := range bt.parts {
@@ -777,6 +813,7 @@ func (b *Batcher) launch(g *group, now time.Time) {
 	b.inFlight.Add(1)
 	b.workers.Add(1)
 	go b.execute(bt)
+	return true
 }
 
 // execute runs one batch, hands each request its rows and reports to loop.
@@ -895,6 +932,9 @@ func (b *Batcher) complete(d batchDone) {
 	b.mu.Lock()
 	b.st.batchTime.record(d.dur)
 	b.st.batchExec.record(d.dur)
+	for range d.bt.parts {
+		b.st.computeHist.record(d.dur)
+	}
 	if d.err != nil {
 		b.st.failed++
 	}

@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"slices"
 	"sort"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -23,8 +24,11 @@ import (
 type fakeModel struct {
 	delay time.Duration   // time one run takes (fake time under synctest)
 	gate  chan struct{}   // if non-nil, each run waits for it or ctx
+	hold  chan struct{}   // if non-nil, a run of blocker rows waits for it or ctx
 	fail  func(v float32) // called with each input value; may panic
 	err   func(v float32) error
+
+	releaseOnce sync.Once
 
 	mu      sync.Mutex
 	batches []fakeBatch
@@ -52,7 +56,13 @@ func (m *fakeModel) run(ctx context.Context, in []tensor.Tensor) ([]tensor.Tenso
 	m.mu.Lock()
 	m.batches = append(m.batches, fakeBatch{rows: x.Len(), at: time.Now(), shape: x.Shape().Clone(), vals: slices.Clone(x.Float32s())})
 	m.mu.Unlock()
-	if m.gate != nil {
+	if m.hold != nil && x.Float32s()[0] >= blockerVal {
+		select {
+		case <-m.hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	} else if m.gate != nil {
 		select {
 		case <-m.gate:
 		case <-ctx.Done():
@@ -85,6 +95,38 @@ func (m *fakeModel) run(ctx context.Context, in []tensor.Tensor) ([]tensor.Tenso
 		tensor.Must(tensor.Shape{int64(x.Len())}, sizes),
 	}, nil
 }
+
+// blockerVal marks the rows of a request whose run waits for
+// fakeModel.hold: it keeps the model busy while a test fills the queue.
+const blockerVal = 1e6
+
+// block starts a one-row request that occupies an execution slot until
+// m.hold is closed (the Batcher is idle, so it runs at once), and waits
+// until it runs. m.hold must be set.
+func block(t *testing.T, b *Batcher, m *fakeModel) <-chan reply {
+	t.Helper()
+	r := async(t.Context(), b, rowsOf(1, 1, blockerVal))
+	t.Cleanup(m.release) // before Close, which waits for it
+	synctest.Wait()
+	if m.running.Load() == 0 {
+		t.Fatal("the blocker is not running")
+	}
+	return r
+}
+
+// others returns the batches that are not blockers.
+func (m *fakeModel) others() []fakeBatch {
+	var out []fakeBatch
+	for _, bt := range m.seen() {
+		if bt.vals[0] < blockerVal {
+			out = append(out, bt)
+		}
+	}
+	return out
+}
+
+// release closes m.hold, once.
+func (m *fakeModel) release() { m.releaseOnce.Do(func() { close(m.hold) }) }
 
 func (m *fakeModel) seen() []fakeBatch {
 	m.mu.Lock()
@@ -158,10 +200,14 @@ func mustNew(t *testing.T, cfg Config, run RunFunc) *Batcher {
 	return b
 }
 
+// TestWindowMeasuredFromOldestArrival: while a model call runs and a slot
+// is free, requests wait for company, at most Window from the oldest
+// arrival.
 func TestWindowMeasuredFromOldestArrival(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := &fakeModel{}
-		b := mustNew(t, Config{MaxBatchSize: 8, Window: 10 * time.Millisecond, MaxInFlight: 1}, m.run)
+		m := &fakeModel{hold: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 8, Window: 10 * time.Millisecond, MaxInFlight: 2}, m.run)
+		blocker := block(t, b, m)
 		start := time.Now()
 		inA, inB := rowsOf(1, 3, 1), rowsOf(1, 3, 100)
 		a := async(t.Context(), b, inA)
@@ -169,7 +215,7 @@ func TestWindowMeasuredFromOldestArrival(t *testing.T) {
 		bb := async(t.Context(), b, inB)
 		time.Sleep(3 * time.Millisecond)
 		synctest.Wait()
-		if n := len(m.seen()); n != 0 {
+		if n := len(m.others()); n != 0 {
 			t.Fatalf("%d batches ran 9ms after the first arrival, want 0 (window 10ms)", n)
 		}
 		ra, rb := <-a, <-bb
@@ -178,7 +224,7 @@ func TestWindowMeasuredFromOldestArrival(t *testing.T) {
 		}
 		checkDoubled(t, inA, ra.out)
 		checkDoubled(t, inB, rb.out)
-		seen := m.seen()
+		seen := m.others()
 		if len(seen) != 1 || seen[0].rows != 2 {
 			t.Fatalf("batches %v, want one of 2 rows", m.sizes())
 		}
@@ -186,17 +232,59 @@ func TestWindowMeasuredFromOldestArrival(t *testing.T) {
 		if got := seen[0].at.Sub(start); got != 10*time.Millisecond {
 			t.Fatalf("batch left %v after the oldest arrival, want 10ms", got)
 		}
-		st := b.Stats()
-		if w := st.QueueWait; w.Max != 10*time.Millisecond || w.Avg != 7*time.Millisecond || !near(w.P50, 4*time.Millisecond) {
-			t.Errorf("queue wait %+v, want max 10ms, avg 7ms, p50 ≈4ms", w)
+		m.release()
+		if r := <-blocker; r.err != nil {
+			t.Fatal(r.err)
 		}
+		// Waits: the blocker 0 (the model was idle), A 10ms, B 4ms.
+		st := b.Stats()
+		if w := st.QueueWait; w.Max != 10*time.Millisecond || w.Avg != 14*time.Millisecond/3 || !near(w.P50, 4*time.Millisecond) {
+			t.Errorf("queue wait %+v, want max 10ms, avg 4.67ms, p50 ≈4ms", w)
+		}
+		checkHist(t, "QueueWaitHist", st.QueueWaitHist, 14*time.Millisecond, map[time.Duration]uint64{
+			5 * time.Microsecond: 1, 2500 * time.Microsecond: 1, 5 * time.Millisecond: 2, 10 * time.Millisecond: 3, 10 * time.Second: 3,
+		})
 	})
 }
 
+// checkHist checks a cumulative histogram: bounds sorted, counts
+// cumulative, the given sum, and the counts at the given bounds (the last
+// of which must equal Count).
+func checkHist(t *testing.T, name string, h Histogram, sum time.Duration, want map[time.Duration]uint64) {
+	t.Helper()
+	if len(h.Bounds) != len(h.Counts) || !slices.IsSorted(h.Bounds) {
+		t.Fatalf("%s: bounds %v, counts %v", name, h.Bounds, h.Counts)
+	}
+	if h.Sum != sum {
+		t.Errorf("%s: sum %v, want %v", name, h.Sum, sum)
+	}
+	found := 0
+	for i, le := range h.Bounds {
+		if w, ok := want[le]; ok {
+			found++
+			if h.Counts[i] != w {
+				t.Errorf("%s: le %v: %d, want %d", name, le, h.Counts[i], w)
+			}
+		}
+		if i > 0 && h.Counts[i] < h.Counts[i-1] {
+			t.Errorf("%s: counts are not cumulative: %v", name, h.Counts)
+		}
+	}
+	if found != len(want) {
+		t.Errorf("%s: bounds %v lack some of %v", name, h.Bounds, want)
+	}
+	if last := h.Counts[len(h.Counts)-1]; last > h.Count {
+		t.Errorf("%s: %d counted under the last bound, %d in all", name, last, h.Count)
+	}
+}
+
+// TestSizeTriggeredDispatch: a full batch takes a free slot at once, and
+// an executor that frees up takes what is left without waiting Window.
 func TestSizeTriggeredDispatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := &fakeModel{}
+		m := &fakeModel{hold: make(chan struct{}), gate: make(chan struct{})}
 		b := mustNew(t, Config{MaxBatchSize: 4, Window: time.Hour, MaxInFlight: 2}, m.run)
+		blocker := block(t, b, m)
 		start := time.Now()
 		var replies []<-chan reply
 		var ins [][]tensor.Tensor
@@ -206,10 +294,11 @@ func TestSizeTriggeredDispatch(t *testing.T) {
 			replies = append(replies, async(t.Context(), b, in))
 		}
 		synctest.Wait()
-		seen := m.seen()
+		seen := m.others()
 		if len(seen) != 1 || seen[0].rows != 4 || !seen[0].at.Equal(start) {
 			t.Fatalf("after 5 arrivals: batches %v, want one of 4 rows at once", m.sizes())
 		}
+		close(m.gate)
 		for i, ch := range replies {
 			r := <-ch
 			if r.err != nil {
@@ -217,13 +306,15 @@ func TestSizeTriggeredDispatch(t *testing.T) {
 			}
 			checkDoubled(t, ins[i], r.out)
 		}
-		seen = m.seen()
-		if len(seen) != 2 || seen[1].rows != 1 || seen[1].at.Sub(start) != time.Hour {
-			t.Fatalf("batches %v, want [4 1] with the lone row after the 1h window", m.sizes())
+		seen = m.others()
+		if len(seen) != 2 || seen[1].rows != 1 || !seen[1].at.Equal(start) {
+			t.Fatalf("batches %v, want [4 1] with the lone row taken when the full batch returned, not after the 1h window", m.sizes())
 		}
+		m.release()
+		<-blocker
 		st := b.Stats()
-		if st.Batches != 2 || st.Requests != 5 || st.Rows != 5 || st.AvgBatchSize != 2.5 ||
-			st.BatchSizes[4] != 1 || st.BatchSizes[1] != 1 {
+		if st.Batches != 3 || st.Requests != 6 || st.Rows != 6 || st.AvgBatchSize != 2 ||
+			st.BatchSizes[4] != 1 || st.BatchSizes[1] != 2 {
 			t.Errorf("stats %+v", st)
 		}
 	})
@@ -231,13 +322,17 @@ func TestSizeTriggeredDispatch(t *testing.T) {
 
 func TestMultiRowRequestsCountAllRows(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := &fakeModel{}
-		b := mustNew(t, Config{MaxBatchSize: 4, Window: 10 * time.Millisecond, MaxInFlight: 1}, m.run)
+		m := &fakeModel{hold: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: 10 * time.Millisecond, MaxInFlight: 2}, m.run)
+		block(t, b, m)
 		start := time.Now()
 		inA, inB := rowsOf(3, 2, 0), rowsOf(2, 2, 50)
 		a := async(t.Context(), b, inA)
 		synctest.Wait()
 		time.Sleep(time.Millisecond)
+		if n := len(m.others()); n != 0 {
+			t.Fatalf("3 of 4 rows ran before the window, beside a running batch")
+		}
 		bb := async(t.Context(), b, inB)
 		ra, rb := <-a, <-bb
 		if ra.err != nil || rb.err != nil {
@@ -245,14 +340,14 @@ func TestMultiRowRequestsCountAllRows(t *testing.T) {
 		}
 		checkDoubled(t, inA, ra.out)
 		checkDoubled(t, inB, rb.out)
-		seen := m.seen()
-		// 5 rows queued >= 4: A leaves at once (B does not fit beside it),
-		// B then waits its own window from its own arrival.
+		seen := m.others()
+		// 5 rows queued >= 4: A leaves at once (B does not fit beside it);
+		// when A's call returns, its executor takes B.
 		if len(seen) != 2 || seen[0].rows != 3 || seen[1].rows != 2 {
 			t.Fatalf("batches %v, want [3 2]", m.sizes())
 		}
-		if seen[0].at.Sub(start) != time.Millisecond || seen[1].at.Sub(start) != 11*time.Millisecond {
-			t.Fatalf("batches at %v and %v, want 1ms and 11ms", seen[0].at.Sub(start), seen[1].at.Sub(start))
+		if seen[0].at.Sub(start) != time.Millisecond || seen[1].at.Sub(start) != time.Millisecond {
+			t.Fatalf("batches at %v and %v, want both at 1ms", seen[0].at.Sub(start), seen[1].at.Sub(start))
 		}
 	})
 }
@@ -280,13 +375,16 @@ func TestLargeRequestIsSplit(t *testing.T) {
 
 func TestIncompatibleShapesAreNotMixed(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := &fakeModel{}
-		b := mustNew(t, Config{MaxBatchSize: 8, Window: 5 * time.Millisecond, MaxInFlight: 2}, m.run)
+		m := &fakeModel{hold: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 8, Window: 5 * time.Millisecond, MaxInFlight: 1}, m.run)
+		block(t, b, m) // all four queue behind it
 		ins := [][]tensor.Tensor{rowsOf(1, 3, 0), rowsOf(1, 5, 10), rowsOf(2, 3, 20), rowsOf(1, 5, 30)}
 		var replies []<-chan reply
 		for _, in := range ins {
 			replies = append(replies, async(t.Context(), b, in))
 		}
+		synctest.Wait()
+		m.release()
 		for i, ch := range replies {
 			r := <-ch
 			if r.err != nil {
@@ -295,11 +393,11 @@ func TestIncompatibleShapesAreNotMixed(t *testing.T) {
 			checkDoubled(t, ins[i], r.out)
 		}
 		byWidth := map[int64]int{}
-		for _, bt := range m.seen() {
+		for _, bt := range m.others() {
 			byWidth[bt.shape[1]] += bt.rows
 		}
-		if len(m.seen()) != 2 || byWidth[3] != 3 || byWidth[5] != 2 {
-			t.Fatalf("batches %+v, want one of 3 rows of width 3 and one of 2 rows of width 5", m.seen())
+		if len(m.others()) != 2 || byWidth[3] != 3 || byWidth[5] != 2 {
+			t.Fatalf("batches %+v, want one of 3 rows of width 3 and one of 2 rows of width 5", m.others())
 		}
 
 		// A different number of inputs or dtype is another group too.
@@ -340,7 +438,7 @@ func TestConfig(t *testing.T) {
 	b := mustNew(t, Config{}, (&fakeModel{}).run)
 	cfg := b.Config()
 	if cfg.MaxBatchSize != 32 || cfg.Window != DefaultWindow || cfg.MaxQueue != 32*32 ||
-		cfg.MaxInFlight != runtime.GOMAXPROCS(0) || cfg.Logger == nil {
+		cfg.RunThreads != 1 || cfg.MaxInFlight != defaultInFlight(runtime.GOMAXPROCS(0), 1) || cfg.Logger == nil {
 		t.Errorf("defaults: %+v", cfg)
 	}
 	for _, bad := range []Config{
@@ -348,6 +446,7 @@ func TestConfig(t *testing.T) {
 		{Window: -time.Second},
 		{MaxBatchSize: 8, MaxQueue: 4},
 		{MaxInFlight: -2},
+		{RunThreads: -1},
 	} {
 		if _, err := New(bad, (&fakeModel{}).run); err == nil {
 			t.Errorf("New(%+v) accepted", bad)
@@ -363,12 +462,10 @@ func TestConfig(t *testing.T) {
 func warm(t *testing.T, b *Batcher, m *fakeModel, d time.Duration) {
 	t.Helper()
 	m.delay = d
-	for i := range b.Config().MaxBatchSize {
-		async(t.Context(), b, rowsOf(1, 1, float32(i)))
+	if _, err := b.Predict(t.Context(), rowsOf(1, 1, 0)); err != nil {
+		t.Fatal(err)
 	}
-	synctest.Wait()
-	time.Sleep(d)
-	synctest.Wait()
+	synctest.Wait() // the loop has recorded the run
 	if est := time.Duration(b.estimate.Load()); est != d {
 		t.Fatalf("estimate %v after one %v batch", est, d)
 	}
@@ -377,10 +474,11 @@ func warm(t *testing.T, b *Batcher, m *fakeModel, d time.Duration) {
 
 func TestDeadlineDispatchesEarly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := &fakeModel{}
-		b := mustNew(t, Config{MaxBatchSize: 4, Window: 10 * time.Millisecond, MaxInFlight: 1}, m.run)
+		m := &fakeModel{hold: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 4, Window: 10 * time.Millisecond, MaxInFlight: 2}, m.run)
 		warm(t, b, m, 2*time.Millisecond)
 		m.delay = time.Millisecond
+		block(t, b, m) // so the request waits for company
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(t.Context(), 6*time.Millisecond)
 		defer cancel()
@@ -390,7 +488,7 @@ func TestDeadlineDispatchesEarly(t *testing.T) {
 			t.Fatalf("request with 6ms left, 2ms batches, 10ms window: %v", err)
 		}
 		checkDoubled(t, in, out)
-		last := m.seen()[len(m.seen())-1]
+		last := m.others()[len(m.others())-1]
 		if got := last.at.Sub(start); got != 4*time.Millisecond {
 			t.Fatalf("dispatched after %v, want 4ms (deadline 6ms - estimate 2ms)", got)
 		}
@@ -491,14 +589,17 @@ func TestCancelledRequestTakesNoCapacity(t *testing.T) {
 
 func TestBatchNobodyWaitsForIsCancelled(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		m := &fakeModel{gate: make(chan struct{})}
+		m := &fakeModel{hold: make(chan struct{}), gate: make(chan struct{})}
 		b := mustNew(t, Config{MaxBatchSize: 2, Window: time.Hour, MaxInFlight: 1}, m.run)
+		block(t, b, m) // so that the next two are batched
 		ctx1, cancel1 := context.WithCancel(t.Context())
 		ctx2, cancel2 := context.WithCancel(t.Context())
 		r1 := async(ctx1, b, rowsOf(1, 1, 1))
 		r2 := async(ctx2, b, rowsOf(1, 1, 2))
 		synctest.Wait()
-		if m.running.Load() != 1 {
+		m.release()
+		synctest.Wait()
+		if m.running.Load() != 1 || len(m.others()) != 1 || m.others()[0].rows != 2 {
 			t.Fatal("the full batch is not running")
 		}
 		cancel1()
@@ -581,11 +682,15 @@ func TestModelErrorFailsExactlyItsBatch(t *testing.T) {
 			}
 			return nil
 		}}
+		m.hold = make(chan struct{})
 		b := mustNew(t, Config{MaxBatchSize: 2, Window: time.Hour, MaxInFlight: 1}, m.run)
+		block(t, b, m) // so that 1 and 2, then 3 and 4, are batched
 		r1, r2 := async(t.Context(), b, rowsOf(1, 1, -1)), async(t.Context(), b, rowsOf(1, 1, 1))
 		synctest.Wait()
 		in3, in4 := rowsOf(1, 1, 3), rowsOf(1, 1, 4)
 		r3, r4 := async(t.Context(), b, in3), async(t.Context(), b, in4)
+		synctest.Wait()
+		m.release()
 		for _, ch := range []<-chan reply{r1, r2} {
 			if r := <-ch; !errors.Is(r.err, errModel) {
 				t.Errorf("request in the failing batch: err = %v, want the model's error", r.err)
@@ -598,7 +703,7 @@ func TestModelErrorFailsExactlyItsBatch(t *testing.T) {
 			}
 			checkDoubled(t, [][]tensor.Tensor{in3, in4}[i], r.out)
 		}
-		if st := b.Stats(); st.Failed != 1 || st.Batches != 2 {
+		if st := b.Stats(); st.Failed != 1 || st.Batches != 3 {
 			t.Errorf("stats %+v", st)
 		}
 	})
@@ -917,6 +1022,7 @@ func TestBatchTimeHistogram(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		synctest.Wait() // the loop has recorded the last run
 		h := b.Stats().BatchTimeHist
 		if h.Count != 5 || h.Sum != 11031*time.Millisecond {
 			t.Errorf("count %d, sum %v; want 5 batches, 11.031s", h.Count, h.Sum)
@@ -936,5 +1042,178 @@ func TestBatchTimeHistogram(t *testing.T) {
 				t.Errorf("counts are not cumulative: %v", h.Counts)
 			}
 		}
+	})
+}
+
+func TestDefaultInFlight(t *testing.T) {
+	for _, c := range []struct{ procs, threads, want int }{
+		{1, 1, 1}, {2, 1, 2}, {2, 2, 1}, {2, 4, 1}, {8, 1, 8}, {8, 2, 4}, {8, 3, 2},
+	} {
+		if got := defaultInFlight(c.procs, c.threads); got != c.want {
+			t.Errorf("defaultInFlight(%d cores, %d threads) = %d, want %d", c.procs, c.threads, got, c.want)
+		}
+	}
+	b := mustNew(t, Config{RunThreads: 1 << 20}, (&fakeModel{}).run)
+	if got := b.Config().MaxInFlight; got != 1 {
+		t.Errorf("MaxInFlight %d with more threads per run than cores, want 1", got)
+	}
+}
+
+// TestLoneRequestRunsAtOnce: a request that finds the model idle runs at
+// once, whatever the window.
+func TestLoneRequestRunsAtOnce(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{}
+		b := mustNew(t, Config{MaxBatchSize: 8, Window: time.Hour, MaxInFlight: 2}, m.run)
+		start := time.Now()
+		for i := range 3 {
+			in := rowsOf(1+i, 2, float32(10*i))
+			out, err := b.Predict(t.Context(), in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			checkDoubled(t, in, out)
+			synctest.Wait() // the loop has seen the run return: idle again
+		}
+		if d := time.Since(start); d != 0 {
+			t.Errorf("three lone requests took %v, want no wait", d)
+		}
+		st := b.Stats()
+		if st.Batches != 3 || st.QueueWait.Max != 0 {
+			t.Errorf("stats %+v, want 3 batches and no queue wait", st)
+		}
+		checkHist(t, "QueueWaitHist", st.QueueWaitHist, 0, map[time.Duration]uint64{5 * time.Microsecond: 3, 10 * time.Second: 3})
+	})
+}
+
+// TestLoneRequestRunsAtOnceRealTime is TestLoneRequestRunsAtOnce on the
+// real clock: with a 10s window a lone request returns without waiting it
+// (a window-bound batcher would make the test wait 10s per request, and
+// QueueWait would say so).
+func TestLoneRequestRunsAtOnceRealTime(t *testing.T) {
+	m := &fakeModel{}
+	b := mustNew(t, Config{Window: 10 * time.Second}, m.run)
+	for i := range 3 {
+		in := rowsOf(1, 4, float32(i))
+		out, err := b.Predict(t.Context(), in)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDoubled(t, in, out)
+	}
+	if st := b.Stats(); st.QueueWait.Max >= b.Config().Window || st.Batches != 3 {
+		t.Errorf("stats %+v: a lone request waited for the window", st)
+	}
+}
+
+// TestArrivalsDuringARunAreBatched: requests that arrive while the model
+// runs wait, and the executor that frees up takes all of them, first come
+// first served, up to MaxBatchSize, without waiting for the window.
+func TestArrivalsDuringARunAreBatched(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{hold: make(chan struct{})}
+		b := mustNew(t, Config{MaxBatchSize: 8, Window: time.Hour, MaxInFlight: 1}, m.run)
+		blocker := block(t, b, m)
+		start := time.Now()
+		var replies []<-chan reply
+		var ins [][]tensor.Tensor
+		for i := range 10 {
+			in := rowsOf(1, 1, float32(i))
+			ins = append(ins, in)
+			replies = append(replies, async(t.Context(), b, in))
+			synctest.Wait() // queued in this order
+		}
+		if n := len(m.others()); n != 0 {
+			t.Fatalf("%d batches ran beside the running one with MaxInFlight 1", n)
+		}
+		if st := b.Stats(); st.QueueDepth != 10 {
+			t.Fatalf("queue depth %d, want 10", st.QueueDepth)
+		}
+		m.release()
+		if r := <-blocker; r.err != nil {
+			t.Fatal(r.err)
+		}
+		for i, ch := range replies {
+			r := <-ch
+			if r.err != nil {
+				t.Fatal(r.err)
+			}
+			checkDoubled(t, ins[i], r.out)
+		}
+		seen := m.others()
+		if len(seen) != 2 || seen[0].rows != 8 || seen[1].rows != 2 {
+			t.Fatalf("batches %v, want [8 2] after the blocker", m.sizes())
+		}
+		if !slices.Equal(seen[0].vals, []float32{0, 1, 2, 3, 4, 5, 6, 7}) {
+			t.Errorf("first batch holds %v, want the first 8 arrivals in order", seen[0].vals)
+		}
+		for _, bt := range seen {
+			if !bt.at.Equal(start) {
+				t.Errorf("a batch left %v after the arrivals, want at once (the window is 1h)", bt.at.Sub(start))
+			}
+		}
+	})
+}
+
+// TestConcurrencyLimit: with plenty of full batches queued, exactly
+// MaxInFlight model calls run at once.
+func TestConcurrencyLimit(t *testing.T) {
+	for _, limit := range []int{1, 3} {
+		t.Run(strconv.Itoa(limit), func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) {
+				m := &fakeModel{delay: time.Millisecond}
+				b := mustNew(t, Config{MaxBatchSize: 2, Window: time.Hour, MaxInFlight: limit}, m.run)
+				var replies []<-chan reply
+				for i := range 40 {
+					replies = append(replies, async(t.Context(), b, rowsOf(1, 1, float32(i))))
+				}
+				synctest.Wait()
+				if st := b.Stats(); st.InFlight != limit {
+					t.Errorf("Stats().InFlight %d, want %d", st.InFlight, limit)
+				}
+				for _, ch := range replies {
+					if r := <-ch; r.err != nil {
+						t.Fatal(r.err)
+					}
+				}
+				if got := int(m.maxRun.Load()); got != limit {
+					t.Errorf("at most %d model calls ran at once, want %d (MaxInFlight)", got, limit)
+				}
+			})
+		})
+	}
+}
+
+// TestQueueWaitAndComputeHistograms: every request chunk that ran counts
+// once in each histogram: its wait in the queue, and its batch's run.
+func TestQueueWaitAndComputeHistograms(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		m := &fakeModel{hold: make(chan struct{}), delay: 3 * time.Millisecond}
+		b := mustNew(t, Config{MaxBatchSize: 8, Window: time.Hour, MaxInFlight: 1}, m.run)
+		blocker := block(t, b, m)
+		var replies []<-chan reply
+		for i := range 3 {
+			replies = append(replies, async(t.Context(), b, rowsOf(1, 1, float32(i))))
+		}
+		synctest.Wait()
+		m.release() // the blocker takes 3ms more, then the three run together for 3ms
+		for _, ch := range append(replies, blocker) {
+			if r := <-ch; r.err != nil {
+				t.Fatal(r.err)
+			}
+		}
+		synctest.Wait()
+		st := b.Stats()
+		if st.Batches != 2 || st.QueueWaitHist.Count != 4 || st.ComputeTimeHist.Count != 4 || st.BatchTimeHist.Count != 2 {
+			t.Fatalf("%d batches; counts: wait %d, compute %d, batch time %d; want 2 batches, 4, 4, 2",
+				st.Batches, st.QueueWaitHist.Count, st.ComputeTimeHist.Count, st.BatchTimeHist.Count)
+		}
+		// Waits: the blocker 0, the others 3ms (the blocker's run).
+		checkHist(t, "QueueWaitHist", st.QueueWaitHist, 9*time.Millisecond, map[time.Duration]uint64{
+			5 * time.Microsecond: 1, 2500 * time.Microsecond: 1, 5 * time.Millisecond: 4, 10 * time.Second: 4,
+		})
+		checkHist(t, "ComputeTimeHist", st.ComputeTimeHist, 12*time.Millisecond, map[time.Duration]uint64{
+			2500 * time.Microsecond: 0, 5 * time.Millisecond: 4, 10 * time.Second: 4,
+		})
 	})
 }

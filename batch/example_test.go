@@ -34,7 +34,9 @@ func Example() {
 		panic(err)
 	}
 
-	// 32 concurrent callers, one row each: they fill one batch.
+	// 32 concurrent callers, one row each: the first finds the model idle
+	// and runs at once; the others arrive while it runs and share the
+	// next batches.
 	var wg sync.WaitGroup
 	scores := make([]float32, 32)
 	for i := range 32 {
@@ -56,8 +58,8 @@ func Example() {
 	st := b.Stats()
 	fmt.Printf("requests %d, rows %d, batches of at most %d rows\n", st.Requests, st.Rows, len(st.BatchSizes)-1)
 	// st.AvgBatchSize and st.BatchTime.Avg are the seed's avg_batch_size
-	// and avg_batch_time_ms; here 32 rows in one batch, unless a caller was
-	// descheduled for longer than the window.
+	// and avg_batch_time_ms; how the 32 rows split into batches depends on
+	// how the callers were scheduled.
 
 	// Output:
 	// request 0: 0.65, request 3: 2.15

@@ -115,27 +115,45 @@ var execBounds = [...]time.Duration{
 	time.Second, 2500 * time.Millisecond, 5 * time.Second, 10 * time.Second,
 }
 
-// bounded counts durations per execBounds bucket (not cumulative); the
-// last count holds those above the last bound. Like hist, it has a fixed
-// size and never allocates.
+// latencyBounds are the upper bounds of Stats.QueueWaitHist and
+// Stats.ComputeHist: from 5 µs (a request that found the model idle, a
+// small model's run) to ten seconds.
+var latencyBounds = [...]time.Duration{
+	5 * time.Microsecond, 10 * time.Microsecond, 25 * time.Microsecond,
+	50 * time.Microsecond, 100 * time.Microsecond, 250 * time.Microsecond,
+	500 * time.Microsecond, time.Millisecond, 2500 * time.Microsecond,
+	5 * time.Millisecond, 10 * time.Millisecond, 25 * time.Millisecond,
+	50 * time.Millisecond, 100 * time.Millisecond, 250 * time.Millisecond,
+	500 * time.Millisecond, time.Second, 2500 * time.Millisecond,
+	5 * time.Second, 10 * time.Second,
+}
+
+// bounded counts durations per bucket of fixed, sorted bounds (not
+// cumulative); the last count holds those above the last bound. Its counts
+// are allocated once, by newBounded; record never allocates.
 type bounded struct {
-	counts [len(execBounds) + 1]uint64
+	bounds []time.Duration // shared and never modified
+	counts []uint64        // len(bounds)+1
 	n      uint64
 	sum    time.Duration
 }
 
+func newBounded(bounds []time.Duration) bounded {
+	return bounded{bounds: bounds, counts: make([]uint64, len(bounds)+1)}
+}
+
 func (b *bounded) record(d time.Duration) {
 	d = max(d, 0)
-	i, _ := slices.BinarySearch(execBounds[:], d) // the first bound >= d
+	i, _ := slices.BinarySearch(b.bounds, d) // the first bound >= d
 	b.counts[i]++
 	b.n++
 	b.sum += d
 }
 
 func (b *bounded) histogram() Histogram {
-	h := Histogram{Bounds: slices.Clone(execBounds[:]), Counts: make([]uint64, len(execBounds)), Count: b.n, Sum: b.sum}
+	h := Histogram{Bounds: slices.Clone(b.bounds), Counts: make([]uint64, len(b.bounds)), Count: b.n, Sum: b.sum}
 	var cum uint64
-	for i := range execBounds {
+	for i := range b.bounds {
 		cum += b.counts[i]
 		h.Counts[i] = cum
 	}

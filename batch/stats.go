@@ -26,6 +26,16 @@ type Stats struct {
 	// QueueWait is the time from a request's arrival until its batch
 	// formed (per request chunk).
 	QueueWait Latency
+	// QueueWaitHist is QueueWait as a cumulative histogram with fixed
+	// bounds, 5µs to 10s: one count per request chunk that ran.
+	QueueWaitHist Histogram
+	// ComputeTimeHist is the execution time of the model call each request
+	// chunk ran in, as a cumulative histogram with the bounds of
+	// QueueWaitHist: one count per request chunk, so a batch of n
+	// requests counts n times. Beside QueueWaitHist it splits a request's
+	// time in the batcher into waiting and computing; BatchTimeHist counts
+	// each model call once.
+	ComputeTimeHist Histogram
 	// QueueDepth is the number of rows queued now; InFlight the number of
 	// batches running now.
 	QueueDepth, InFlight int
@@ -55,6 +65,8 @@ type stats struct {
 	batchSizes           []int64
 	batchTime, queueWait hist
 	batchExec            bounded // batchTime's durations, in fixed buckets
+	queueWaitHist        bounded // queueWait's durations, in fixed buckets
+	computeHist          bounded // each request chunk's batch execution time
 	expired, cancelled   int64
 	failed, panics       int64
 	abandoned            int64
@@ -66,22 +78,24 @@ func (b *Batcher) Stats() Stats {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	s := Stats{
-		Requests:      b.st.requests,
-		Rows:          b.st.rows,
-		Batches:       b.st.batches,
-		BatchedRows:   b.st.batchedRows,
-		BatchSizes:    append([]int64(nil), b.st.batchSizes...),
-		BatchTime:     b.st.batchTime.latency(),
-		BatchTimeHist: b.st.batchExec.histogram(),
-		QueueWait:     b.st.queueWait.latency(),
-		QueueDepth:    int(b.queuedRows.Load()),
-		InFlight:      int(b.inFlight.Load()),
-		Expired:       b.st.expired,
-		Cancelled:     b.st.cancelled,
-		Rejected:      b.rejected.Load(),
-		Failed:        b.st.failed,
-		Panics:        b.st.panics,
-		Abandoned:     b.st.abandoned,
+		Requests:        b.st.requests,
+		Rows:            b.st.rows,
+		Batches:         b.st.batches,
+		BatchedRows:     b.st.batchedRows,
+		BatchSizes:      append([]int64(nil), b.st.batchSizes...),
+		BatchTime:       b.st.batchTime.latency(),
+		BatchTimeHist:   b.st.batchExec.histogram(),
+		QueueWait:       b.st.queueWait.latency(),
+		QueueWaitHist:   b.st.queueWaitHist.histogram(),
+		ComputeTimeHist: b.st.computeHist.histogram(),
+		QueueDepth:      int(b.queuedRows.Load()),
+		InFlight:        int(b.inFlight.Load()),
+		Expired:         b.st.expired,
+		Cancelled:       b.st.cancelled,
+		Rejected:        b.rejected.Load(),
+		Failed:          b.st.failed,
+		Panics:          b.st.panics,
+		Abandoned:       b.st.abandoned,
 	}
 	if s.Batches > 0 {
 		s.AvgBatchSize = float64(s.BatchedRows) / float64(s.Batches)

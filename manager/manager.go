@@ -34,7 +34,8 @@ type Config struct {
 	Session infer.Options
 	// Batch configures every version's batcher (zero: batch defaults, a
 	// MaxBatchSize of 32). Its Logger is replaced by Logger with the
-	// version's model and version.
+	// version's model and version; a zero RunThreads becomes
+	// Session.IntraOpThreads.
 	Batch batch.Config
 	// MaxRows caps the rows of one request a version's Predictor encodes.
 	// If zero, 1024.

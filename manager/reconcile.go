@@ -210,6 +210,10 @@ func (m *Manager) load(ctx context.Context, v registry.Version) (*Version, error
 	}
 	bcfg := m.cfg.Batch
 	bcfg.Logger = m.log.With("model", v.Name, "version", v.Version)
+	if bcfg.RunThreads == 0 {
+		// One model call keeps the session's intra-op threads busy.
+		bcfg.RunThreads = opts.IntraOpThreads
+	}
 	b, err := batch.New(bcfg, func(ctx context.Context, in []tensor.Tensor) ([]tensor.Tensor, error) {
 		return sess.Run(ctx, in)
 	})

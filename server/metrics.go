@@ -63,6 +63,8 @@ var (
 	descRejected   = prometheus.NewDesc("signalforge_queue_rejected_total", "Requests refused because the batch queue was full.", []string{"model", "version"}, nil)
 	descDropped    = prometheus.NewDesc("signalforge_queue_dropped_total", "Requests dropped from the queue (expired or cancelled).", []string{"model", "version", "reason"}, nil)
 	descBatchExec  = prometheus.NewDesc("signalforge_batch_exec_seconds", "Histogram of batch execution time (one model call).", []string{"model", "version"}, nil)
+	descQueueWait  = prometheus.NewDesc("signalforge_queue_wait_seconds", "Histogram of the time requests waited in a version's batch queue, from arrival until their batch left (one count per request; a request split into chunks counts per chunk).", []string{"model", "version"}, nil)
+	descCompute    = prometheus.NewDesc("signalforge_compute_seconds", "Histogram of the execution time of the model call each request ran in (one count per request, as signalforge_queue_wait_seconds).", []string{"model", "version"}, nil)
 
 	descCacheHits   = prometheus.NewDesc("signalforge_cache_hits_total", "Prediction cache hits.", nil, nil)
 	descCacheMisses = prometheus.NewDesc("signalforge_cache_misses_total", "Prediction cache misses.", nil, nil)
@@ -87,7 +89,7 @@ var (
 type statsCollector struct{ s *Server }
 
 func (c *statsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descBatches, descBatchRows, descBatchSize, descQueueDepth, descQueueCap, descInFlight, descRejected, descDropped, descBatchExec,
+	for _, d := range []*prometheus.Desc{descBatches, descBatchRows, descBatchSize, descQueueDepth, descQueueCap, descInFlight, descRejected, descDropped, descBatchExec, descQueueWait, descCompute,
 		descCacheHits, descCacheMisses, descCacheErrors, descCacheWrites, descCacheOpen,
 		descVerRequests, descVerErrors, descVerNonFinite, descTraffic, descReady, descVerFailed, descRegistryUp, descRegistrySeq,
 		descCanaryState, descCanaryLastAction, descCanaryInterval} {
@@ -109,7 +111,9 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descRejected, prometheus.CounterValue, float64(st.Rejected), model, ver)
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Expired), model, ver, "expired")
 			ch <- prometheus.MustNewConstMetric(descDropped, prometheus.CounterValue, float64(st.Cancelled), model, ver, "cancelled")
-			ch <- batchExecHistogram(st.BatchTimeHist, model, ver)
+			ch <- durationHistogram(descBatchExec, st.BatchTimeHist, model, ver)
+			ch <- durationHistogram(descQueueWait, st.QueueWaitHist, model, ver)
+			ch <- durationHistogram(descCompute, st.ComputeTimeHist, model, ver)
 			ch <- batchSizeHistogram(st.BatchSizes, model, ver)
 		}
 	}
@@ -161,14 +165,14 @@ func (c *statsCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(descRegistrySeq, prometheus.GaugeValue, float64(rs.Seq))
 }
 
-// batchExecHistogram exports a batcher's execution time histogram as it
+// durationHistogram exports one of a batcher's duration histograms as it
 // is: its bounds are fixed, so every replica's buckets add up.
-func batchExecHistogram(h batch.Histogram, model, version string) prometheus.Metric {
+func durationHistogram(desc *prometheus.Desc, h batch.Histogram, model, version string) prometheus.Metric {
 	buckets := make(map[float64]uint64, len(h.Bounds))
 	for i, le := range h.Bounds {
 		buckets[le.Seconds()] = h.Counts[i]
 	}
-	return prometheus.MustNewConstHistogram(descBatchExec, h.Count, h.Sum.Seconds(), buckets, model, version)
+	return prometheus.MustNewConstHistogram(desc, h.Count, h.Sum.Seconds(), buckets, model, version)
 }
 
 // batchSizeHistogram exports BatchSizes (batches per row count) with

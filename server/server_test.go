@@ -618,6 +618,8 @@ func TestMetricsEndpoint(t *testing.T) {
 		"signalforge_requests_total{", "signalforge_cache_hits_total 2", "signalforge_batch_size_bucket", "signalforge_queue_depth_rows",
 		`signalforge_version_requests_total{model="forecast_mlp",version="v`, `signalforge_version_nonfinite_total{model="forecast_mlp",version="v`,
 		`signalforge_batch_exec_seconds_bucket{model="forecast_mlp",version="v`, `le="0.0001"`, `le="10"`,
+		`signalforge_queue_wait_seconds_bucket{model="forecast_mlp",version="v`, `le="5e-06"`,
+		`signalforge_compute_seconds_bucket{model="forecast_mlp",version="v`,
 		`signalforge_canary_interval_seconds{model="forecast_mlp"} 3600`, `signalforge_canary_last_action_timestamp_seconds{model="forecast_mlp"} `,
 		`signalforge_build_info{build_date="`, `go_version="` + runtime.Version() + `"`,
 		"signalforge_ready 1", "go_goroutines", "process_resident_memory_bytes",

@@ -40,11 +40,11 @@ func load(tb testing.TB, sizes ...int) (infer.Session, *onnxtest.MLP) {
 	return sess, m
 }
 
-// TestBatchedMatchesReference sends requests of 1 to 10 rows and one of
-// 9 rows (64 in all, exactly MaxBatchSize, so the size trigger sends them
-// as one batch whatever the scheduling) and one of 128 rows (split into two
-// chunks) through a Batcher over the real engine, and checks each request
-// gets exactly its own rows' predictions (against the Go reference pass).
+// TestBatchedMatchesReference sends concurrent requests of 1 to 10 rows and
+// one of 9 rows (64 in all, batched as they arrive) and one of 128 rows
+// (split into two chunks of 64) through a Batcher over the real engine,
+// and checks each request gets exactly its own rows' predictions (against
+// the Go reference pass).
 func TestBatchedMatchesReference(t *testing.T) {
 	sess, m := load(t, 100, 50, 10)
 	b, err := batch.New(batch.Config{MaxBatchSize: 64, Window: time.Hour}, sess.Run)
@@ -82,12 +82,13 @@ func TestBatchedMatchesReference(t *testing.T) {
 		wg.Wait()
 	}
 	check(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 9)
-	if st := b.Stats(); st.Batches != 1 || st.BatchedRows != 64 {
-		t.Fatalf("11 requests of 64 rows in all: %d batches of %d rows, want 1 of 64", st.Batches, st.BatchedRows)
+	st := b.Stats()
+	if st.BatchedRows != 64 || st.Batches < 1 || st.Batches > 11 {
+		t.Fatalf("11 requests of 64 rows in all: %d batches of %d rows in all", st.Batches, st.BatchedRows)
 	}
 	check(128)
-	if st := b.Stats(); st.Batches != 3 || st.BatchSizes[64] != 3 {
-		t.Fatalf("a 128-row request: batch sizes %v, want 3 batches of 64 in all", st.BatchSizes)
+	if st2 := b.Stats(); st2.Batches != st.Batches+2 || st2.BatchSizes[64] != st.BatchSizes[64]+2 {
+		t.Fatalf("a 128-row request: batch sizes %v, then %v; want two more batches of 64", st.BatchSizes, st2.BatchSizes)
 	}
 }
 
@@ -248,8 +249,6 @@ func median(v []float64) float64 {
 //	go test ./batch/batchbench -run '^$' -bench Interleaved -benchtime 1x
 func BenchmarkBatcherInterleaved(b *testing.B) {
 	const rounds, slice = 5, 300 * time.Millisecond
-	// 1ns is "eager": dispatch whenever an execution slot is free.
-	windows := []time.Duration{time.Nanosecond, 250 * time.Microsecond, 500 * time.Microsecond, time.Millisecond, 2 * time.Millisecond}
 	for _, sizes := range [][]int{{100, 50, 10}, {512, 1024, 1024, 1}} {
 		sess, m := load(b, sizes...)
 		x := m.RandomInput(1, 3)
@@ -266,12 +265,17 @@ func BenchmarkBatcherInterleaved(b *testing.B) {
 					batch99  time.Duration // batch execution p99, mean over rounds
 					wait99   time.Duration // queue wait p99, mean over rounds
 				}
-				modes := []*mode{{name: "unbatched"}}
-				for _, w := range windows {
-					modes = append(modes, &mode{name: "w=" + w.String(), window: w, inFlight: 2})
+				// With one run at a time the window plays no part (a
+				// request waits only while the model runs); with two it
+				// bounds how long a request waits for company before
+				// taking the second slot.
+				modes := []*mode{
+					{name: "unbatched"},
+					{name: "inflight=1", window: batch.DefaultWindow, inFlight: 1},
+					{name: "inflight=2/w=100µs", window: 100 * time.Microsecond, inFlight: 2},
+					{name: "inflight=2/w=500µs", window: 500 * time.Microsecond, inFlight: 2},
+					{name: "inflight=2/w=2ms", window: 2 * time.Millisecond, inFlight: 2},
 				}
-				// One batch at a time leaves a core to the Go side.
-				modes = append(modes, &mode{name: "w=500µs/inflight=1", window: 500 * time.Microsecond, inFlight: 1})
 				for b.Loop() {
 					for range rounds {
 						for _, md := range modes {

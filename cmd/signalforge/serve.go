@@ -73,7 +73,7 @@ func cmdServe(ctx context.Context, e *env, args []string) error {
 	importDir := fs.String("import-dir", "", "folder the admin API may register models from by path (\"onnx_path\"); default: none")
 	logLevel := fs.String("log-level", "", "debug, info, warn or error (default info)")
 	logJSON := fs.Bool("log-json", false, "log JSON lines instead of text")
-	window := fs.Duration("batch-window", 0, "batching window: the longest the oldest queued request waits (default "+batch.DefaultWindow.String()+")")
+	window := fs.Duration("batch-window", 0, "batching window: the longest a request waits for company while another batch of its model runs; an idle model runs it at once (default "+batch.DefaultWindow.String()+")")
 	maxBatch := fs.Int("max-batch", 0, "largest batch in rows (default 32)")
 	ortLib := fs.String("ort-lib", "", "ONNX Runtime library (default $SIGNALFORGE_ORT_LIB, the project's .deps copy, then system paths)")
 	replica := fs.String("replica", "", "this replica's id in the fleet and as the autopilot's lease holder; unique per replica (default $SIGNALFORGE_REPLICA, else host name and process id)")

@@ -70,7 +70,7 @@ type fileConfig struct {
 		MaxBatchSize int          `yaml:"max_batch_size"` // default 32
 		Window       yamlDuration `yaml:"window"`         // default: the batch package's
 		MaxQueue     int          `yaml:"max_queue"`      // rows; default 32 × max_batch_size
-		MaxInFlight  int          `yaml:"max_in_flight"`  // default GOMAXPROCS
+		MaxInFlight  int          `yaml:"max_in_flight"`  // default GOMAXPROCS / session.intra_op_threads
 	} `yaml:"batch"`
 	Session struct {
 		IntraOpThreads int `yaml:"intra_op_threads"` // default 1
