@@ -195,24 +195,32 @@ func plainString(b []byte, i int) (string, int, bool) {
 // unknown or repeated keys, escapes, nulls, fractional integers — and the
 // caller then uses encoding/json, which also words the errors.
 func fastPredictRequest(b []byte) (PredictRequest, bool) {
+	r, _, ok := scanPredictRequest(b, false)
+	return r, ok
+}
+
+// scanPredictRequest is fastPredictRequest; lazy leaves the rows in the
+// body (checked, but not decoded) and returns their spans instead.
+func scanPredictRequest(b []byte, lazy bool) (PredictRequest, RawRows, bool) {
 	var r PredictRequest
+	var raw RawRows
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return r, false
+		return r, raw, false
 	}
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return r, skipWS(b, i+1) == len(b)
+		return r, raw, skipWS(b, i+1) == len(b)
 	}
 	seen := 0
 	for {
 		key, n, ok := plainString(b, i)
 		if !ok {
-			return r, false
+			return r, raw, false
 		}
 		i = skipWS(b, n)
 		if i >= len(b) || b[i] != ':' {
-			return r, false
+			return r, raw, false
 		}
 		i = skipWS(b, i+1)
 		var bit int
@@ -220,7 +228,7 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 		case "request_id", "ticker", "version":
 			s, n, ok := plainString(b, i)
 			if !ok {
-				return r, false
+				return r, raw, false
 			}
 			switch key {
 			case "request_id":
@@ -234,7 +242,7 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 		case "horizon", "timeout_ms":
 			f, n, ok := number(b, i)
 			if !ok || f > 1<<31 || f < -(1<<31) || bytes.ContainsAny(b[i:n], ".eE") {
-				return r, false // integers only, as encoding/json wants for int
+				return r, raw, false // integers only, as encoding/json wants for int
 			}
 			if key == "horizon" {
 				r.Horizon, bit = int(f), 8
@@ -249,27 +257,49 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 			case len(b)-i >= 5 && string(b[i:i+5]) == "false":
 				r.NoCache, i = false, i+5
 			default:
-				return r, false
+				return r, raw, false
 			}
 			bit = 32
 		case "features":
+			if lazy {
+				n, ok := skipFeatures(b, i)
+				if !ok {
+					return r, raw, false
+				}
+				raw.one, i, bit = b[i:n], n, 64
+				break
+			}
 			f, n, ok := featuresAt(b, i)
 			if !ok {
-				return r, false
+				return r, raw, false
 			}
 			r.Features, i, bit = f, n, 64
 		case "instances":
+			if lazy {
+				rows, n, ok := arrayAt(b, i, func(b []byte, i int) ([]byte, int, bool) {
+					n, ok := skipFeatures(b, i)
+					if !ok {
+						return nil, 0, false
+					}
+					return b[i:n:n], n, true
+				})
+				if !ok {
+					return r, raw, false
+				}
+				raw.many, raw.isMany, i, bit = rows, true, n, 128
+				break
+			}
 			rows, n, ok := arrayAt(b, i, func(b []byte, i int) (Features, int, bool) { return featuresAt(b, i) })
 			if !ok {
-				return r, false
+				return r, raw, false
 			}
 			r.Instances, i = rows, n
 			bit = 128
 		default:
-			return r, false
+			return r, raw, false
 		}
 		if seen&bit != 0 {
-			return r, false
+			return r, raw, false
 		}
 		seen |= bit
 		i = skipWS(b, i)
@@ -278,9 +308,9 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 			continue
 		}
 		if i < len(b) && b[i] == '}' {
-			return r, skipWS(b, i+1) == len(b)
+			return r, raw, skipWS(b, i+1) == len(b)
 		}
-		return r, false
+		return r, raw, false
 	}
 }
 

@@ -6,10 +6,13 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"math"
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/signalforge/signalforge/feature"
 )
 
 // KeyInput is what a prediction depends on. Two inputs that a model cannot
@@ -46,6 +49,11 @@ type KeyInput struct {
 	// A list that is unsorted, repeats, misses or adds a name is refused
 	// with ErrInvalidKey. The key is the same with or without it.
 	SortedNames []string
+	// Row, if its Schema is set, holds the point features instead of
+	// Features and Sequences (which must then be empty): the row the
+	// request decoder wrote in the model's input order. The key is the
+	// same as for the same features in Features.
+	Row feature.Row
 }
 
 // DefaultType is the prediction type of a KeyInput whose Type is empty.
@@ -130,12 +138,18 @@ func MakeKey(in KeyInput) (Key, error) {
 	if typ == "" {
 		typ = DefaultType
 	}
+	h := sha256.New()
+	if in.Row.Schema != nil {
+		if err := hashRow(h, in); err != nil {
+			return Key{}, err
+		}
+		return finishKey(in, typ, h), nil
+	}
 	names, err := sortedNames(in)
 	if err != nil {
 		return Key{}, err
 	}
 
-	h := sha256.New()
 	var buf [256]byte
 	b := buf[:0]
 	flush := func() {
@@ -180,6 +194,10 @@ func MakeKey(in KeyInput) (Key, error) {
 		}
 	}
 	flush()
+	return finishKey(in, typ, h), nil
+}
+
+func finishKey(in KeyInput, typ string, h hash.Hash) Key {
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
 	return Key{
@@ -189,7 +207,44 @@ func MakeKey(in KeyInput) (Key, error) {
 		Horizon: in.Horizon,
 		Type:    typ,
 		Hash:    hex.EncodeToString(sum[:16]),
-	}, nil
+	}
+}
+
+// hashRow writes the canonical encoding of in.Row (see MakeKey) to h:
+// the schema's names in sorted order, each a point feature.
+func hashRow(h hash.Hash, in KeyInput) error {
+	r := in.Row
+	if len(in.Features) > 0 || len(in.Sequences) > 0 || in.SortedNames != nil {
+		return fmt.Errorf("%w: Row set together with Features, Sequences or SortedNames", ErrInvalidKey)
+	}
+	if len(r.Values) != r.Schema.Len() {
+		return fmt.Errorf("%w: Row has %d values for %d features", ErrInvalidKey, len(r.Values), r.Schema.Len())
+	}
+	var buf [512]byte
+	b := buf[:0]
+	for _, j := range r.Schema.Sorted() {
+		n := r.Schema.Name(j)
+		if len(b)+len(n)+binary.MaxVarintLen64+9 > cap(b) {
+			h.Write(b)
+			b = buf[:0]
+		}
+		b = binary.AppendUvarint(b, uint64(len(n)))
+		if len(n) > cap(b)-len(b)-9 {
+			h.Write(b)
+			b = buf[:0]
+			h.Write([]byte(n))
+		} else {
+			b = append(b, n...)
+		}
+		bits, err := canonicalBits(r.Values[j])
+		if err != nil {
+			return &FeatureError{Name: n, Index: -1, Err: err}
+		}
+		b = append(b, 'p')
+		b = binary.BigEndian.AppendUint64(b, bits)
+	}
+	h.Write(b)
+	return nil
 }
 
 // sortedNames returns the feature names of in in canonical order.

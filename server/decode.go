@@ -143,17 +143,10 @@ func (p *pools) putBody(b *bytes.Buffer) {
 	}
 }
 
-// decodePredict reads and decodes a native prediction request.
-func (p *pools) decodePredict(w http.ResponseWriter, r *http.Request, limit int64, budget time.Duration) (api.PredictRequest, error) {
-	if err := checkEncoding(r); err != nil {
-		return api.PredictRequest{}, err
-	}
-	buf, err := p.readBody(w, r, limit, budget)
-	if err != nil {
-		return api.PredictRequest{}, err
-	}
-	defer p.putBody(buf)
-	req, err := api.DecodePredictRequest(buf.Bytes())
+// decodeNative decodes a native prediction request in full (rows as
+// maps), turning every failure into a 400 that says what is wrong.
+func decodeNative(b []byte, limit int64) (api.PredictRequest, error) {
+	req, err := api.DecodePredictRequest(b)
 	if err != nil {
 		var dup *api.DuplicateKeyError
 		if strings.HasPrefix(err.Error(), "malformed JSON") || errors.As(err, &dup) {
