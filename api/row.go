@@ -135,12 +135,8 @@ func DecodeRow(b []byte, s *feature.Schema, dst []float64) bool {
 			return false
 		}
 		i = skipWS(b, i+1)
-		e, ok := ScanNumber(b, i)
+		v, e, ok := scanFloat(b, i)
 		if !ok {
-			return false
-		}
-		v, err := strconv.ParseFloat(string(b[i:e]), 64)
-		if err != nil {
 			return false
 		}
 		dst[j] = v
@@ -224,4 +220,85 @@ func skipFeatures(b []byte, i int) (int, bool) {
 		}
 		return 0, false
 	}
+}
+
+// pow10 holds the powers of ten a float64 represents exactly.
+var pow10 = [...]float64{1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11,
+	1e12, 1e13, 1e14, 1e15, 1e16, 1e17, 1e18, 1e19, 1e20, 1e21, 1e22}
+
+// scanFloat scans and parses the JSON number at b[i] in one pass (the
+// grammar of ScanNumber), returning its value and the index after it; ok
+// is false if it is not a number or out of float64 range. Numbers of at
+// most 15 digits and a power of ten within ±22 — what clients send — are
+// one exact float64 multiplication or division, correctly rounded like
+// strconv.ParseFloat; the rest go to strconv.ParseFloat.
+func scanFloat(b []byte, i int) (float64, int, bool) {
+	j := i
+	neg := j < len(b) && b[j] == '-'
+	if neg {
+		j++
+	}
+	start := j
+	var mant uint64
+	digits, exp := 0, 0
+	for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+		mant = mant*10 + uint64(b[j]-'0')
+		digits++
+		j++
+	}
+	if j == start || (b[start] == '0' && j-start > 1) {
+		return 0, 0, false
+	}
+	if j < len(b) && b[j] == '.' {
+		j++
+		d := j
+		for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+			mant = mant*10 + uint64(b[j]-'0')
+			digits++
+			exp--
+			j++
+		}
+		if j == d {
+			return 0, 0, false
+		}
+	}
+	if j < len(b) && (b[j] == 'e' || b[j] == 'E') {
+		j++
+		eneg := false
+		if j < len(b) && (b[j] == '+' || b[j] == '-') {
+			eneg = b[j] == '-'
+			j++
+		}
+		d, e := j, 0
+		for j < len(b) && b[j] >= '0' && b[j] <= '9' {
+			if e < 1<<20 {
+				e = e*10 + int(b[j]-'0')
+			}
+			j++
+		}
+		if j == d {
+			return 0, 0, false
+		}
+		if eneg {
+			e = -e
+		}
+		exp += e
+	}
+	if digits <= 15 && exp >= -22 && exp <= 22 {
+		f := float64(mant) // exact: below 10^15 < 2^53
+		if exp < 0 {
+			f /= pow10[-exp]
+		} else {
+			f *= pow10[exp]
+		}
+		if neg {
+			f = -f
+		}
+		return f, j, true
+	}
+	f, err := strconv.ParseFloat(string(b[i:j]), 64)
+	if err != nil {
+		return 0, 0, false
+	}
+	return f, j, true
 }

@@ -2,6 +2,8 @@ package api
 
 import (
 	"fmt"
+	"math"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -199,4 +201,46 @@ func BenchmarkDecodeRequest(b *testing.B) {
 			}
 		})
 	}
+}
+
+func TestScanFloat(t *testing.T) {
+	for _, in := range []string{"0", "-0", "1", "-1", "65.0", "0.1", "0.3", "123456789012345", "1234567890123456",
+		"9007199254740993", "1e22", "1e23", "1.5e-22", "1e-23", "4.9406564584124654e-324", "1.7976931348623157e308",
+		"0.000001", "-12.5E+3", "123456.789012345", "1e-400", "99999999999999999999999"} {
+		want, err := strconv.ParseFloat(in, 64)
+		got, n, ok := scanFloat([]byte(in), 0)
+		if err != nil || !ok || n != len(in) || math.Float64bits(got) != math.Float64bits(want) {
+			t.Errorf("scanFloat(%s) = %v, %d, %v; ParseFloat %v, %v", in, got, n, ok, want, err)
+		}
+	}
+	for _, in := range []string{"", "-", "01", "1.", ".5", "1e", "1e+", "+1", "1e400", "-1e400"} {
+		if _, _, ok := scanFloat([]byte(in), 0); ok {
+			t.Errorf("scanFloat(%q) accepted", in)
+		}
+	}
+}
+
+func FuzzScanFloat(f *testing.F) {
+	f.Add([]byte("65.25"))
+	f.Add([]byte("-1.5e-7"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		got, n, ok := scanFloat(b, 0)
+		end, valid := ScanNumber(b, 0)
+		if !valid {
+			if ok {
+				t.Fatalf("%q: scanFloat accepted what ScanNumber refuses", b)
+			}
+			return
+		}
+		want, err := strconv.ParseFloat(string(b[:end]), 64)
+		if err != nil {
+			if ok {
+				t.Fatalf("%q: scanFloat accepted, ParseFloat: %v", b, err)
+			}
+			return
+		}
+		if !ok || n != end || math.Float64bits(got) != math.Float64bits(want) {
+			t.Fatalf("%q: scanFloat = %v, %d, %v; ParseFloat %v (end %d)", b, got, n, ok, want, end)
+		}
+	})
 }

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"math"
 	"slices"
 	"strconv"
@@ -138,18 +137,15 @@ func MakeKey(in KeyInput) (Key, error) {
 	if typ == "" {
 		typ = DefaultType
 	}
-	h := sha256.New()
 	if in.Row.Schema != nil {
-		if err := hashRow(h, in); err != nil {
-			return Key{}, err
-		}
-		return finishKey(in, typ, h), nil
+		return rowKey(in, typ)
 	}
 	names, err := sortedNames(in)
 	if err != nil {
 		return Key{}, err
 	}
 
+	h := sha256.New()
 	var buf [256]byte
 	b := buf[:0]
 	flush := func() {
@@ -194,10 +190,6 @@ func MakeKey(in KeyInput) (Key, error) {
 		}
 	}
 	flush()
-	return finishKey(in, typ, h), nil
-}
-
-func finishKey(in KeyInput, typ string, h hash.Hash) Key {
 	var sum [sha256.Size]byte
 	h.Sum(sum[:0])
 	return Key{
@@ -207,44 +199,55 @@ func finishKey(in KeyInput, typ string, h hash.Hash) Key {
 		Horizon: in.Horizon,
 		Type:    typ,
 		Hash:    hex.EncodeToString(sum[:16]),
-	}
+	}, nil
 }
 
-// hashRow writes the canonical encoding of in.Row (see MakeKey) to h:
-// the schema's names in sorted order, each a point feature.
-func hashRow(h hash.Hash, in KeyInput) error {
+// rowKey is MakeKey for in.Row: the canonical encoding of the schema's
+// names in sorted order, each a point feature. The encoding is built in a
+// stack buffer and hashed with sha256.Sum256 (no hash.Hash, which would
+// move the buffer to the heap): nothing is allocated but the key.
+func rowKey(in KeyInput, typ string) (Key, error) {
 	r := in.Row
 	if len(in.Features) > 0 || len(in.Sequences) > 0 || in.SortedNames != nil {
-		return fmt.Errorf("%w: Row set together with Features, Sequences or SortedNames", ErrInvalidKey)
+		return Key{}, fmt.Errorf("%w: Row set together with Features, Sequences or SortedNames", ErrInvalidKey)
 	}
 	if len(r.Values) != r.Schema.Len() {
-		return fmt.Errorf("%w: Row has %d values for %d features", ErrInvalidKey, len(r.Values), r.Schema.Len())
+		return Key{}, fmt.Errorf("%w: Row has %d values for %d features", ErrInvalidKey, len(r.Values), r.Schema.Len())
 	}
-	var buf [512]byte
+	var buf [4096]byte // 100 features of 10-byte names take 2,000
 	b := buf[:0]
+	if need := encodedLen(r.Schema); need > len(buf) {
+		b = make([]byte, 0, need)
+	}
 	for _, j := range r.Schema.Sorted() {
 		n := r.Schema.Name(j)
-		if len(b)+len(n)+binary.MaxVarintLen64+9 > cap(b) {
-			h.Write(b)
-			b = buf[:0]
-		}
-		b = binary.AppendUvarint(b, uint64(len(n)))
-		if len(n) > cap(b)-len(b)-9 {
-			h.Write(b)
-			b = buf[:0]
-			h.Write([]byte(n))
-		} else {
-			b = append(b, n...)
-		}
 		bits, err := canonicalBits(r.Values[j])
 		if err != nil {
-			return &FeatureError{Name: n, Index: -1, Err: err}
+			return Key{}, &FeatureError{Name: n, Index: -1, Err: err}
 		}
+		b = binary.AppendUvarint(b, uint64(len(n)))
+		b = append(b, n...)
 		b = append(b, 'p')
 		b = binary.BigEndian.AppendUint64(b, bits)
 	}
-	h.Write(b)
-	return nil
+	sum := sha256.Sum256(b)
+	return Key{
+		Model:   in.Model,
+		Version: in.Version,
+		Ticker:  in.Ticker,
+		Horizon: in.Horizon,
+		Type:    typ,
+		Hash:    hex.EncodeToString(sum[:16]),
+	}, nil
+}
+
+// encodedLen bounds the length of the canonical encoding of a row of s.
+func encodedLen(s *feature.Schema) int {
+	n := 0
+	for j := range s.Len() {
+		n += len(s.Name(j)) + binary.MaxVarintLen64 + 9
+	}
+	return n
 }
 
 // sortedNames returns the feature names of in in canonical order.
