@@ -2,9 +2,6 @@ package api
 
 import (
 	"bytes"
-	"encoding/json"
-	"errors"
-	"io"
 	"strconv"
 )
 
@@ -317,33 +314,18 @@ func scanPredictRequest(b []byte, lazy bool) (PredictRequest, RawRows, bool) {
 // DecodePredictRequest decodes a native prediction request strictly
 // (unknown fields are errors; a repeated key, top-level or a feature name,
 // is a *DuplicateKeyError). Common requests take a one-pass fast path;
-// everything else, and every error, goes through encoding/json.
+// everything else, and every error, goes through DecodeJSON, whose errors
+// it returns.
 func DecodePredictRequest(b []byte) (PredictRequest, error) {
 	if r, ok := fastPredictRequest(b); ok {
 		return r, nil
 	}
 	var r PredictRequest
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return PredictRequest{}, err
-	}
-	if dec.More() {
-		return PredictRequest{}, errTrailing
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return PredictRequest{}, errTrailing
-	}
-	// encoding/json keeps the last of two equal keys; refuse them instead
-	// (the fast path gives up on them, so they all come here).
-	if err := CheckDuplicateKeys(b); err != nil {
+	if err := DecodeJSON(b, &r, true); err != nil {
 		return PredictRequest{}, err
 	}
 	return r, nil
 }
-
-// errTrailing reports data after the request object.
-var errTrailing = errors.New("malformed JSON: unexpected data after the request object")
 
 // arrayAt parses a JSON array at b[i] whose items elem parses, and returns
 // the items (never nil) and the index after the closing bracket.

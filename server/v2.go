@@ -87,7 +87,7 @@ func (s *Server) handleV2ModelReady(w http.ResponseWriter, r *http.Request) {
 func ioMeta(ios []infer.IOInfo) []api.TensorMetadata {
 	out := make([]api.TensorMetadata, len(ios))
 	for i, io := range ios {
-		out[i] = api.TensorMetadata{Name: io.Name, Datatype: v2Name(io.DType), Shape: slices.Clone(io.Shape)}
+		out[i] = api.TensorMetadata{Name: io.Name, Datatype: api.DataTypeName(io.DType), Shape: slices.Clone(io.Shape)}
 	}
 	return out
 }
@@ -205,12 +205,12 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 		case io.BatchAxis == 0 && shape[0] > int64(s.cfg.MaxRows):
 			return resp, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("input %q: %d rows, the limit is %d", io.Name, shape[0], s.cfg.MaxRows)}
 		}
-		if dt, ok := v2DataTypes[in.Datatype]; ok && dt != io.DType {
-			return resp, badRequest("input %q: datatype %s, model %s wants %s", io.Name, in.Datatype, l.Ref(), v2Name(io.DType))
+		if dt, ok := api.DataType(in.Datatype); ok && dt != io.DType {
+			return resp, badRequest("input %q: datatype %s, model %s wants %s", io.Name, in.Datatype, l.Ref(), api.DataTypeName(io.DType))
 		}
-		t, err := decodeV2Data(io.Name, in.Datatype, in.Shape, in.Data, maxElems)
+		t, err := api.DecodeTensorData(io.Name, in.Datatype, in.Shape, in.Data, maxElems)
 		if err != nil {
-			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error()}
+			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
 		}
 		ins[i] = t
 	}
@@ -243,7 +243,7 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 			continue
 		}
 		t := outs[i]
-		resp.Outputs = append(resp.Outputs, api.InferTensor{Name: io.Name, Shape: slices.Clone(t.Shape()), Datatype: v2Name(t.DType()), Data: encodeV2Data(t)})
+		resp.Outputs = append(resp.Outputs, api.InferTensor{Name: io.Name, Shape: slices.Clone(t.Shape()), Datatype: api.DataTypeName(t.DType()), Data: api.EncodeTensorData(t)})
 	}
 	return resp, nil
 }
