@@ -291,6 +291,10 @@ func (p *Predictor) EncodeValues(rows []feature.Row) (tensor.Tensor, error) {
 	return tensor.New(tensor.Shape{int64(n), int64(f)}, data)
 }
 
+// Output returns the index of the output Decode reads among the model's
+// outputs.
+func (p *Predictor) Output() int { return p.out }
+
 // SeqLen returns the number of time steps of a sequence model, 0 for a
 // tabular model and -1 when each call's rows set it.
 func (p *Predictor) SeqLen() int { return p.seqLen }

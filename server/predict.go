@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -313,16 +312,13 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 			return cache.Value{}, err
 		}
 		t0 := time.Now()
-		out, err := l.Batcher().Predict(ctx, []tensor.Tensor{x})
+		out, err := execute(ctx, l, []tensor.Tensor{x}, p.Output())
 		if err != nil {
 			return cache.Value{}, err
 		}
 		inferUS.Store(time.Since(t0).Microseconds())
-		preds, err := l.Predictor().Decode(out)
+		preds, err := p.Decode(out)
 		if err != nil {
-			return cache.Value{}, err
-		}
-		if err := checkFinite(l, preds); err != nil {
 			return cache.Value{}, err
 		}
 		return cache.Value{Predictions: preds}, nil
@@ -356,18 +352,10 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		val, err = compute(ctx)
 	}
 	lat := time.Since(start)
-	if err != nil {
-		herr := modelError(err, l)
-		if s.versionsFault(herr, timeout) {
-			s.router.Record(model, l.Ref().Version, lat, err)
-		}
-		return resp, herr
-	}
-	// Only answers the version computed count in its stats: a cache hit
-	// says nothing about the version's speed or health, and counting hits
+	// Only answers the version computed count in its stats: counting hits
 	// would make a warm baseline look faster than a cold canary.
-	if !resp.Cached {
-		s.router.Record(model, l.Ref().Version, lat, nil)
+	if err := s.settle(model, l, err, timeout, lat, resp.Cached); err != nil {
+		return resp, err
 	}
 	if sh := s.shadowFor(model); sh != nil && !resp.Cached {
 		if dense != nil {
@@ -424,19 +412,6 @@ func nonFiniteError(l *manager.Version, v float32, where string) *HTTPError {
 		he.Err = errNaNOutput
 	}
 	return he
-}
-
-// checkFinite refuses predictions JSON cannot carry (NaN, ±Inf): they
-// come from inputs outside the model's range.
-func checkFinite(l *manager.Version, preds [][]float32) error {
-	for i, row := range preds {
-		for j, v := range row {
-			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
-				return nonFiniteError(l, v, fmt.Sprintf("for row %d, output %d", i, j))
-			}
-		}
-	}
-	return nil
 }
 
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }

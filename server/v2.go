@@ -11,7 +11,6 @@ import (
 
 	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/infer"
-	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/tensor"
 )
@@ -221,23 +220,10 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 			}
 		}
 	}
-	var outs []tensor.Tensor
-	if want[0].BatchAxis == 0 {
-		outs, err = l.Batcher().Predict(ctx, ins)
-	} else {
-		outs, err = l.Session().Run(ctx, ins)
+	outs, err := execute(ctx, l, ins, -1)
+	if err := s.settle(name, l, err, timeout, time.Since(start), false); err != nil {
+		return resp, err
 	}
-	if err == nil {
-		err = checkFiniteOutputs(l, outs)
-	}
-	if err != nil {
-		herr := modelError(err, l)
-		if s.versionsFault(herr, timeout) {
-			s.router.Record(name, l.Ref().Version, time.Since(start), err)
-		}
-		return resp, herr
-	}
-	s.router.Record(name, l.Ref().Version, time.Since(start), nil)
 	for i, io := range l.Session().Outputs() {
 		if len(wantOut) > 0 && !wantOut[io.Name] {
 			continue
@@ -324,20 +310,4 @@ func (s *Server) versionSummary(v registry.Version) versionView {
 		out.State, out.LoadError = "failed", f.Err.Error()
 	}
 	return out
-}
-
-// checkFiniteOutputs refuses float outputs JSON cannot carry.
-func checkFiniteOutputs(l *manager.Version, outs []tensor.Tensor) error {
-	for i, t := range outs {
-		for j, v := range t.Float32s() {
-			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
-				name := fmt.Sprint(i)
-				if i < len(l.Session().Outputs()) {
-					name = l.Session().Outputs()[i].Name
-				}
-				return nonFiniteError(l, v, fmt.Sprintf("in output %q, element %d", name, j))
-			}
-		}
-	}
-	return nil
 }
