@@ -209,7 +209,7 @@ func generalPredictRequest(b []byte) (PredictRequest, error) {
 		return r, err
 	}
 	if dec.More() {
-		return r, errTrailing
+		return r, ErrTrailing
 	}
 	return r, nil
 }

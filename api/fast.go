@@ -2,9 +2,6 @@ package api
 
 import (
 	"bytes"
-	"encoding/json"
-	"errors"
-	"io"
 	"strconv"
 )
 
@@ -195,24 +192,32 @@ func plainString(b []byte, i int) (string, int, bool) {
 // unknown or repeated keys, escapes, nulls, fractional integers — and the
 // caller then uses encoding/json, which also words the errors.
 func fastPredictRequest(b []byte) (PredictRequest, bool) {
+	r, _, ok := scanPredictRequest(b, false)
+	return r, ok
+}
+
+// scanPredictRequest is fastPredictRequest; lazy leaves the rows in the
+// body (checked, but not decoded) and returns their spans instead.
+func scanPredictRequest(b []byte, lazy bool) (PredictRequest, RawRows, bool) {
 	var r PredictRequest
+	var raw RawRows
 	i := skipWS(b, 0)
 	if i >= len(b) || b[i] != '{' {
-		return r, false
+		return r, raw, false
 	}
 	i = skipWS(b, i+1)
 	if i < len(b) && b[i] == '}' {
-		return r, skipWS(b, i+1) == len(b)
+		return r, raw, skipWS(b, i+1) == len(b)
 	}
 	seen := 0
 	for {
 		key, n, ok := plainString(b, i)
 		if !ok {
-			return r, false
+			return r, raw, false
 		}
 		i = skipWS(b, n)
 		if i >= len(b) || b[i] != ':' {
-			return r, false
+			return r, raw, false
 		}
 		i = skipWS(b, i+1)
 		var bit int
@@ -220,7 +225,7 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 		case "request_id", "ticker", "version":
 			s, n, ok := plainString(b, i)
 			if !ok {
-				return r, false
+				return r, raw, false
 			}
 			switch key {
 			case "request_id":
@@ -234,7 +239,7 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 		case "horizon", "timeout_ms":
 			f, n, ok := number(b, i)
 			if !ok || f > 1<<31 || f < -(1<<31) || bytes.ContainsAny(b[i:n], ".eE") {
-				return r, false // integers only, as encoding/json wants for int
+				return r, raw, false // integers only, as encoding/json wants for int
 			}
 			if key == "horizon" {
 				r.Horizon, bit = int(f), 8
@@ -249,27 +254,49 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 			case len(b)-i >= 5 && string(b[i:i+5]) == "false":
 				r.NoCache, i = false, i+5
 			default:
-				return r, false
+				return r, raw, false
 			}
 			bit = 32
 		case "features":
+			if lazy {
+				n, ok := skipFeatures(b, i)
+				if !ok {
+					return r, raw, false
+				}
+				raw.one, i, bit = b[i:n], n, 64
+				break
+			}
 			f, n, ok := featuresAt(b, i)
 			if !ok {
-				return r, false
+				return r, raw, false
 			}
 			r.Features, i, bit = f, n, 64
 		case "instances":
+			if lazy {
+				rows, n, ok := arrayAt(b, i, func(b []byte, i int) ([]byte, int, bool) {
+					n, ok := skipFeatures(b, i)
+					if !ok {
+						return nil, 0, false
+					}
+					return b[i:n:n], n, true
+				})
+				if !ok {
+					return r, raw, false
+				}
+				raw.many, raw.isMany, i, bit = rows, true, n, 128
+				break
+			}
 			rows, n, ok := arrayAt(b, i, func(b []byte, i int) (Features, int, bool) { return featuresAt(b, i) })
 			if !ok {
-				return r, false
+				return r, raw, false
 			}
 			r.Instances, i = rows, n
 			bit = 128
 		default:
-			return r, false
+			return r, raw, false
 		}
 		if seen&bit != 0 {
-			return r, false
+			return r, raw, false
 		}
 		seen |= bit
 		i = skipWS(b, i)
@@ -278,42 +305,27 @@ func fastPredictRequest(b []byte) (PredictRequest, bool) {
 			continue
 		}
 		if i < len(b) && b[i] == '}' {
-			return r, skipWS(b, i+1) == len(b)
+			return r, raw, skipWS(b, i+1) == len(b)
 		}
-		return r, false
+		return r, raw, false
 	}
 }
 
 // DecodePredictRequest decodes a native prediction request strictly
 // (unknown fields are errors; a repeated key, top-level or a feature name,
 // is a *DuplicateKeyError). Common requests take a one-pass fast path;
-// everything else, and every error, goes through encoding/json.
+// everything else, and every error, goes through DecodeJSON, whose errors
+// it returns.
 func DecodePredictRequest(b []byte) (PredictRequest, error) {
 	if r, ok := fastPredictRequest(b); ok {
 		return r, nil
 	}
 	var r PredictRequest
-	dec := json.NewDecoder(bytes.NewReader(b))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&r); err != nil {
-		return PredictRequest{}, err
-	}
-	if dec.More() {
-		return PredictRequest{}, errTrailing
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return PredictRequest{}, errTrailing
-	}
-	// encoding/json keeps the last of two equal keys; refuse them instead
-	// (the fast path gives up on them, so they all come here).
-	if err := CheckDuplicateKeys(b); err != nil {
+	if err := DecodeJSON(b, &r, true); err != nil {
 		return PredictRequest{}, err
 	}
 	return r, nil
 }
-
-// errTrailing reports data after the request object.
-var errTrailing = errors.New("malformed JSON: unexpected data after the request object")
 
 // arrayAt parses a JSON array at b[i] whose items elem parses, and returns
 // the items (never nil) and the index after the closing bracket.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/signalforge/signalforge/cache"
 	"github.com/signalforge/signalforge/cache/rediscache"
+	"github.com/signalforge/signalforge/feature"
 	"github.com/signalforge/signalforge/internal/testredis"
 )
 
@@ -46,7 +47,24 @@ func BenchmarkKey(b *testing.B) {
 		slices.Sort(in.SortedNames)
 		return in
 	}
+	row := func(n int) cache.KeyInput {
+		in := point(n)
+		names := make([]string, n)
+		vals := make([]float64, n)
+		for i := range names {
+			names[i] = "feature_" + strconv.Itoa(i)
+			vals[i] = in.Features[names[i]]
+		}
+		s, err := feature.NewSchema(names)
+		if err != nil {
+			b.Fatal(err)
+		}
+		in.Features, in.Row = nil, feature.Row{Schema: s, Values: vals}
+		return in
+	}
 	for name, in := range map[string]cache.KeyInput{
+		"row=100":               row(100),
+		"row=512":               row(512),
 		"features=2":            point(2),
 		"features=16":           point(16),
 		"features=100":          point(100),

@@ -148,7 +148,7 @@ type Cache struct {
 	genLoad singleflight.Group // generation lookups, by model version
 
 	genMu sync.Mutex // guards gens
-	gens  map[string]genEntry
+	gens  map[genID]genEntry
 
 	typesMu sync.RWMutex // guards types
 	types   map[string]*typeCounters
@@ -157,6 +157,10 @@ type Cache struct {
 	invalidations, invalidatedKeys, bumps         atomic.Int64
 	computes, collapsed                           atomic.Int64
 }
+
+// genID names a model version in gens (a struct, so that looking one up
+// on every request builds no string).
+type genID struct{ model, version string }
 
 type genEntry struct {
 	gen string
@@ -188,7 +192,7 @@ func New(store Store, cfg Config) (*Cache, error) {
 		store: store,
 		cfg:   cfg,
 		br:    newBreaker(cfg.Breaker, time.Now),
-		gens:  make(map[string]genEntry),
+		gens:  make(map[genID]genEntry),
 		types: make(map[string]*typeCounters),
 	}
 	if l, ok := store.(Local); ok && l.Local() {
@@ -260,13 +264,13 @@ func newGeneration() string {
 // local copy while it is fresh, else from the store (creating it there if
 // it is missing).
 func (c *Cache) generation(ctx context.Context, model, version string) (string, error) {
-	id := model + ":" + version
 	c.genMu.Lock()
-	e, ok := c.gens[id]
+	e, ok := c.gens[genID{model, version}]
 	c.genMu.Unlock()
 	if ok && time.Since(e.at) < c.cfg.GenerationRefresh {
 		return e.gen, nil
 	}
+	id := model + ":" + version
 	// One lookup per model version at a time; it is detached from the
 	// first caller's cancellation because others share its result.
 	v, err, _ := c.genLoad.Do(id, func() (any, error) {
@@ -314,7 +318,7 @@ func (c *Cache) generation(ctx context.Context, model, version string) (string, 
 			return "", err
 		}
 		c.genMu.Lock()
-		c.gens[id] = genEntry{gen: gen, at: time.Now()}
+		c.gens[genID{model, version}] = genEntry{gen: gen, at: time.Now()}
 		c.genMu.Unlock()
 		return gen, nil
 	})
@@ -529,7 +533,7 @@ func (c *Cache) BumpGeneration(ctx context.Context, model, version string) (stri
 		return "", fmt.Errorf("cache: bump generation of %s:%s: %w", model, version, err)
 	}
 	c.genMu.Lock()
-	c.gens[model+":"+version] = genEntry{gen: gen, at: time.Now()}
+	c.gens[genID{model, version}] = genEntry{gen: gen, at: time.Now()}
 	c.genMu.Unlock()
 	c.bumps.Add(1)
 	return gen, nil

@@ -10,6 +10,8 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+
+	"github.com/signalforge/signalforge/feature"
 )
 
 // KeyInput is what a prediction depends on. Two inputs that a model cannot
@@ -46,6 +48,11 @@ type KeyInput struct {
 	// A list that is unsorted, repeats, misses or adds a name is refused
 	// with ErrInvalidKey. The key is the same with or without it.
 	SortedNames []string
+	// Row, if its Schema is set, holds the point features instead of
+	// Features and Sequences (which must then be empty): the row the
+	// request decoder wrote in the model's input order. The key is the
+	// same as for the same features in Features.
+	Row feature.Row
 }
 
 // DefaultType is the prediction type of a KeyInput whose Type is empty.
@@ -130,6 +137,9 @@ func MakeKey(in KeyInput) (Key, error) {
 	if typ == "" {
 		typ = DefaultType
 	}
+	if in.Row.Schema != nil {
+		return rowKey(in, typ)
+	}
 	names, err := sortedNames(in)
 	if err != nil {
 		return Key{}, err
@@ -190,6 +200,54 @@ func MakeKey(in KeyInput) (Key, error) {
 		Type:    typ,
 		Hash:    hex.EncodeToString(sum[:16]),
 	}, nil
+}
+
+// rowKey is MakeKey for in.Row: the canonical encoding of the schema's
+// names in sorted order, each a point feature. The encoding is built in a
+// stack buffer and hashed with sha256.Sum256 (no hash.Hash, which would
+// move the buffer to the heap): nothing is allocated but the key.
+func rowKey(in KeyInput, typ string) (Key, error) {
+	r := in.Row
+	if len(in.Features) > 0 || len(in.Sequences) > 0 || in.SortedNames != nil {
+		return Key{}, fmt.Errorf("%w: Row set together with Features, Sequences or SortedNames", ErrInvalidKey)
+	}
+	if len(r.Values) != r.Schema.Len() {
+		return Key{}, fmt.Errorf("%w: Row has %d values for %d features", ErrInvalidKey, len(r.Values), r.Schema.Len())
+	}
+	var buf [4096]byte // 100 features of 10-byte names take 2,000
+	b := buf[:0]
+	if need := encodedLen(r.Schema); need > len(buf) {
+		b = make([]byte, 0, need)
+	}
+	for _, j := range r.Schema.Sorted() {
+		n := r.Schema.Name(j)
+		bits, err := canonicalBits(r.Values[j])
+		if err != nil {
+			return Key{}, &FeatureError{Name: n, Index: -1, Err: err}
+		}
+		b = binary.AppendUvarint(b, uint64(len(n)))
+		b = append(b, n...)
+		b = append(b, 'p')
+		b = binary.BigEndian.AppendUint64(b, bits)
+	}
+	sum := sha256.Sum256(b)
+	return Key{
+		Model:   in.Model,
+		Version: in.Version,
+		Ticker:  in.Ticker,
+		Horizon: in.Horizon,
+		Type:    typ,
+		Hash:    hex.EncodeToString(sum[:16]),
+	}, nil
+}
+
+// encodedLen bounds the length of the canonical encoding of a row of s.
+func encodedLen(s *feature.Schema) int {
+	n := 0
+	for j := range s.Len() {
+		n += len(s.Name(j)) + binary.MaxVarintLen64 + 9
+	}
+	return n
 }
 
 // sortedNames returns the feature names of in in canonical order.

@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 
+	"github.com/signalforge/signalforge/feature"
 	"github.com/signalforge/signalforge/tensor"
 )
 
@@ -147,6 +148,7 @@ type Predictor struct {
 	sess     Session
 	features []string
 	index    map[string]int
+	schema   *feature.Schema
 	seqLen   int // 0 for tabular models; -1 when set by each call's rows
 	out      int
 	maxRows  int
@@ -195,7 +197,11 @@ func NewPredictor(sess Session, cfg PredictorConfig) (*Predictor, error) {
 		return nil, fmt.Errorf("infer: %d feature names for input %q of shape %s", len(features), in.Name, in.ShapeString())
 	}
 
-	p := &Predictor{sess: sess, features: features, index: index, maxRows: cfg.MaxRows}
+	schema, err := feature.NewSchema(features)
+	if err != nil {
+		return nil, fmt.Errorf("infer: %w", err)
+	}
+	p := &Predictor{sess: sess, features: features, index: index, schema: schema, maxRows: cfg.MaxRows}
 	switch {
 	case cfg.MaxRows < 0:
 		return nil, fmt.Errorf("infer: MaxRows %d is negative", cfg.MaxRows)
@@ -242,6 +248,52 @@ func NewPredictor(sess Session, cfg PredictorConfig) (*Predictor, error) {
 
 // Features returns the model's features in input order.
 func (p *Predictor) Features() []string { return slices.Clone(p.features) }
+
+// Schema returns the model's features in input order, indexed: the layout
+// of the rows EncodeValues takes.
+func (p *Predictor) Schema() *feature.Schema { return p.schema }
+
+// ErrNotTabular is returned by EncodeValues for a sequence model.
+var ErrNotTabular = errors.New("infer: rows of one value per feature need a tabular model")
+
+// EncodeValues packs rows already in the model's input order (laid out by
+// Schema, as the request decoder writes them) into the [N,F] input tensor
+// of a tabular model. It checks what Encode checks that such rows can
+// still get wrong — the row count and each value — with the same
+// *FeatureError.
+func (p *Predictor) EncodeValues(rows []feature.Row) (tensor.Tensor, error) {
+	n := len(rows)
+	switch {
+	case p.seqLen != 0:
+		return tensor.Tensor{}, ErrNotTabular
+	case n == 0:
+		return tensor.Tensor{}, &FeatureError{Code: CodeRowCount, Row: -1, Step: -1}
+	case p.fixed > 0 && n != p.fixed:
+		return tensor.Tensor{}, &FeatureError{Code: CodeRowCount, Row: -1, Step: -1, Got: n, Want: p.fixed, fixedBatch: true}
+	case n > p.maxRows:
+		return tensor.Tensor{}, &FeatureError{Code: CodeRowCount, Row: -1, Step: -1, Got: n, Want: p.maxRows}
+	}
+	f := len(p.features)
+	data := make([]float32, n*f)
+	for r, row := range rows {
+		if row.Schema != p.schema || len(row.Values) != f {
+			return tensor.Tensor{}, fmt.Errorf("infer: row %d is not laid out by this model's schema", r)
+		}
+		out := data[r*f : (r+1)*f]
+		for j, v := range row.Values {
+			x := float32(v)
+			if math.IsNaN(v) || math.IsInf(float64(x), 0) {
+				return tensor.Tensor{}, &FeatureError{Code: CodeInvalidValue, Row: r, Feature: p.features[j], Step: -1, Value: v}
+			}
+			out[j] = x
+		}
+	}
+	return tensor.New(tensor.Shape{int64(n), int64(f)}, data)
+}
+
+// Output returns the index of the output Decode reads among the model's
+// outputs.
+func (p *Predictor) Output() int { return p.out }
 
 // SeqLen returns the number of time steps of a sequence model, 0 for a
 // tabular model and -1 when each call's rows set it.

@@ -2,10 +2,8 @@ package server
 
 import (
 	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -48,48 +46,25 @@ func (s *Server) decodeJSONMode(w http.ResponseWriter, r *http.Request, v any, s
 		return err
 	}
 	defer s.pools.putBody(buf)
-	dec := json.NewDecoder(bytes.NewReader(buf.Bytes()))
-	if strict {
-		dec.DisallowUnknownFields()
-	}
-	if err := dec.Decode(v); err != nil {
+	if err := api.DecodeJSON(buf.Bytes(), v, strict); err != nil {
 		return jsonError(err, s.cfg.MaxBodyBytes)
-	}
-	if dec.More() {
-		return badRequest("malformed JSON: unexpected data after the request object")
-	}
-	if _, err := dec.Token(); err != io.EOF {
-		return badRequest("malformed JSON: unexpected data after the request object")
-	}
-	if err := api.CheckDuplicateKeys(buf.Bytes()); err != nil {
-		return badRequest("%v", err)
 	}
 	return nil
 }
 
+// jsonError maps the errors of api's decoders (and a body over the limit)
+// to the HTTP error the client gets.
 func jsonError(err error, limit int64) error {
 	var maxErr *http.MaxBytesError
-	var syn *json.SyntaxError
-	var typ *json.UnmarshalTypeError
+	var re *api.RequestError
+	var dup *api.DuplicateKeyError
 	switch {
 	case errors.As(err, &maxErr):
 		return &HTTPError{Status: http.StatusRequestEntityTooLarge, Code: api.CodeTooLarge, Msg: fmt.Sprintf("request body is larger than the limit of %d bytes", limit)}
-	case errors.Is(err, io.EOF):
-		return badRequest("malformed JSON: empty request body")
-	case errors.Is(err, io.ErrUnexpectedEOF):
-		return badRequest("malformed JSON: body ends before the JSON value does")
-	case errors.As(err, &syn):
-		return badRequest("malformed JSON at byte %d: %v", syn.Offset, syn)
-	case errors.As(err, &typ):
-		field := typ.Field
-		if field == "" {
-			return badRequest("the request body must be a JSON object, got JSON %s", typ.Value)
-		}
-		return badRequest("field %q: want %v, got JSON %s", field, typ.Type, typ.Value)
 	case errors.Is(err, api.ErrValue):
 		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
-	case strings.HasPrefix(err.Error(), "json: unknown field"):
-		return badRequest("%s", strings.TrimPrefix(err.Error(), "json: "))
+	case errors.As(err, &re), errors.As(err, &dup):
+		return &HTTPError{Status: http.StatusBadRequest, Code: api.CodeBadRequest, Msg: err.Error(), Err: err}
 	}
 	return badRequest("malformed JSON: %v", err)
 }
@@ -143,22 +118,11 @@ func (p *pools) putBody(b *bytes.Buffer) {
 	}
 }
 
-// decodePredict reads and decodes a native prediction request.
-func (p *pools) decodePredict(w http.ResponseWriter, r *http.Request, limit int64, budget time.Duration) (api.PredictRequest, error) {
-	if err := checkEncoding(r); err != nil {
-		return api.PredictRequest{}, err
-	}
-	buf, err := p.readBody(w, r, limit, budget)
+// decodeNative decodes a native prediction request in full (rows as
+// maps), turning every failure into a 400 that says what is wrong.
+func decodeNative(b []byte, limit int64) (api.PredictRequest, error) {
+	req, err := api.DecodePredictRequest(b)
 	if err != nil {
-		return api.PredictRequest{}, err
-	}
-	defer p.putBody(buf)
-	req, err := api.DecodePredictRequest(buf.Bytes())
-	if err != nil {
-		var dup *api.DuplicateKeyError
-		if strings.HasPrefix(err.Error(), "malformed JSON") || errors.As(err, &dup) {
-			return req, badRequest("%v", err)
-		}
 		return req, jsonError(err, limit)
 	}
 	return req, nil

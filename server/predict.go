@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/batch"
 	"github.com/signalforge/signalforge/cache"
+	"github.com/signalforge/signalforge/feature"
 	"github.com/signalforge/signalforge/infer"
 	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/registry"
@@ -208,19 +208,43 @@ func (s *Server) handlePredict(w http.ResponseWriter, r *http.Request) {
 func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, start time.Time) (*api.PredictResponse, error) {
 	// The body must arrive within Timeouts.Body (set by ServeHTTP for the
 	// route), or the client gets 408.
-	req, err := s.pools.decodePredict(w, r, s.cfg.MaxBodyBytes, s.cfg.Timeouts.Body)
+	if err := checkEncoding(r); err != nil {
+		return nil, err
+	}
+	buf, err := s.pools.readBody(w, r, s.cfg.MaxBodyBytes, s.cfg.Timeouts.Body)
 	if err != nil {
 		return nil, err
 	}
+	defer func() {
+		if buf != nil {
+			s.pools.putBody(buf)
+		}
+	}()
+	// Requests of the common shape leave their rows in the body until the
+	// model is known, and then decode them straight into its input order;
+	// the rest are decoded in full, as maps.
+	req, raw, lazy := api.ScanPredictRequest(buf.Bytes())
+	if !lazy {
+		if req, err = decodeNative(buf.Bytes(), s.cfg.MaxBodyBytes); err != nil {
+			return nil, err
+		}
+	}
+	hasFeatures, hasInstances, nInstances := req.Features != nil, req.Instances != nil, len(req.Instances)
+	if lazy {
+		hasFeatures, hasInstances = raw.HasFeatures(), raw.HasInstances()
+		if hasInstances {
+			nInstances = raw.Len()
+		}
+	}
 	switch {
-	case req.Features != nil && req.Instances != nil:
+	case hasFeatures && hasInstances:
 		return nil, badRequest("send either \"features\" (one row) or \"instances\" (several rows), not both")
-	case req.Features == nil && req.Instances == nil:
+	case !hasFeatures && !hasInstances:
 		return nil, badRequest("request has no features: send \"features\": {name: value, …} or \"instances\": [{…}, …]")
-	case req.Instances != nil && len(req.Instances) == 0:
+	case hasInstances && nInstances == 0:
 		return nil, badRequest("field \"instances\" is empty: send at least one row")
-	case len(req.Instances) > s.cfg.MaxRows:
-		return nil, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("too many rows: %d instances, the limit is %d", len(req.Instances), s.cfg.MaxRows)}
+	case nInstances > s.cfg.MaxRows:
+		return nil, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("too many rows: %d instances, the limit is %d", nInstances, s.cfg.MaxRows)}
 	case req.Horizon < 0:
 		return nil, badRequest("field \"horizon\": must not be negative, got %d", req.Horizon)
 	}
@@ -245,41 +269,71 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 	}
 	defer l.Release()
 	resp := &api.PredictResponse{RequestID: req.RequestID, Model: model, Version: l.Ref().Version}
-	if l.Predictor() == nil {
+	p := l.Predictor()
+	if p == nil {
 		return resp, badRequest("model %s takes raw tensors, not named features (%v); use POST /v2/models/%s/versions/%s/infer", l.Ref(), l.PredictorErr(), model, l.Ref().Version)
 	}
-	rows := req.Rows()
+	// Exactly one of dense (rows in the model's input order) and rows
+	// (rows as maps, which name what is wrong with them) is set.
+	var dense []feature.Row
+	var rows []api.Features
+	if lazy {
+		ok := false
+		if p.SeqLen() == 0 {
+			dense, ok = raw.Decode(p.Schema())
+		}
+		if !ok {
+			full, err := decodeNative(buf.Bytes(), s.cfg.MaxBodyBytes)
+			if err != nil {
+				return resp, err
+			}
+			rows = full.Rows()
+		}
+	} else {
+		rows = req.Rows()
+	}
+	s.pools.putBody(buf) // nothing refers to it any more
+	buf = nil
+	nRows := len(rows) + len(dense)
 	// inferUS is written by compute, which a cache may still be running
 	// after this request gave up; hence atomic.
 	var inferUS atomic.Int64
 	// Encoding (and so validation) happens on a cache miss only: a hit means
 	// an identical request was valid before.
 	compute := func(ctx context.Context) (cache.Value, error) {
-		x, err := infer.EncodeRows(l.Predictor(), rows)
+		var x tensor.Tensor
+		var err error
+		if dense != nil {
+			x, err = p.EncodeValues(dense)
+		} else {
+			x, err = infer.EncodeRows(p, rows)
+		}
 		if err != nil {
 			return cache.Value{}, err
 		}
 		t0 := time.Now()
-		out, err := l.Batcher().Predict(ctx, []tensor.Tensor{x})
+		out, err := execute(ctx, l, []tensor.Tensor{x}, p.Output())
 		if err != nil {
 			return cache.Value{}, err
 		}
 		inferUS.Store(time.Since(t0).Microseconds())
-		preds, err := l.Predictor().Decode(out)
+		preds, err := p.Decode(out)
 		if err != nil {
-			return cache.Value{}, err
-		}
-		if err := checkFinite(l, preds); err != nil {
 			return cache.Value{}, err
 		}
 		return cache.Value{Predictions: preds}, nil
 	}
 	var val cache.Value
-	if s.cache != nil && !req.NoCache && len(rows) == 1 {
+	if s.cache != nil && !req.NoCache && nRows == 1 {
 		typ := s.cfg.PredictionType(model, l.Ref().Version, req.Horizon)
-		ki := s.pools.featureKey(model, l.Ref().Version, req.Ticker, req.Horizon, typ, rows[0])
-		if completeRow(rows[0], l.SortedFeatures()) {
-			ki.SortedNames = l.SortedFeatures()
+		var ki cache.KeyInput
+		if dense != nil {
+			ki = cache.KeyInput{Model: model, Version: l.Ref().Version, Ticker: req.Ticker, Horizon: req.Horizon, Type: typ, Row: dense[0]}
+		} else {
+			ki = s.pools.featureKey(model, l.Ref().Version, req.Ticker, req.Horizon, typ, rows[0])
+			if completeRow(rows[0], l.SortedFeatures()) {
+				ki.SortedNames = l.SortedFeatures()
+			}
 		}
 		key, kerr := cache.MakeKey(ki)
 		s.pools.releaseKey(ki)
@@ -298,20 +352,15 @@ func (s *Server) predict(w http.ResponseWriter, r *http.Request, model string, s
 		val, err = compute(ctx)
 	}
 	lat := time.Since(start)
-	if err != nil {
-		herr := modelError(err, l)
-		if s.versionsFault(herr, timeout) {
-			s.router.Record(model, l.Ref().Version, lat, err)
-		}
-		return resp, herr
-	}
-	// Only answers the version computed count in its stats: a cache hit
-	// says nothing about the version's speed or health, and counting hits
+	// Only answers the version computed count in its stats: counting hits
 	// would make a warm baseline look faster than a cold canary.
-	if !resp.Cached {
-		s.router.Record(model, l.Ref().Version, lat, nil)
+	if err := s.settle(model, l, err, timeout, lat, resp.Cached); err != nil {
+		return resp, err
 	}
 	if sh := s.shadowFor(model); sh != nil && !resp.Cached {
+		if dense != nil {
+			rows = namedRows(dense)
+		}
 		sh.Offer(req.RequestID, rows, slices.Concat(val.Predictions...), lat) // neither is touched again
 	}
 	resp.Predictions = val.Predictions
@@ -365,19 +414,6 @@ func nonFiniteError(l *manager.Version, v float32, where string) *HTTPError {
 	return he
 }
 
-// checkFinite refuses predictions JSON cannot carry (NaN, ±Inf): they
-// come from inputs outside the model's range.
-func checkFinite(l *manager.Version, preds [][]float32) error {
-	for i, row := range preds {
-		for j, v := range row {
-			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
-				return nonFiniteError(l, v, fmt.Sprintf("for row %d, output %d", i, j))
-			}
-		}
-	}
-	return nil
-}
-
 func msSince(t time.Time) float64 { return float64(time.Since(t).Microseconds()) / 1000 }
 
 // completeRow reports whether row has exactly the model's features.
@@ -391,4 +427,18 @@ func completeRow(row api.Features, features []string) bool {
 		}
 	}
 	return true
+}
+
+// namedRows turns rows in a model's input order back into maps of named
+// features, for a shadow model whose order may differ.
+func namedRows(dense []feature.Row) []api.Features {
+	rows := make([]api.Features, len(dense))
+	for i, d := range dense {
+		f := make(api.Features, len(d.Values))
+		for j, v := range d.Values {
+			f[d.Schema.Name(j)] = api.Scalar(v)
+		}
+		rows[i] = f
+	}
+	return rows
 }

@@ -11,7 +11,6 @@ import (
 
 	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/infer"
-	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/tensor"
 )
@@ -87,7 +86,7 @@ func (s *Server) handleV2ModelReady(w http.ResponseWriter, r *http.Request) {
 func ioMeta(ios []infer.IOInfo) []api.TensorMetadata {
 	out := make([]api.TensorMetadata, len(ios))
 	for i, io := range ios {
-		out[i] = api.TensorMetadata{Name: io.Name, Datatype: v2Name(io.DType), Shape: slices.Clone(io.Shape)}
+		out[i] = api.TensorMetadata{Name: io.Name, Datatype: api.DataTypeName(io.DType), Shape: slices.Clone(io.Shape)}
 	}
 	return out
 }
@@ -205,12 +204,12 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 		case io.BatchAxis == 0 && shape[0] > int64(s.cfg.MaxRows):
 			return resp, &HTTPError{Status: http.StatusBadRequest, Code: infer.CodeRowCount, Msg: fmt.Sprintf("input %q: %d rows, the limit is %d", io.Name, shape[0], s.cfg.MaxRows)}
 		}
-		if dt, ok := v2DataTypes[in.Datatype]; ok && dt != io.DType {
-			return resp, badRequest("input %q: datatype %s, model %s wants %s", io.Name, in.Datatype, l.Ref(), v2Name(io.DType))
+		if dt, ok := api.DataType(in.Datatype); ok && dt != io.DType {
+			return resp, badRequest("input %q: datatype %s, model %s wants %s", io.Name, in.Datatype, l.Ref(), api.DataTypeName(io.DType))
 		}
-		t, err := decodeV2Data(io.Name, in.Datatype, in.Shape, in.Data, maxElems)
+		t, err := api.DecodeTensorData(io.Name, in.Datatype, in.Shape, in.Data, maxElems)
 		if err != nil {
-			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error()}
+			return resp, &HTTPError{Status: http.StatusBadRequest, Code: api.CodeInvalidInput, Msg: err.Error(), Err: err}
 		}
 		ins[i] = t
 	}
@@ -221,29 +220,16 @@ func (s *Server) infer(w http.ResponseWriter, r *http.Request, name, version str
 			}
 		}
 	}
-	var outs []tensor.Tensor
-	if want[0].BatchAxis == 0 {
-		outs, err = l.Batcher().Predict(ctx, ins)
-	} else {
-		outs, err = l.Session().Run(ctx, ins)
+	outs, err := execute(ctx, l, ins, -1)
+	if err := s.settle(name, l, err, timeout, time.Since(start), false); err != nil {
+		return resp, err
 	}
-	if err == nil {
-		err = checkFiniteOutputs(l, outs)
-	}
-	if err != nil {
-		herr := modelError(err, l)
-		if s.versionsFault(herr, timeout) {
-			s.router.Record(name, l.Ref().Version, time.Since(start), err)
-		}
-		return resp, herr
-	}
-	s.router.Record(name, l.Ref().Version, time.Since(start), nil)
 	for i, io := range l.Session().Outputs() {
 		if len(wantOut) > 0 && !wantOut[io.Name] {
 			continue
 		}
 		t := outs[i]
-		resp.Outputs = append(resp.Outputs, api.InferTensor{Name: io.Name, Shape: slices.Clone(t.Shape()), Datatype: v2Name(t.DType()), Data: encodeV2Data(t)})
+		resp.Outputs = append(resp.Outputs, api.InferTensor{Name: io.Name, Shape: slices.Clone(t.Shape()), Datatype: api.DataTypeName(t.DType()), Data: api.EncodeTensorData(t)})
 	}
 	return resp, nil
 }
@@ -324,20 +310,4 @@ func (s *Server) versionSummary(v registry.Version) versionView {
 		out.State, out.LoadError = "failed", f.Err.Error()
 	}
 	return out
-}
-
-// checkFiniteOutputs refuses float outputs JSON cannot carry.
-func checkFiniteOutputs(l *manager.Version, outs []tensor.Tensor) error {
-	for i, t := range outs {
-		for j, v := range t.Float32s() {
-			if f := float64(v); math.IsNaN(f) || math.IsInf(f, 0) {
-				name := fmt.Sprint(i)
-				if i < len(l.Session().Outputs()) {
-					name = l.Session().Outputs()[i].Name
-				}
-				return nonFiniteError(l, v, fmt.Sprintf("in output %q, element %d", name, j))
-			}
-		}
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package server
+package api
 
 import (
 	"encoding/json"
@@ -26,7 +26,7 @@ func TestDecodeV2Data(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := decodeV2Data("x", tt.dtype, tt.shape, json.RawMessage(tt.data), 1000)
+			got, err := DecodeTensorData("x", tt.dtype, tt.shape, json.RawMessage(tt.data), 1000)
 			if tt.wantErr != "" {
 				if err == nil || err.Error() != tt.wantErr {
 					t.Fatalf("err = %v, want %q", err, tt.wantErr)
@@ -50,18 +50,18 @@ func TestDecodeV2Data(t *testing.T) {
 }
 
 func TestDecodeV2Ints(t *testing.T) {
-	got, err := decodeV2Data("ids", "INT64", []int64{3}, json.RawMessage(`[1,-2,3]`), 10)
+	got, err := DecodeTensorData("ids", "INT64", []int64{3}, json.RawMessage(`[1,-2,3]`), 10)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d := tensor.Data[int64](got); d[1] != -2 {
 		t.Fatalf("got %v", d)
 	}
-	if _, err := decodeV2Data("q", "UINT8", []int64{1}, json.RawMessage(`[256]`), 10); err == nil || err.Error() != `input "q": element 0 (256) is not an integer in [0, 255]` {
+	if _, err := DecodeTensorData("q", "UINT8", []int64{1}, json.RawMessage(`[256]`), 10); err == nil || err.Error() != `input "q": element 0 (256) is not an integer in [0, 255]` {
 		t.Fatalf("err = %v", err)
 	}
 	u := tensor.Must(tensor.Shape{2}, []uint8{1, 200})
-	if s := string(encodeV2Data(u)); s != "[1,200]" {
+	if s := string(EncodeTensorData(u)); s != "[1,200]" {
 		t.Fatalf("encode uint8 = %s", s)
 	}
 }
@@ -70,7 +70,7 @@ func FuzzDecodeV2Data(f *testing.F) {
 	f.Add([]byte(`[[1,2],[3,4]]`), int64(2), int64(2))
 	f.Add([]byte(`[1e400]`), int64(1), int64(1))
 	f.Fuzz(func(t *testing.T, data []byte, a, b int64) {
-		tt, err := decodeV2Data("x", "FP32", []int64{a, b}, data, 1<<16)
+		tt, err := DecodeTensorData("x", "FP32", []int64{a, b}, data, 1<<16)
 		if err == nil && int64(tt.NumElements()) != a*b {
 			t.Fatalf("shape [%d %d] but %d elements", a, b, tt.NumElements())
 		}
@@ -154,12 +154,12 @@ func TestRaggedData(t *testing.T) {
 		{`[[[1]]]`, []int64{1, 1}, "nested 3 deep"},
 		{`[1e39]`, []int64{1}, "within ±3.4e38"},
 	} {
-		_, err := decodeV2Data("x", "FP32", tt.shape, json.RawMessage(tt.data), 100)
+		_, err := DecodeTensorData("x", "FP32", tt.shape, json.RawMessage(tt.data), 100)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("%s as %v: %v, want an error containing %q", tt.data, tt.shape, err, tt.want)
 		}
 	}
-	if _, err := decodeV2Data("x", "FP32", []int64{2, 2}, json.RawMessage(`[[1,2],[3,4]]`), 100); err != nil {
+	if _, err := DecodeTensorData("x", "FP32", []int64{2, 2}, json.RawMessage(`[[1,2],[3,4]]`), 100); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -1,11 +1,9 @@
-package server
+package api
 
 import (
 	"encoding/json"
 	"math"
 	"testing"
-
-	"github.com/signalforge/signalforge/api"
 )
 
 func FuzzAppendPredictResponse(f *testing.F) {
@@ -15,12 +13,12 @@ func FuzzAppendPredictResponse(f *testing.F) {
 		if math.IsNaN(float64(a)) || math.IsInf(float64(a), 0) || math.IsNaN(float64(b)) || math.IsInf(float64(b), 0) || math.IsNaN(ms) || math.IsInf(ms, 0) {
 			return
 		}
-		r := &api.PredictResponse{RequestID: id, Model: model, Version: version, Predictions: [][]float32{{a, b}, {b}}, Cached: cached, TotalMS: ms, InferenceMS: ms / 2}
+		r := &PredictResponse{RequestID: id, Model: model, Version: version, Predictions: [][]float32{{a, b}, {b}}, Cached: cached, TotalMS: ms, InferenceMS: ms / 2}
 		want, err := json.Marshal(r)
 		if err != nil {
 			t.Fatal(err)
 		}
-		got := appendPredictResponse(nil, r)
+		got := AppendPredictResponse(nil, r)
 		if string(got) != string(want)+"\n" {
 			t.Fatalf("hand-written %s\nencoding/json %s", got, want)
 		}

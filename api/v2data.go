@@ -1,4 +1,4 @@
-package server
+package api
 
 import (
 	"encoding/json"
@@ -6,20 +6,28 @@ import (
 	"math"
 	"strconv"
 
-	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/tensor"
 )
 
-// v2DataTypes maps OIP v2 datatype names to our element types.
-var v2DataTypes = map[string]tensor.DType{
-	"FP32":  tensor.Float32,
-	"INT64": tensor.Int64,
-	"INT8":  tensor.Int8,
-	"UINT8": tensor.Uint8,
+// DataType returns the element type of an OIP v2 datatype name ("FP32",
+// "INT64", "INT8", "UINT8"); ok is false for any other.
+func DataType(name string) (d tensor.DType, ok bool) {
+	switch name {
+	case "FP32":
+		return tensor.Float32, true
+	case "INT64":
+		return tensor.Int64, true
+	case "INT8":
+		return tensor.Int8, true
+	case "UINT8":
+		return tensor.Uint8, true
+	}
+	return 0, false
 }
 
-// v2Name returns the OIP v2 datatype name of d.
-func v2Name(d tensor.DType) string {
+// DataTypeName returns the OIP v2 datatype name of d ("BYTES" for types
+// the server does not carry).
+func DataTypeName(d tensor.DType) string {
 	switch d {
 	case tensor.Float32:
 		return "FP32"
@@ -33,38 +41,52 @@ func v2Name(d tensor.DType) string {
 	return "BYTES"
 }
 
-// decodeV2Data flattens an OIP v2 "data" value (flat or nested row-major
-// arrays, as the specification allows) into a tensor of the given datatype
-// and shape. It checks the element count against the shape and refuses
-// non-finite values, naming the input.
-func decodeV2Data(name, datatype string, shape []int64, data json.RawMessage, maxElems int64) (tensor.Tensor, error) {
-	dt, ok := v2DataTypes[datatype]
+// DataError is an OIP v2 input whose "datatype", "shape" or "data" cannot
+// make a tensor. Its message names the input and says what is wrong.
+type DataError struct {
+	Input string
+	Msg   string
+}
+
+func (e *DataError) Error() string { return fmt.Sprintf("input %q: %s", e.Input, e.Msg) }
+
+func dataError(name, format string, args ...any) *DataError {
+	return &DataError{Input: name, Msg: fmt.Sprintf(format, args...)}
+}
+
+// DecodeTensorData flattens an OIP v2 "data" value (flat or nested
+// row-major arrays, as the specification allows) into a tensor of the
+// given datatype and shape, of at most maxElems elements. It checks the
+// element count against the shape and refuses non-finite values; errors
+// are *DataError, naming the input.
+func DecodeTensorData(name, datatype string, shape []int64, data json.RawMessage, maxElems int64) (tensor.Tensor, error) {
+	dt, ok := DataType(datatype)
 	if !ok {
-		return tensor.Tensor{}, fmt.Errorf("input %q: datatype %q is not supported (use FP32, INT64, INT8 or UINT8)", name, datatype)
+		return tensor.Tensor{}, dataError(name, "datatype %q is not supported (use FP32, INT64, INT8 or UINT8)", datatype)
 	}
 	n := int64(1)
 	for _, d := range shape {
 		if d < 0 {
-			return tensor.Tensor{}, fmt.Errorf("input %q: shape %v has a negative dimension", name, shape)
+			return tensor.Tensor{}, dataError(name, "shape %v has a negative dimension", shape)
 		}
 		if d > maxElems || n*d > maxElems {
-			return tensor.Tensor{}, fmt.Errorf("input %q: shape %v has more than %d elements", name, shape, maxElems)
+			return tensor.Tensor{}, dataError(name, "shape %v has more than %d elements", shape, maxElems)
 		}
 		n *= d
 	}
 	flat := make([]float64, 0, n)
 	if err := flatten(data, &flat, maxElems, shape); err != nil {
-		return tensor.Tensor{}, fmt.Errorf("input %q: data: %v", name, err)
+		return tensor.Tensor{}, dataError(name, "data: %v", err)
 	}
 	if int64(len(flat)) != n {
-		return tensor.Tensor{}, fmt.Errorf("input %q: shape %v needs %d values, data has %d", name, shape, n, len(flat))
+		return tensor.Tensor{}, dataError(name, "shape %v needs %d values, data has %d", shape, n, len(flat))
 	}
 	switch dt {
 	case tensor.Float32:
 		out := make([]float32, n)
 		for i, v := range flat {
 			if math.IsNaN(v) || math.IsInf(v, 0) || math.Abs(v) > math.MaxFloat32 {
-				return tensor.Tensor{}, fmt.Errorf("input %q: element %d is %v; FP32 values must be finite and within ±3.4e38", name, i, v)
+				return tensor.Tensor{}, dataError(name, "element %d is %v; FP32 values must be finite and within ±3.4e38", i, v)
 			}
 			out[i] = float32(v)
 		}
@@ -82,7 +104,7 @@ func convertInts[T int64 | int8 | uint8](name string, flat []float64, shape []in
 	out := make([]T, len(flat))
 	for i, v := range flat {
 		if v != math.Trunc(v) || v < lo || v > hi {
-			return tensor.Tensor{}, fmt.Errorf("input %q: element %d (%v) is not an integer in [%v, %v]", name, i, v, lo, hi)
+			return tensor.Tensor{}, dataError(name, "element %d (%v) is not an integer in [%v, %v]", i, v, lo, hi)
 		}
 		out[i] = T(v)
 	}
@@ -96,7 +118,7 @@ func convertInts[T int64 | int8 | uint8](name string, flat []float64, shape []in
 // depth len(shape), every array at depth d holding shape[d-1] items.
 // A nil shape accepts any nesting.
 func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
-	i := skip(b, 0)
+	i := skipWS(b, 0)
 	if i >= len(b) {
 		return fmt.Errorf("missing")
 	}
@@ -105,7 +127,7 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 	}
 	depth := 0
 	expectValue := true // after '[' or ','
-	nested := shape != nil && skip(b, i+1) < len(b) && b[skip(b, i+1)] == '['
+	nested := shape != nil && skipWS(b, i+1) < len(b) && b[skipWS(b, i+1)] == '['
 	var counts [10]int64 // items seen in the open array at each depth
 	item := func() {
 		if nested && depth >= 1 && depth <= len(shape) {
@@ -131,7 +153,7 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 				return fmt.Errorf("nested %d deep at byte %d, but the shape %v has %d axes", depth, i, shape, len(shape))
 			}
 			counts[depth] = 0
-			i = skip(b, i+1)
+			i = skipWS(b, i+1)
 			if i < len(b) && b[i] == ']' {
 				expectValue = false
 				continue
@@ -146,7 +168,7 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 				return fmt.Errorf("an array at depth %d has %d items, shape %v wants %d (ragged data)", depth, counts[depth], shape, shape[depth-1])
 			}
 			depth--
-			i = skip(b, i+1)
+			i = skipWS(b, i+1)
 			if depth == 0 {
 				if i != len(b) {
 					return fmt.Errorf("unexpected data after the array at byte %d", i)
@@ -159,7 +181,7 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 				return fmt.Errorf("malformed array at byte %d", i)
 			}
 			expectValue = true
-			i = skip(b, i+1)
+			i = skipWS(b, i+1)
 			continue
 		case c == '-' || (c >= '0' && c <= '9'):
 			if !expectValue {
@@ -169,7 +191,7 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 				return fmt.Errorf("a number at depth %d (byte %d), but nested data for shape %v has numbers only at depth %d", depth, i, shape, len(shape))
 			}
 			item()
-			j, ok := api.ScanNumber(b, i)
+			j, ok := ScanNumber(b, i)
 			if !ok {
 				end := j
 				for end < len(b) && end < i+32 && b[end] != ',' && b[end] != ']' {
@@ -186,7 +208,7 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 			}
 			*out = append(*out, f)
 			expectValue = false
-			i = skip(b, j)
+			i = skipWS(b, j)
 			continue
 		default:
 			end := i + 1
@@ -199,15 +221,8 @@ func flatten(b []byte, out *[]float64, max int64, shape []int64) error {
 	return fmt.Errorf("array is not closed")
 }
 
-func skip(b []byte, i int) int {
-	for i < len(b) && (b[i] == ' ' || b[i] == '\n' || b[i] == '\t' || b[i] == '\r') {
-		i++
-	}
-	return i
-}
-
-// encodeV2Data returns t's data as a flat JSON array.
-func encodeV2Data(t tensor.Tensor) json.RawMessage {
+// EncodeTensorData returns t's data as a flat JSON array (OIP v2 "data").
+func EncodeTensorData(t tensor.Tensor) json.RawMessage {
 	b, _ := json.Marshal(t.Raw())
 	if t.DType() == tensor.Uint8 {
 		// []uint8 marshals as base64; OIP wants numbers.
