@@ -141,7 +141,7 @@ func since(f fleet.Fleet, m mark, canary, baseline string) evidence {
 				continue
 			}
 			before, _ := prev.Versions[v].counters()
-			x, ok := sub(cur, before)
+			x, ok := fleet.Sub(cur, before)
 			if !ok { // a counter went down: a new process
 				seen = false
 				break
@@ -188,51 +188,6 @@ func add(a, b route.Counters) route.Counters {
 		s.Hist[i] += n
 	}
 	return s
-}
-
-// sub returns cur − prev, or false when a counter of cur is below prev's
-// (cur is not a later reading of the same counters). The extremes of a
-// difference are unknown; they are narrowed to the bounds of its lowest
-// and highest non-empty buckets.
-func sub(cur, prev route.Counters) (route.Counters, bool) {
-	if prev.Requests == 0 {
-		return cur, prev.Errors == 0 && prev.NonFinite == 0 && prev.LatencySum == 0
-	}
-	d := route.Counters{
-		Requests: cur.Requests - prev.Requests, Errors: cur.Errors - prev.Errors,
-		NonFinite: cur.NonFinite - prev.NonFinite, LatencySum: cur.LatencySum - prev.LatencySum,
-	}
-	if d.Requests < 0 || d.Errors < 0 || d.NonFinite < 0 || d.LatencySum < 0 || len(cur.Hist) != len(prev.Hist) {
-		return route.Counters{}, false
-	}
-	if d.Requests == 0 {
-		if d.Errors != 0 || d.NonFinite != 0 || d.LatencySum != 0 || !slices.Equal(cur.Hist, prev.Hist) {
-			return route.Counters{}, false
-		}
-		return route.Counters{}, true
-	}
-	d.Hist = make([]uint64, len(cur.Hist))
-	lo, hi := -1, -1
-	for i := range cur.Hist {
-		if cur.Hist[i] < prev.Hist[i] {
-			return route.Counters{}, false
-		}
-		d.Hist[i] = cur.Hist[i] - prev.Hist[i]
-		if d.Hist[i] > 0 {
-			if lo < 0 {
-				lo = i
-			}
-			hi = i
-		}
-	}
-	if lo < 0 {
-		return route.Counters{}, false // requests but an empty histogram
-	}
-	l, _ := route.HistBounds(lo)
-	_, h := route.HistBounds(hi)
-	d.MinLatency = max(cur.MinLatency, l)
-	d.MaxLatency = min(cur.MaxLatency, h)
-	return d, true
 }
 
 // judgeOf maps a plan's judge settings to route's judge.

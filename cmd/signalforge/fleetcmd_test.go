@@ -5,16 +5,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"log/slog"
-	"net"
 	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/signalforge/signalforge/api"
-	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/internal/demo"
 	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/server"
@@ -23,45 +19,7 @@ import (
 // startAdminServer serves the demo models with admin token "tok" as
 // replica "r1", publishing its counters every 50ms; it returns the base URL.
 func startAdminServer(t *testing.T) string {
-	t.Helper()
-	ctx := t.Context()
-	eng, err := ort.New(ort.Config{})
-	if err != nil {
-		t.Fatalf("ONNX Runtime is required (run `make deps`): %v", err)
-	}
-	t.Cleanup(func() { eng.Close() })
-	reg, err := registry.Open(ctx, registry.Config{Dir: t.TempDir(), Validator: registry.EngineValidator(eng)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	if seeded, err := demo.Seed(ctx, reg); err != nil || !seeded {
-		t.Fatalf("demo.Seed = %v, %v", seeded, err)
-	}
-	srv, err := server.New(server.Config{Registry: reg, Engine: eng, ServeStaging: true, AdminToken: "tok",
-		Replica: "r1", FleetInterval: 50 * time.Millisecond, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); !srv.Ready(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("server not ready after 30s")
-		}
-	}
-	return "http://" + ln.Addr().String()
+	return serveDemo(t, server.Config{AdminToken: "tok", Replica: "r1", FleetInterval: 50 * time.Millisecond})
 }
 
 // adminRun runs `signalforge args…` with the environment vars (nothing

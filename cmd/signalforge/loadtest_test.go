@@ -23,7 +23,13 @@ import (
 
 // startDemoServer serves the demo models as `make run` does, on a real
 // ONNX Runtime, and returns the base URL.
-func startDemoServer(t *testing.T) string {
+func startDemoServer(t *testing.T) string { return serveDemo(t, server.Config{}) }
+
+// serveDemo serves the demo models on a real ONNX Runtime with cfg (its
+// Registry, Engine and Logger are filled in; staging versions are served)
+// on a loopback port until the test ends, and returns the base URL once
+// the server is ready.
+func serveDemo(t *testing.T, cfg server.Config) string {
 	t.Helper()
 	ctx := t.Context()
 	eng, err := ort.New(ort.Config{})
@@ -39,7 +45,9 @@ func startDemoServer(t *testing.T) string {
 	if seeded, err := demo.Seed(ctx, reg); err != nil || !seeded {
 		t.Fatalf("demo.Seed = %v, %v", seeded, err)
 	}
-	srv, err := server.New(server.Config{Registry: reg, Engine: eng, ServeStaging: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	cfg.Registry, cfg.Engine, cfg.ServeStaging = reg, eng, true
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	srv, err := server.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"log/slog"
 	"maps"
 	"net"
 	"net/http"
@@ -19,10 +18,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/signalforge/signalforge/infer/ort"
 	"github.com/signalforge/signalforge/internal/demo"
 	"github.com/signalforge/signalforge/onnx"
-	"github.com/signalforge/signalforge/registry"
 	"github.com/signalforge/signalforge/server"
 )
 
@@ -680,42 +677,7 @@ func TestPredictExamplesMatchTheDemoModel(t *testing.T) {
 // real server: ONNX Runtime, a fresh registry with the demo model, as
 // `make run` serves it.
 func TestPredictExamplesRunAgainstTheDemoServer(t *testing.T) {
-	ctx := t.Context()
-	eng, err := ort.New(ort.Config{})
-	if err != nil {
-		t.Fatalf("ONNX Runtime is required (run `make deps`): %v", err)
-	}
-	t.Cleanup(func() { eng.Close() })
-	reg, err := registry.Open(ctx, registry.Config{Dir: t.TempDir(), Validator: registry.EngineValidator(eng)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { reg.Close() })
-	if seeded, err := demo.Seed(ctx, reg); err != nil || !seeded {
-		t.Fatalf("demo.Seed = %v, %v", seeded, err)
-	}
-	srv, err := server.New(server.Config{Registry: reg, Engine: eng, ServeStaging: true, Logger: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	sctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- srv.Serve(sctx, ln) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-	})
-	for deadline := time.Now().Add(30 * time.Second); !srv.Ready(); time.Sleep(10 * time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatal("server not ready after 30s")
-		}
-	}
+	base := serveDemo(t, server.Config{})
 
 	t.Chdir(t.TempDir()) // the examples write rows.json in the working directory
 	ran := map[string]int{}
@@ -731,7 +693,7 @@ func TestPredictExamplesRunAgainstTheDemoServer(t *testing.T) {
 			continue
 		}
 		args := c.stages[len(c.stages)-1][2:]
-		code, out, stderr := predictRun(t, "http://"+ln.Addr().String(), stdin, args...)
+		code, out, stderr := predictRun(t, base, stdin, args...)
 		if code != 0 {
 			t.Errorf("example %q: exit %d, stderr:\n%s", c.text, code, stderr)
 			continue

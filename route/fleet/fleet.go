@@ -156,13 +156,13 @@ func add(a, b route.Counters) route.Counters {
 	return s
 }
 
-// sub returns cur − prev, or false when any counter of cur is below
+// Sub returns cur − prev, or false when any counter of cur is below
 // prev's (cur is not a later reading of the same counters). The extremes
 // of a difference are unknown; they are narrowed to the bounds of its
 // lowest and highest non-empty buckets.
-func sub(cur, prev route.Counters) (route.Counters, bool) {
+func Sub(cur, prev route.Counters) (route.Counters, bool) {
 	if prev.Requests == 0 {
-		return cur, true
+		return cur, prev.Errors == 0 && prev.NonFinite == 0 && prev.LatencySum == 0
 	}
 	d := route.Counters{
 		Requests: cur.Requests - prev.Requests, Errors: cur.Errors - prev.Errors,
@@ -306,7 +306,7 @@ func replicaDelta(cur, prev Snapshot) (map[string]route.Counters, bool) {
 	}
 	d := make(map[string]route.Counters, len(cur.Versions))
 	for v, c := range cur.Versions {
-		dv, ok := sub(c, prev.Versions[v])
+		dv, ok := Sub(c, prev.Versions[v])
 		if !ok {
 			return nil, false
 		}
