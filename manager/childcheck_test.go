@@ -13,6 +13,7 @@ import (
 	"github.com/signalforge/signalforge/manager"
 	"github.com/signalforge/signalforge/onnx/onnxtest"
 	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/registry/registrytest"
 )
 
 // The child check re-executes this test binary as the admission child
@@ -80,7 +81,7 @@ func TestChildCheckMarksBloatedVersionFailed(t *testing.T) {
 		t.Fatal(err)
 	}
 	v1 := registry.Ref{Name: "bloat", Version: "v1"}
-	writeUnchecked(t, e.dir, v1, registry.StatusStaging, 0, bloat, onnxtest.BloatFeatures)
+	registrytest.WriteUnchecked(t, e.dir, v1, registry.StatusStaging, 0, bloat, onnxtest.BloatFeatures)
 	waitFor(t, "bloat:v1 marked failed", func() bool { _, ok := m.Failure(v1); return ok })
 	want := "the model exhausted the admission memory budget of 4294967296 bytes (4.0 GiB) while warming at batch 32"
 	f, _ := m.Failure(v1)
@@ -95,7 +96,7 @@ func TestChildCheckMarksBloatedVersionFailed(t *testing.T) {
 	// The same artifact under another version: refused from the verdict
 	// kept for its sha256.
 	v2 := registry.Ref{Name: "bloat", Version: "v2"}
-	writeUnchecked(t, e.dir, v2, registry.StatusStaging, 0, bloat, onnxtest.BloatFeatures)
+	registrytest.WriteUnchecked(t, e.dir, v2, registry.StatusStaging, 0, bloat, onnxtest.BloatFeatures)
 	waitFor(t, "bloat:v2 marked failed", func() bool { _, ok := m.Failure(v2); return ok })
 	if f, _ := m.Failure(v2); !strings.Contains(f.Err.Error(), want) {
 		t.Errorf("bloat:v2 failed with %q, want it to contain %q", f.Err, want)

@@ -22,6 +22,7 @@ import (
 	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/onnx/onnxtest"
 	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/registry/registrytest"
 	"github.com/signalforge/signalforge/tensor"
 )
 
@@ -366,37 +367,6 @@ func TestArchiveDrainsAndCloses(t *testing.T) {
 	}
 }
 
-// writeUnchecked commits ref with the given status and traffic (the
-// model's only traffic) straight through a second FileStore, bypassing the
-// registry's validation (as a registry written by an older release, or by
-// hand, can hold a version that does not load).
-func writeUnchecked(t *testing.T, dir string, ref registry.Ref, status registry.Status, traffic float64, artifact []byte, features []string) {
-	t.Helper()
-	ctx := context.Background()
-	st, err := registry.OpenFileStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	art, err := st.PutArtifact(ctx, artifact)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = st.Update(ctx, ref.Name, func(m *registry.Model) ([]registry.Event, error) {
-		now := time.Now()
-		m.Versions = append(m.Versions, registry.Version{Name: ref.Name, Version: ref.Version, Status: status, Traffic: traffic,
-			Features: features, Artifact: registry.Artifact{SHA256: art.SHA256, Size: art.Size}, CreatedAt: now, UpdatedAt: now})
-		ev := registry.Event{Time: now, Action: registry.ActionRegister, Name: ref.Name, Version: ref.Version}
-		if traffic > 0 {
-			ev.SplitBefore, ev.SplitAfter = registry.Split{}, registry.Split{ref.Version: traffic}
-		}
-		return []registry.Event{ev}, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
 // TestUnloadableVersionFailedThenRetried: a version whose external weights
 // are missing beside its stored artifact is marked failed (Failure,
 // Failures, Unservable, ModelFailure, Stats, OnLoadFailure) while the
@@ -421,7 +391,7 @@ func TestUnloadableVersionFailedThenRetried(t *testing.T) {
 		t.Fatal(err)
 	}
 	ext := registry.Ref{Name: "ext", Version: "v1"}
-	writeUnchecked(t, e.dir, ext, registry.StatusProduction, 100, model, []string{"f0", "f1"})
+	registrytest.WriteUnchecked(t, e.dir, ext, registry.StatusProduction, 100, model, []string{"f0", "f1"})
 
 	f := <-failures
 	if f.Ref != ext || f.Permanent || f.Err == nil || !strings.Contains(f.Err.Error(), "weights.bin") || f.SHA256 == "" {

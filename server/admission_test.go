@@ -10,7 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/signalforge/signalforge/api"
 	"github.com/signalforge/signalforge/infer"
@@ -19,6 +18,7 @@ import (
 	"github.com/signalforge/signalforge/onnx"
 	"github.com/signalforge/signalforge/onnx/onnxtest"
 	"github.com/signalforge/signalforge/registry"
+	"github.com/signalforge/signalforge/registry/registrytest"
 )
 
 // hugeInputModel is onnxtest.HugeInput: an input declared [batch, rows, 4].
@@ -117,36 +117,7 @@ func TestRegisterHugeInputRefusedWhileServing(t *testing.T) {
 // check (an older version of SignalForge, a hand edit) would have.
 func writeUnchecked(t *testing.T, dir, name string, artifact []byte, features []string) {
 	t.Helper()
-	writeUncheckedAt(t, dir, registry.Ref{Name: name, Version: "v1"}, registry.StatusProduction, 100, artifact, features)
-}
-
-// writeUncheckedAt commits one version of the given status and traffic
-// (the model's only traffic) straight through a second FileStore.
-func writeUncheckedAt(t *testing.T, dir string, ref registry.Ref, status registry.Status, traffic float64, artifact []byte, features []string) {
-	t.Helper()
-	ctx := context.Background()
-	st, err := registry.OpenFileStore(dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	art, err := st.PutArtifact(ctx, artifact)
-	if err != nil {
-		t.Fatal(err)
-	}
-	err = st.Update(ctx, ref.Name, func(m *registry.Model) ([]registry.Event, error) {
-		now := time.Now()
-		m.Versions = append(m.Versions, registry.Version{Name: ref.Name, Version: ref.Version, Status: status, Traffic: traffic,
-			Features: features, Artifact: registry.Artifact{SHA256: art.SHA256, Size: art.Size}, CreatedAt: now, UpdatedAt: now})
-		ev := registry.Event{Time: now, Action: registry.ActionRegister, Name: ref.Name, Version: ref.Version}
-		if traffic > 0 {
-			ev.SplitBefore, ev.SplitAfter = registry.Split{}, registry.Split{ref.Version: traffic}
-		}
-		return []registry.Event{ev}, nil
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	registrytest.WriteUnchecked(t, dir, registry.Ref{Name: name, Version: "v1"}, registry.StatusProduction, 100, artifact, features)
 }
 
 // TestUnloadableVersionsMarkedFailed (D2, D3 on the server side): versions
