@@ -151,7 +151,7 @@ func since(f fleet.Fleet, m mark, canary, baseline string) evidence {
 		if !seen {
 			d = [2]route.Counters{s.Versions[canary], s.Versions[baseline]}
 		}
-		ev.canary, ev.baseline = add(ev.canary, d[0]), add(ev.baseline, d[1])
+		ev.canary, ev.baseline = fleet.Add(ev.canary, d[0]), fleet.Add(ev.baseline, d[1])
 		ev.replicas = append(ev.replicas, registry.ReplicaEvidence{
 			Replica: s.Replica, Canary: side(d[0]), Baseline: side(d[1]), Age: max(0, f.At.Sub(s.At)),
 		})
@@ -164,30 +164,6 @@ func since(f fleet.Fleet, m mark, canary, baseline string) evidence {
 func side(c route.Counters) registry.VerdictSide {
 	return registry.VerdictSide{Requests: c.Requests, Errors: c.Errors, NonFinite: c.NonFinite,
 		P99Ms: float64(c.Metrics().P99) / float64(time.Millisecond)}
-}
-
-// add returns a + b.
-func add(a, b route.Counters) route.Counters {
-	if b.Requests == 0 {
-		return a
-	}
-	if a.Requests == 0 {
-		b.Hist = slices.Clone(b.Hist)
-		return b
-	}
-	s := route.Counters{
-		Requests: a.Requests + b.Requests, Errors: a.Errors + b.Errors, NonFinite: a.NonFinite + b.NonFinite,
-		LatencySum: a.LatencySum + b.LatencySum,
-		MinLatency: min(a.MinLatency, b.MinLatency), MaxLatency: max(a.MaxLatency, b.MaxLatency),
-		Hist: slices.Clone(a.Hist),
-	}
-	if len(s.Hist) < len(b.Hist) {
-		s.Hist = append(s.Hist, make([]uint64, len(b.Hist)-len(s.Hist))...)
-	}
-	for i, n := range b.Hist {
-		s.Hist[i] += n
-	}
-	return s
 }
 
 // judgeOf maps a plan's judge settings to route's judge.

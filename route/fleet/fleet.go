@@ -135,8 +135,8 @@ func validName(s string) bool {
 // validReplica accepts what validName does: host names and pod names fit.
 func validReplica(s string) bool { return validName(s) }
 
-// add returns a + b.
-func add(a, b route.Counters) route.Counters {
+// Add returns a + b (a histogram shorter than the other's is padded).
+func Add(a, b route.Counters) route.Counters {
 	if b.Requests == 0 {
 		return a
 	}
@@ -149,6 +149,9 @@ func add(a, b route.Counters) route.Counters {
 		LatencySum: a.LatencySum + b.LatencySum,
 		MinLatency: min(a.MinLatency, b.MinLatency), MaxLatency: max(a.MaxLatency, b.MaxLatency),
 		Hist: slices.Clone(a.Hist),
+	}
+	if len(s.Hist) < len(b.Hist) {
+		s.Hist = append(s.Hist, make([]uint64, len(b.Hist)-len(s.Hist))...)
 	}
 	for i, n := range b.Hist {
 		s.Hist[i] += n
@@ -238,7 +241,7 @@ func Sum(model string, snaps []Snapshot, now time.Time, maxAge time.Duration) Fl
 		}
 		f.Replicas = append(f.Replicas, s)
 		for v, c := range s.Versions {
-			f.Versions[v] = add(f.Versions[v], c)
+			f.Versions[v] = Add(f.Versions[v], c)
 		}
 	}
 	return f
@@ -277,7 +280,7 @@ func (t *Tracker) Delta(f Fleet) map[string]route.Counters {
 				continue
 			}
 			for v, c := range s.Versions {
-				out[v] = add(out[v], c)
+				out[v] = Add(out[v], c)
 			}
 			continue
 		}
@@ -286,7 +289,7 @@ func (t *Tracker) Delta(f Fleet) map[string]route.Counters {
 			d = s.Versions // restarted
 		}
 		for v, c := range d {
-			out[v] = add(out[v], c)
+			out[v] = Add(out[v], c)
 		}
 	}
 	t.primed, t.last, t.prev = true, f.At, next
